@@ -1,0 +1,5 @@
+"""``python -m initsweep`` runs the CLI."""
+
+from .cli import main
+
+main()

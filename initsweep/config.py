@@ -1,0 +1,539 @@
+"""YAML grid -> validated, frozen :class:`SweepConfig` -> expanded :class:`RunSpec` list.
+
+The flow is parse (``yaml.safe_load`` semantics, duplicate keys refused) -> validate
+(pydantic v2; every problem becomes one line naming the file and the key path, e.g.
+``grid.init[2]: unknown initializer 'kaiming_nromal' — did you mean 'kaiming_normal'?``)
+-> expand (product of the grid axes x seeds, minus ``exclude``).
+
+A ``RunSpec``'s ``run_id`` is a hash of every resolved setting that can change a result
+(not the sweep's name, the data folder or the device), so the same point gets the same id
+on every machine, and a changed setting gets a new one. See ``docs/config.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .activations import resolve_activation_params
+from .errors import ConfigError
+from .inits import resolve_bias_params, resolve_init_params
+from .models import ARCHS, measure_shape
+from .registry import did_you_mean
+
+# Bumped when the meaning of a setting changes, so old run ids stop matching.
+SPEC_VERSION = 1
+MAX_RUNS = 100_000
+MAX_PARAMS = 200_000_000
+MAX_SEEDS = 1_000
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Choice(_Section):
+    """A registry entry with its parameters, all defaults filled in (``{name, params}``)."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    def label(self, defaults: dict[str, Any] | None = None) -> str:
+        """``leaky_relu(negative_slope=0.2)``: the name and the parameters not at their default."""
+        shown = {k: v for k, v in self.params.items() if defaults is None or defaults.get(k) != v}
+        if not shown:
+            return self.name
+        return f"{self.name}(" + ", ".join(f"{k}={v}" for k, v in shown.items()) + ")"
+
+
+def _choice(value: Any, resolve) -> Choice:
+    """Accept ``name`` or ``{name: ..., <params>}``; validate against a registry."""
+    if isinstance(value, Choice):
+        return value
+    if isinstance(value, str):
+        name, params = value, {}
+    elif isinstance(value, dict) and set(value) == {"name", "params"} and isinstance(value["params"], dict):
+        name, params = value["name"], value["params"]  # the dumped form of a Choice
+    elif isinstance(value, dict):
+        if "name" not in value:
+            raise ValueError("a mapping needs a 'name' key")
+        params = {k: v for k, v in value.items() if k != "name"}
+        name = value["name"]
+        if not isinstance(name, str):
+            raise ValueError(f"name must be a string, got {name!r}")
+    else:
+        raise ValueError(f"must be a name or a mapping with a 'name' key, got {value!r}")
+    return Choice(name=name, params=resolve(name, params))
+
+
+class DataConfig(_Section):
+    dataset: Literal["mnist", "fashion-mnist", "mnist-sample"] = "mnist"
+    root: str | None = None  # None: $INITSWEEP_DATA, else ~/.cache/initsweep
+    download: bool = True
+    fallback: Literal["sample", "none"] = "sample"
+    val_fraction: float = Field(0.1, ge=0.0, le=0.9)
+    split_seed: int = Field(0, ge=0, le=2**31 - 1)
+    train_limit: int | None = Field(None, ge=1, le=10_000_000)
+    test_limit: int | None = Field(None, ge=1, le=10_000_000)
+
+
+class ModelConfig(_Section):
+    arch: Literal["plain", "tutorial", "mlp"] = "plain"
+    depth: int = Field(4, ge=1, le=1000)
+    width: int = Field(32, ge=1, le=4096)
+    norm: Literal["none", "batch"] = "none"
+    padding: Literal["zeros", "circular"] = "zeros"
+    init: Choice = Choice(name="kaiming_normal", params=resolve_init_params("kaiming_normal", {}))
+    activation: Choice = Choice(name="relu", params={})
+    bias: Choice = Choice(name="zeros", params={})
+
+    @field_validator("init", mode="before")
+    @classmethod
+    def _init(cls, v: Any) -> Choice:
+        return _choice(v, resolve_init_params)
+
+    @field_validator("activation", mode="before")
+    @classmethod
+    def _activation(cls, v: Any) -> Choice:
+        return _choice(v, resolve_activation_params)
+
+    @field_validator("bias", mode="before")
+    @classmethod
+    def _bias(cls, v: Any) -> Choice:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            v = {"name": "constant", "value": v}
+        return _choice(v, resolve_bias_params)
+
+
+class TrainConfig(_Section):
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0.0, le=100.0)
+    momentum: float = Field(0.0, ge=0.0, lt=1.0)
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0.0, le=10.0)
+    batch_size: int = Field(128, ge=1, le=65536)
+    epochs: int = Field(1, ge=1, le=10_000)
+    max_steps: int | None = Field(None, ge=1, le=10**9)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, max_length=MAX_SEEDS)
+    diverge_loss: float = Field(1e4, gt=0.0, description="a training loss above this (or NaN/inf) stops the run as diverged")
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        for s in v:
+            if not 0 <= s <= 2**31 - 1:
+                raise ValueError(f"seeds must be in [0, 2^31-1], got {s}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"seeds repeat: {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _optimizer_options(self) -> "TrainConfig":
+        if self.optimizer != "sgd" and (self.momentum or self.nesterov):
+            raise ValueError(f"momentum/nesterov are sgd options (optimizer is {self.optimizer})")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov needs momentum > 0")
+        return self
+
+
+_RESOLVERS = {"init": resolve_init_params, "activation": resolve_activation_params, "bias": resolve_bias_params}
+
+
+def display_value(field_name: str, value: Any) -> Any:
+    """A setting as people read it: choices by name plus their non-default parameters."""
+    if isinstance(value, Choice):
+        return value.label(_RESOLVERS[field_name](value.name, {}))
+    return value
+
+
+SECTIONS: dict[str, type[_Section]] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+# Settings that never change a result: not grid axes, not part of a run's identity.
+_NOT_AXES = {"data": {"root", "download", "fallback"}, "train": {"seeds"}}
+
+
+def _axis_targets() -> dict[str, tuple[str, str]]:
+    """Axis name -> (section, field) for every setting that may be swept."""
+    targets = {}
+    for section, model in SECTIONS.items():
+        for name in model.model_fields:
+            if name not in _NOT_AXES.get(section, ()):
+                targets[name] = (section, name)
+                targets[f"{section}.{name}"] = (section, name)
+    return targets
+
+
+AXIS_TARGETS = _axis_targets()
+
+
+class SweepConfig(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+    description: str = ""
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    exclude: list[dict[str, Any]] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One fully resolved training run. ``run_id`` hashes everything that affects its result."""
+
+    sweep: str
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+    seed: int
+    point: tuple[tuple[str, Any], ...] = ()  # the grid axes' values for this run (for display)
+    run_id: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        object.__setattr__(self, "run_id", hashlib.sha256(blob.encode()).hexdigest()[:16])
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that can change this run's result; what ``run_id`` hashes."""
+        data = self.data.model_dump(mode="json", exclude={"root", "download", "fallback"})
+        train = self.train.model_dump(mode="json", exclude={"seeds"})
+        return {"v": SPEC_VERSION, "data": data, "model": self.model.model_dump(mode="json"),
+                "train": train, "seed": self.seed}
+
+    def settings(self) -> dict[str, Any]:
+        """Flat ``column -> value`` view for tables and the results store."""
+        m, t, d = self.model, self.train, self.data
+        return {
+            "run_id": self.run_id, "sweep": self.sweep, "seed": self.seed,
+            "init": m.init.name, "init_params": m.init.params, "activation": m.activation.name,
+            "activation_params": m.activation.params, "bias": m.bias.name, "bias_params": m.bias.params,
+            "arch": m.arch, "depth": m.depth, "width": m.width, "norm": m.norm, "padding": m.padding,
+            "dataset": d.dataset, "val_fraction": d.val_fraction, "split_seed": d.split_seed,
+            "train_limit": d.train_limit, "test_limit": d.test_limit,
+            "optimizer": t.optimizer, "lr": t.lr, "momentum": t.momentum, "nesterov": t.nesterov,
+            "weight_decay": t.weight_decay, "batch_size": t.batch_size, "epochs": t.epochs,
+            "max_steps": t.max_steps, "diverge_loss": t.diverge_loss,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps({"sweep": self.sweep, **self.identity()}, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The expansion of a config: its runs and what happened on the way."""
+
+    config: SweepConfig
+    runs: list[RunSpec]
+    axes: dict[str, list[Any]]
+    n_points: int  # product of the axes (before exclusions), times seeds
+    n_excluded: int
+    n_duplicates: int  # points that resolved to an already planned run (e.g. depth for arch tutorial)
+    notes: list[str]
+
+
+# ---------------------------------------------------------------- YAML loading
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate keys and reads ``1e-3`` as a float."""
+
+
+def _mapping_no_duplicates(loader: _Loader, node: yaml.MappingNode) -> dict:
+    seen = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first at line {seen[key] + 1})", key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=True)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_no_duplicates)
+# YAML 1.1 (PyYAML) reads 1e-3 as a string; YAML 1.2 and every user reads it as a number.
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def _yaml_error_line(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    if "could not determine a constructor for the tag" in str(exc):
+        tag = str(exc).split("tag", 1)[1].split("\n")[0].strip().replace("tag:yaml.org,2002:", "!!")
+        problem = f"YAML tag {tag} is not allowed (safe YAML only: no tags that construct objects)"
+    return f"{where}not valid YAML: {problem}"
+
+
+def load_yaml(path: str | Path) -> Any:
+    """Read a YAML file safely; every failure is a one-line ``ConfigError`` naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(["file not found"], source=str(path)) from None
+    except IsADirectoryError:
+        raise ConfigError(["is a directory, expected a YAML file"], source=str(path)) from None
+    except UnicodeDecodeError:
+        raise ConfigError(["cannot read: not UTF-8 text"], source=str(path)) from None
+    except OSError as exc:
+        raise ConfigError([f"cannot read: {exc.strerror or exc}"], source=str(path)) from None
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 — _Loader is a SafeLoader
+    except yaml.YAMLError as exc:
+        raise ConfigError([_yaml_error_line(exc)], source=str(path)) from None
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _split_param(message: str, given: Any) -> tuple[str, str]:
+    """Registry errors read ``param: problem``; move ``param`` into the key path."""
+    head, sep, rest = message.partition(": ")
+    if sep and isinstance(given, dict) and head in given and head != "name":
+        return f".{head}", rest
+    if sep and isinstance(given, dict) and re.fullmatch(r"[a-z_]+", head) and "unknown parameter" in rest:
+        return f".{head}", rest
+    return "", message
+
+
+def _pydantic_problems(exc: ValidationError, prefix: tuple = (), model: type[BaseModel] | None = None) -> list[str]:
+    problems = []
+    for err in exc.errors(include_url=False):
+        loc = prefix + tuple(err["loc"])
+        kind, given = err["type"], err.get("input")
+        if kind == "extra_forbidden":
+            owner = _owner_fields(model, err["loc"][:-1]) if model else []
+            key = str(err["loc"][-1])
+            hint = did_you_mean(key, owner) or (f" (valid: {', '.join(owner)})" if owner else "")
+            problems.append(f"{_path(loc)}: unknown key '{key}'{hint}")
+            continue
+        if kind == "missing":
+            problems.append(f"{_path(loc)}: required key is missing")
+            continue
+        message = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        extra_path = ""
+        if kind == "value_error":
+            extra_path, message = _split_param(message, given)
+        elif given is not None and not isinstance(given, (dict, list)):
+            message = f"{message[0].lower()}{message[1:]} (got {given!r})"
+        problems.append(f"{_path(loc)}{extra_path}: {message}")
+    return problems
+
+
+def _owner_fields(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The valid keys at ``loc`` inside ``model`` (for "did you mean" on unknown keys)."""
+    for part in loc:
+        sub = model.model_fields.get(part) if isinstance(part, str) else None
+        ann = getattr(sub, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return list(model.model_fields)
+
+
+def _validate_setting(section: str, base: _Section, name: str, value: Any, where: str) -> tuple[Any, list[str]]:
+    """Validate one swept value by re-validating its section with the value in place."""
+    cls = SECTIONS[section]
+    try:
+        validated = cls.model_validate({**base.model_dump(), name: value})
+    except ValidationError as exc:
+        problems = []
+        for line in _pydantic_problems(exc, model=cls):
+            path, _, msg = line.partition(": ")
+            sub = path.removeprefix(name) if path.startswith(name) else ""
+            problems.append(f"{where}{sub}: {msg}")
+        return None, problems
+    return getattr(validated, name), []
+
+
+def _matches(wanted: Any, actual: Any) -> bool:
+    if isinstance(actual, Choice):
+        if isinstance(wanted, Choice):
+            return wanted.name == actual.name and all(actual.params.get(k) == v for k, v in wanted.params.items())
+        return wanted == actual.name
+    return wanted == actual
+
+
+def _grid_problems(cfg: SweepConfig) -> tuple[dict[str, tuple[str, str, list[Any]]], list[str]]:
+    """Validate each axis; return ``axis -> (section, field, values)`` and the problems."""
+    axes, problems = {}, []
+    for axis, values in cfg.grid.items():
+        target = AXIS_TARGETS.get(axis)
+        if target is None:
+            if axis in ("seed", "seeds", "train.seeds"):
+                problems.append(f"grid.{axis}: seeds are not a grid axis; set train.seeds: [0, 1, 2]")
+            else:
+                hint = did_you_mean(axis, [k for k in AXIS_TARGETS if "." not in k])
+                problems.append(f"grid.{axis}: unknown axis '{axis}'{hint or ' (an axis is a setting of data, model or train, e.g. init, activation, depth, lr)'}")
+            continue
+        section, name = target
+        if not values:
+            problems.append(f"grid.{axis}: empty axis (give at least one value)")
+            continue
+        if any(t[:2] == target for t in axes.values()):
+            problems.append(f"grid.{axis}: '{name}' is already an axis")
+            continue
+        resolved = []
+        for i, value in enumerate(values):
+            v, errs = _validate_setting(section, getattr(cfg, section), name, value, f"grid.{axis}[{i}]")
+            problems += errs
+            resolved.append(v)
+        axes[axis] = (section, name, resolved)
+    return axes, problems
+
+
+def _exclude_problems(cfg: SweepConfig, axes: dict) -> tuple[list[dict[str, list[Any]]], list[str]]:
+    rules, problems = [], []
+    by_field = {name: (axis, section) for axis, (section, name, _) in axes.items()}
+    for i, entry in enumerate(cfg.exclude):
+        rule = {}
+        if not entry:
+            problems.append(f"exclude[{i}]: empty rule (it would exclude every run)")
+        for key, wanted in entry.items():
+            where = f"exclude[{i}].{key}"
+            target = AXIS_TARGETS.get(key)
+            if target is None or target[1] not in by_field:
+                hint = did_you_mean(str(key), list(axes))
+                problems.append(f"{where}: unknown axis '{key}'{hint or ' (grid axes: ' + (', '.join(axes) or 'none') + ')'}")
+                continue
+            axis, section = by_field[target[1]]
+            options = wanted if isinstance(wanted, list) else [wanted]
+            values = []
+            for j, option in enumerate(options):
+                sub = f"{where}[{j}]" if isinstance(wanted, list) else where
+                v, errs = _validate_setting(section, getattr(cfg, section), target[1], option, sub)
+                if isinstance(v, Choice) and isinstance(option, str):
+                    v = option  # a bare name excludes every parameterization of it
+                elif isinstance(v, Choice):
+                    v = Choice(name=v.name, params={k: v.params[k] for k in option if k != "name"})
+                values.append(v)
+                problems += errs
+            rule[axis] = values
+        rules.append(rule)
+    return rules, problems
+
+
+def validate(raw: Any, source: str | None = None, default_name: str | None = None) -> SweepConfig:
+    """Raw YAML data -> ``SweepConfig``, or a ``ConfigError`` listing every problem found."""
+    if raw is None:
+        raise ConfigError(["empty file: expected a mapping with name, data, model, train, grid"], source)
+    if not isinstance(raw, dict):
+        raise ConfigError([f"top level must be a mapping (name, data, model, train, grid), got {type(raw).__name__}"], source)
+    if "name" not in raw and default_name:
+        raw = {"name": re.sub(r"[^A-Za-z0-9_.-]", "-", default_name)[:100], **raw}
+    try:
+        cfg = SweepConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_pydantic_problems(exc, model=SweepConfig), source) from None
+    problems = []
+    axes, grid_errs = _grid_problems(cfg)
+    problems += grid_errs
+    _, exclude_errs = _exclude_problems(cfg, axes)
+    problems += exclude_errs
+    if not problems:
+        n = math.prod(len(v) for _, _, v in axes.values()) * len(cfg.train.seeds)
+        if n > MAX_RUNS:
+            problems.append(f"grid: {n:,} runs (axes x seeds) is more than the limit of {MAX_RUNS:,}")
+        else:
+            problems += _size_problems(cfg, axes)
+    if problems:
+        raise ConfigError(problems, source)
+    return cfg
+
+
+def _size_problems(cfg: SweepConfig, axes: dict) -> list[str]:
+    """Refuse models too large to be a sensible sweep point, before any allocation."""
+    values = {name: v for _, name, v in axes.values()}
+    m = cfg.model
+    problems = []
+    for arch, depth, width in itertools.product(
+        values.get("arch", [m.arch]), values.get("depth", [m.depth]), values.get("width", [m.width])
+    ):
+        if arch == "tutorial":
+            continue
+        n_params = measure_shape(arch, depth=depth, width=width).n_params
+        if n_params > MAX_PARAMS:
+            problems.append(f"model: arch {arch} at depth {depth}, width {width} has {n_params:,} parameters, "
+                            f"over the limit of {MAX_PARAMS:,}")
+    return problems
+
+
+def load_config(path: str | Path) -> SweepConfig:
+    """Read and validate a sweep config file (``name`` defaults to the file's stem)."""
+    path = Path(path)
+    return validate(load_yaml(path), source=str(path), default_name=path.stem)
+
+
+# ---------------------------------------------------------------- expansion
+
+
+def expand(cfg: SweepConfig, dataset: str | None = None) -> Plan:
+    """The runs of a config: the product of its axes x seeds, minus ``exclude``, deduplicated.
+
+    ``dataset`` replaces ``data.dataset`` when the data actually found differs from the one
+    asked for (the offline fallback), so run ids say what was really trained on.
+    """
+    axes, problems = _grid_problems(cfg)
+    rules, more = _exclude_problems(cfg, axes)
+    if problems or more:
+        raise ConfigError(problems + more)
+    names = list(axes)
+    notes = []
+    base_data = cfg.data if dataset is None else cfg.data.model_copy(update={"dataset": dataset})
+    runs, seen, n_excluded, n_duplicates, hits = [], set(), 0, 0, [0] * len(rules)
+    for combo in itertools.product(*(axes[a][2] for a in names)):
+        point = dict(zip(names, combo))
+        matched = [all(any(_matches(w, point[a]) for w in ws) for a, ws in rule.items()) for rule in rules]
+        for k, m in enumerate(matched):
+            hits[k] += m
+        if any(matched):
+            n_excluded += len(cfg.train.seeds)
+            continue
+        updates: dict[str, dict[str, Any]] = {"data": {}, "model": {}, "train": {}}
+        for axis, value in point.items():
+            section, name, _ = axes[axis]
+            updates[section][name] = value
+        model = cfg.model.model_copy(update=updates["model"])
+        if model.arch == "tutorial":
+            # depth and width do not apply to the fixed tutorial CNN: pin them so equal runs hash equal
+            model = model.model_copy(update={"depth": ModelConfig().depth, "width": ModelConfig().width})
+        data = base_data.model_copy(update=updates["data"])
+        train = cfg.train.model_copy(update=updates["train"])
+        for seed in cfg.train.seeds:
+            display = tuple((a, display_value(axes[a][1], v)) for a, v in point.items())
+            spec = RunSpec(cfg.name, data, model, train, seed, display)
+            if spec.run_id in seen:
+                n_duplicates += 1
+                continue
+            seen.add(spec.run_id)
+            runs.append(spec)
+    for k, count in enumerate(hits):
+        if count == 0:
+            notes.append(f"exclude[{k}] matches no point of the grid")
+    if n_duplicates:
+        notes.append(f"{n_duplicates} point(s) resolved to an already planned run "
+                     "(e.g. depth/width with arch: tutorial, which has a fixed shape) and were merged")
+    if any(r.model.arch == "tutorial" for r in runs) and {"depth", "width"} & {axes[a][1] for a in names}:
+        notes.append("depth and width do not apply to arch: tutorial")
+    n_points = math.prod(len(axes[a][2]) for a in names) * len(cfg.train.seeds)
+    display_axes = {a: [display_value(axes[a][1], v) for v in axes[a][2]] for a in names}
+    return Plan(cfg, runs, display_axes, n_points, n_excluded, n_duplicates, notes)

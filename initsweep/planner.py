@@ -1,0 +1,90 @@
+"""From an expanded config to the work to do: counts and cost estimates (``initsweep plan``).
+
+Costs are counted, not guessed: each distinct model shape is measured on the meta device
+(layers, parameters, forward multiply-accumulates), and training is taken as 3x the
+forward pass (forward + backward for activations and weights), 2 FLOPs per MAC.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from .config import Plan, RunSpec
+from .data import dataset_sizes, split_sizes
+from .models import ModelShape, measure_shape
+
+
+@lru_cache(maxsize=256)
+def _shape(arch: str, depth: int, width: int, norm: str) -> ModelShape:
+    return measure_shape(arch, depth=depth, width=width, norm=norm)
+
+
+def model_shape(spec: RunSpec) -> ModelShape:
+    m = spec.model
+    return _shape(m.arch, m.depth, m.width, m.norm)
+
+
+def run_split_sizes(spec: RunSpec) -> tuple[int, int, int]:
+    """``(n_train, n_val, n_test)`` the run will use, from the dataset's known sizes."""
+    d = spec.data
+    return split_sizes(*dataset_sizes(d.dataset), val_fraction=d.val_fraction,
+                       train_limit=d.train_limit, test_limit=d.test_limit)
+
+
+def train_samples(spec: RunSpec) -> int:
+    """Training examples the run will process (epochs x train size, capped by max_steps)."""
+    n_train = run_split_sizes(spec)[0]
+    samples = n_train * spec.train.epochs
+    if spec.train.max_steps is not None:
+        samples = min(samples, spec.train.max_steps * spec.train.batch_size)
+    return samples
+
+
+@dataclass(frozen=True)
+class WorkEstimate:
+    n_runs: int
+    train_samples: int  # summed over runs
+    train_flops: float  # summed over runs
+    largest_params: int
+    largest_macs: int
+
+
+def estimate_work(runs: list[RunSpec]) -> WorkEstimate:
+    samples = flops = 0.0
+    largest_params = largest_macs = 0
+    for spec in runs:
+        shape = model_shape(spec)
+        n = train_samples(spec)
+        samples += n
+        flops += 3 * 2 * shape.macs_per_sample * n
+        largest_params = max(largest_params, shape.n_params)
+        largest_macs = max(largest_macs, shape.macs_per_sample)
+    return WorkEstimate(len(runs), int(samples), flops, largest_params, largest_macs)
+
+
+def plan_summary(plan: Plan) -> dict[str, Any]:
+    """Everything ``initsweep plan`` shows, as plain data (also its ``--format json``)."""
+    work = estimate_work(plan.runs)
+    runs = []
+    for spec in plan.runs:
+        shape = model_shape(spec)
+        row = {"run_id": spec.run_id, **dict(spec.point), "seed": spec.seed,
+               "params": shape.n_params, "macs_per_sample": shape.macs_per_sample,
+               "train_samples": train_samples(spec)}
+        runs.append(row)
+    return {
+        "sweep": plan.config.name,
+        "dataset": plan.config.data.dataset,
+        "axes": plan.axes,
+        "seeds": plan.config.train.seeds,
+        "n_points": plan.n_points,
+        "n_excluded": plan.n_excluded,
+        "n_duplicates": plan.n_duplicates,
+        "n_runs": len(plan.runs),
+        "notes": plan.notes,
+        "work": {"train_samples": work.train_samples, "train_gflop": round(work.train_flops / 1e9, 3),
+                 "largest_params": work.largest_params, "largest_macs_per_sample": work.largest_macs},
+        "runs": runs,
+    }
