@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 run: $(STAMP)
-	$(BIN)/initsweep plan configs/grid.yaml
+	$(BIN)/initsweep run configs/grid.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import signal
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Callable
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from . import __version__
-from .errors import EXIT_INTERRUPTED, InitsweepError
+from .errors import EXIT_INTERRUPTED, EXIT_RUNS_FAILED, InitsweepError
 
 app = typer.Typer(
     name="initsweep",
@@ -30,8 +32,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-console = Console()
-err_console = Console(stderr=True)
+# Rich draws 80 columns when output is not a terminal (CI logs, pipes); tables need more.
+_PIPE_WIDTH = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", 160))
+console = Console(width=_PIPE_WIDTH)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else int(os.environ.get("COLUMNS", 160)))
 
 
 class Format(str, Enum):
@@ -99,6 +103,74 @@ def plan(
     from .render import render_plan
 
     render_plan(console, summary, limit=None if show_all else 40)
+
+
+ResultsOpt = Annotated[Path, typer.Option("--results", "-r", help="Results folder (holds initsweep.db).")]
+
+
+def _sigterm_as_interrupt() -> None:
+    """SIGTERM (a CI cancel, ``kill``) stops a sweep like Ctrl-C: in-flight run marked, exit 130."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+@app.command()
+@_boundary
+def run(
+    config: ConfigArg,
+    results: ResultsOpt = Path("results"),
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps (auto takes CUDA when present).")] = "auto",
+    fresh: Annotated[bool, typer.Option("--fresh", help="Rerun finished runs too (old rows are kept as history).")] = False,
+    max_runs: Annotated[Optional[int], typer.Option("--max-runs", min=1, help="Run at most N runs now.")] = None,
+    offline: Annotated[bool, typer.Option("--offline", help="Never download, never substitute the MNIST sample.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the summary.")] = False,
+) -> None:
+    """Train every run of CONFIG not finished yet, storing each the moment it ends (resumable)."""
+    from .report import best_per_depth
+    from .render import SweepDisplay, render_sweep_summary
+    from .store import Store
+    from .sweep import run_sweep
+
+    _sigterm_as_interrupt()
+    display = SweepDisplay(console, err_console, quiet=quiet)
+    try:
+        outcome = run_sweep(config, results_dir=results, device=device, fresh=fresh, max_runs=max_runs,
+                            offline=offline, observer=display)
+    finally:
+        display.close()
+    with Store(results) as store:
+        df = store.runs_frame(outcome.sweep)
+    render_sweep_summary(console, outcome, best_per_depth(df), df["status"].value_counts().to_dict())
+    if outcome.interrupted:
+        err_console.print("interrupted: finished runs are stored; run the same command again to resume",
+                          highlight=False)
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if outcome.counts.get("failed"):
+        raise typer.Exit(EXIT_RUNS_FAILED)
+
+
+@app.command()
+@_boundary
+def report(
+    results: ResultsOpt = Path("results"),
+    sweep: Annotated[Optional[list[str]], typer.Option("--sweep", help="Only these sweeps (repeatable).")] = None,
+) -> None:
+    """A table of the stored runs (one row per run, its latest attempt)."""
+    from .render import render_runs
+    from .store import Store
+
+    with Store(results, create=False) as store:
+        df = store.runs_frame(sweep)
+    if df.empty:
+        console.print(f"no runs in {results} yet: initsweep run configs/smoke.yaml --results {results}",
+                      highlight=False)
+        return
+    columns = ["run_id", "sweep", *[c for c in ("init", "activation", "arch", "depth", "width") if c in df],
+               "seed", "status", "test_acc", "best_val_acc", "wall_seconds"]
+    render_runs(console, df, columns)
 
 
 @app.command("list-inits")

@@ -92,6 +92,7 @@ class ModelConfig(_Section):
     width: int = Field(32, ge=1, le=4096)
     norm: Literal["none", "batch"] = "none"
     padding: Literal["zeros", "circular"] = "zeros"
+    head: Literal["gap", "flatten"] = "gap"
     init: Choice = Choice(name="kaiming_normal", params=resolve_init_params("kaiming_normal", {}))
     activation: Choice = Choice(name="relu", params={})
     bias: Choice = Choice(name="zeros", params={})
@@ -124,7 +125,8 @@ class TrainConfig(_Section):
     epochs: int = Field(1, ge=1, le=10_000)
     max_steps: int | None = Field(None, ge=1, le=10**9)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, max_length=MAX_SEEDS)
-    diverge_loss: float = Field(1e4, gt=0.0, description="a training loss above this (or NaN/inf) stops the run as diverged")
+    # a training loss above diverge_factor x the first step's loss (or NaN/inf) stops the run as diverged
+    diverge_factor: float = Field(1e3, gt=1.0, le=1e30)
 
     @field_validator("seeds")
     @classmethod
@@ -212,14 +214,17 @@ class RunSpec:
         m, t, d = self.model, self.train, self.data
         return {
             "run_id": self.run_id, "sweep": self.sweep, "seed": self.seed,
-            "init": m.init.name, "init_params": m.init.params, "activation": m.activation.name,
-            "activation_params": m.activation.params, "bias": m.bias.name, "bias_params": m.bias.params,
+            "init": m.init.name, "init_params": m.init.params, "init_label": display_value("init", m.init),
+            "activation": m.activation.name, "activation_params": m.activation.params,
+            "activation_label": display_value("activation", m.activation),
+            "bias": m.bias.name, "bias_params": m.bias.params, "bias_label": display_value("bias", m.bias),
             "arch": m.arch, "depth": m.depth, "width": m.width, "norm": m.norm, "padding": m.padding,
+            "head": m.head,
             "dataset": d.dataset, "val_fraction": d.val_fraction, "split_seed": d.split_seed,
             "train_limit": d.train_limit, "test_limit": d.test_limit,
             "optimizer": t.optimizer, "lr": t.lr, "momentum": t.momentum, "nesterov": t.nesterov,
             "weight_decay": t.weight_decay, "batch_size": t.batch_size, "epochs": t.epochs,
-            "max_steps": t.max_steps, "diverge_loss": t.diverge_loss,
+            "max_steps": t.max_steps, "diverge_factor": t.diverge_factor,
         }
 
     def to_json(self) -> str:
@@ -486,6 +491,15 @@ def load_config(path: str | Path) -> SweepConfig:
 # ---------------------------------------------------------------- expansion
 
 
+# Settings an arch does not use; pinned to their defaults so runs that differ only there hash equal.
+_UNUSED_BY_ARCH = {"tutorial": ("depth", "width", "padding", "head"), "mlp": ("padding", "head")}
+
+
+def _without_unused(model: ModelConfig) -> ModelConfig:
+    unused = _UNUSED_BY_ARCH.get(model.arch, ())
+    return model.model_copy(update={name: ModelConfig.model_fields[name].default for name in unused})
+
+
 def expand(cfg: SweepConfig, dataset: str | None = None) -> Plan:
     """The runs of a config: the product of its axes x seeds, minus ``exclude``, deduplicated.
 
@@ -512,10 +526,7 @@ def expand(cfg: SweepConfig, dataset: str | None = None) -> Plan:
         for axis, value in point.items():
             section, name, _ = axes[axis]
             updates[section][name] = value
-        model = cfg.model.model_copy(update=updates["model"])
-        if model.arch == "tutorial":
-            # depth and width do not apply to the fixed tutorial CNN: pin them so equal runs hash equal
-            model = model.model_copy(update={"depth": ModelConfig().depth, "width": ModelConfig().width})
+        model = _without_unused(cfg.model.model_copy(update=updates["model"]))
         data = base_data.model_copy(update=updates["data"])
         train = cfg.train.model_copy(update=updates["train"])
         for seed in cfg.train.seeds:
@@ -532,8 +543,10 @@ def expand(cfg: SweepConfig, dataset: str | None = None) -> Plan:
     if n_duplicates:
         notes.append(f"{n_duplicates} point(s) resolved to an already planned run "
                      "(e.g. depth/width with arch: tutorial, which has a fixed shape) and were merged")
-    if any(r.model.arch == "tutorial" for r in runs) and {"depth", "width"} & {axes[a][1] for a in names}:
-        notes.append("depth and width do not apply to arch: tutorial")
+    swept = {axes[a][1] for a in names}
+    for arch, unused in _UNUSED_BY_ARCH.items():
+        if any(r.model.arch == arch for r in runs) and set(unused) & swept:
+            notes.append(f"arch {arch} does not use {', '.join(sorted(set(unused) & swept))}")
     n_points = math.prod(len(axes[a][2]) for a in names) * len(cfg.train.seeds)
     display_axes = {a: [display_value(axes[a][1], v) for v in axes[a][2]] for a in names}
     return Plan(cfg, runs, display_axes, n_points, n_excluded, n_duplicates, notes)

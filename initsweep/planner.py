@@ -17,13 +17,13 @@ from .models import ModelShape, measure_shape
 
 
 @lru_cache(maxsize=256)
-def _shape(arch: str, depth: int, width: int, norm: str) -> ModelShape:
-    return measure_shape(arch, depth=depth, width=width, norm=norm)
+def _shape(arch: str, depth: int, width: int, norm: str, head: str) -> ModelShape:
+    return measure_shape(arch, depth=depth, width=width, norm=norm, head=head)
 
 
 def model_shape(spec: RunSpec) -> ModelShape:
     m = spec.model
-    return _shape(m.arch, m.depth, m.width, m.norm)
+    return _shape(m.arch, m.depth, m.width, m.norm, m.head)
 
 
 def run_split_sizes(spec: RunSpec) -> tuple[int, int, int]:

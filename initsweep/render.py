@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def _si(n: float) -> str:
@@ -45,3 +49,116 @@ def render_plan(console: Console, summary: dict[str, Any], limit: int | None = 4
     console.print(table)
     if len(shown) < len(runs):
         console.print(f"... and {len(runs) - len(shown)} more (--all lists every run)", highlight=False)
+
+
+def run_label(spec) -> str:
+    """``he relu depth=8 seed=1``: a run's grid point, as people read it."""
+    parts = [f"{k}={v}" if k not in ("init", "activation") else str(v) for k, v in spec.point]
+    return " ".join(parts + [f"seed={spec.seed}"])
+
+
+_STATUS_STYLE = {"ok": "green", "diverged": "yellow", "failed": "red", "interrupted": "magenta"}
+
+
+def result_line(done: int, total: int, spec, result) -> str:
+    acc = f"test_acc={result.test_acc:.4f}" if result.test_acc is not None else "test_acc=-"
+    extra = f" at step {result.diverged_step}" if result.diverged_step else ""
+    extra += f" {result.error}" if result.error else ""
+    wall = f" ({result.wall_seconds:.1f}s)" if result.wall_seconds is not None else ""
+    style = _STATUS_STYLE.get(result.status, "white")
+    return (f"[{done}/{total}] [{style}]{result.status:<8}[/] {run_label(spec)}  {acc}{wall}"
+            f"{escape(extra)}")
+
+
+class SweepDisplay:
+    """The sweep's progress: live bars on a terminal, one plain line per run otherwise.
+
+    Implements the ``sweep.Observer`` events. ``quiet`` prints nothing per run.
+    """
+
+    def __init__(self, console: Console, err_console: Console, quiet: bool = False):
+        self.console, self.err, self.quiet = console, err_console, quiet
+        self.live = console.is_terminal and not quiet
+        self.progress = None
+        self.done = self.total = 0
+
+    def data_resolved(self, source) -> None:
+        if source.fallback_reason:
+            self.err.print(
+                f"[bold yellow]WARNING[/]: {escape(source.fallback_reason)}\n"
+                f"[bold yellow]WARNING[/]: training on the shipped 5,000-digit MNIST sample instead "
+                f"(recorded in every run row; --offline or data.fallback: none makes this an error)",
+                highlight=False)
+
+    def sweep_started(self, sweep: str, n_planned: int, n_todo: int, n_done: int) -> None:
+        self.total = n_todo
+        self.console.print(f"{sweep}: {n_planned} runs planned, {n_done} already finished, {n_todo} to run",
+                           highlight=False)
+        if self.live and n_todo:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TimeRemainingColumn(), console=self.console, transient=True)
+            self.sweep_task = self.progress.add_task("sweep", total=n_todo)
+            self.run_task = self.progress.add_task("", total=1)
+            self.progress.start()
+
+    def run_started(self, spec) -> None:
+        if self.progress:
+            self.progress.update(self.run_task, description=run_label(spec), completed=0, total=1)
+
+    def run_progress(self, spec, epoch: int, step: int, steps: int) -> None:
+        if self.progress:
+            total = spec.train.epochs * steps
+            self.progress.update(self.run_task, total=total, completed=(epoch - 1) * steps + step,
+                                 description=f"{run_label(spec)} epoch {epoch}/{spec.train.epochs}")
+
+    def run_finished(self, spec, result) -> None:
+        self.done += 1
+        if self.progress:
+            self.progress.advance(self.sweep_task)
+        if not self.quiet:
+            target = self.progress.console if self.progress else self.console
+            target.print(result_line(self.done, self.total, spec, result), highlight=False)
+
+    def run_skipped(self, spec, why: str) -> None:
+        if self.progress:
+            self.progress.advance(self.sweep_task)
+
+    def close(self) -> None:
+        if self.progress:
+            self.progress.stop()
+            self.progress = None
+
+
+def render_sweep_summary(console: Console, outcome, best: "pd.DataFrame", totals: dict[str, int]) -> None:
+    counts = outcome.counts
+    ran = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "nothing"
+    console.print(f"this run: {ran}; skipped {outcome.n_skipped}", highlight=False)
+    console.print("sweep so far: " + ", ".join(f"{n} {s}" for s, n in sorted(totals.items())), highlight=False)
+    if not best.empty:
+        table = Table(title=f"Best setting per depth (mean test accuracy over seeds) — {outcome.sweep}")
+        for col in ("depth", "setting", "test acc", "seeds"):
+            table.add_column(col, justify="left" if col == "setting" else "right")
+        for _, row in best.iterrows():
+            table.add_row(str(row["depth"]), str(row["setting"]), f"{row['mean']:.4f}", str(row["n"]))
+        console.print(table)
+    console.print(f"results: {outcome.results_dir / 'initsweep.db'} (initsweep report --results {outcome.results_dir})",
+                  highlight=False)
+
+
+def render_runs(console: Console, df: "pd.DataFrame", columns: list[str]) -> None:
+    table = Table(show_edge=False, pad_edge=False)
+    for col in columns:
+        table.add_column(col, justify="right" if df[col].dtype.kind in "if" else "left")
+    for _, row in df.iterrows():
+        table.add_row(*(_cell(row[c]) for c in columns))
+    console.print(table)
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)

@@ -68,7 +68,7 @@ def test_tutorial_arch_ignores_depth_and_merges_duplicates():
     plan = plan_of(model={"arch": "tutorial"}, grid={"depth": [2, 8, 20], "init": ["he", "std_normal"]})
     assert len(plan.runs) == 2
     assert plan.n_duplicates == 4
-    assert any("do not apply" in n for n in plan.notes)
+    assert any("arch tutorial does not use depth" in n for n in plan.notes)
 
 
 def test_run_id_is_stable_across_processes():

@@ -87,3 +87,11 @@ def test_tutorial_macs_by_hand():
     # conv1 26*26*32*9, conv2 11*11*64*288, conv3 3*3*64*576, dense 64*576, head 10*64
     by_hand = 26 * 26 * 32 * 9 + 11 * 11 * 64 * 288 + 3 * 3 * 64 * 576 + 64 * 576 + 10 * 64
     assert measure_shape("tutorial", depth=None, width=None).macs_per_sample == by_hand
+
+
+@pytest.mark.parametrize("depth,features", [(1, 8 * 14 * 14), (2, 8 * 7 * 7), (9, 8 * 7 * 7)])
+def test_plain_flatten_head_reads_the_whole_map(depth, features):
+    model = build_model("plain", depth=depth, width=8, activation=nn.ReLU, head="flatten")
+    assert model.head.in_features == features
+    assert model(x).shape == (3, 10)
+    assert measure_shape("plain", depth=depth, width=8, head="flatten").n_params == sum(p.numel() for p in model.parameters())
