@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .activations import resolve_activation_params
 from .errors import ConfigError
 from .inits import resolve_bias_params, resolve_init_params
-from .models import ARCHS, measure_shape
+from .models import measure_shape
 from .registry import did_you_mean
 
 # Bumped when the meaning of a setting changes, so old run ids stop matching.

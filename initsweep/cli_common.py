@@ -1,0 +1,84 @@
+"""What every CLI command module shares: the Typer app, consoles, the error boundary, options.
+
+Command modules (``cli.py``, ``cli_report.py``, ...) register on :data:`app`; only they and
+the renderers they call print. :func:`boundary` turns a domain error into one line per
+problem on stderr and its exit code (0 ok, 1 runs failed / check regressed, 2 bad usage or
+input, 130 interrupted), so no user mistake ends in a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Callable
+
+import typer
+from rich.console import Console
+
+from . import __version__
+from .errors import EXIT_INTERRUPTED, InitsweepError
+
+app = typer.Typer(
+    name="initsweep",
+    help="Sweep weight initializers x activations x depth, store every run, explain the signal.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+# Rich draws 80 columns when output is not a terminal (CI logs, pipes); tables need more.
+_PIPE_WIDTH = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", 160))
+console = Console(width=_PIPE_WIDTH)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else int(os.environ.get("COLUMNS", 160)))
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+
+
+def boundary(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a command; a domain error becomes one clean line per problem and an exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except InitsweepError as exc:
+            for line in exc.lines():
+                err_console.print(f"[bold red]error:[/] {line}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted", highlight=False)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+
+    return wrapper
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _version(value: bool) -> None:
+    if value:
+        import torch
+
+        console.print(f"initsweep {__version__} (torch {torch.__version__})", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Show the version and exit.")] = False,
+) -> None:
+    """Sweep weight initializers x activations x depth on MNIST; store, compare and explain every run."""
+
+
+ResultsOpt = Annotated[Path, typer.Option("--results", "-r", help="Results folder (holds initsweep.db).")]
+ConfigArg = Annotated[Path, typer.Argument(help="Sweep config (YAML), e.g. configs/grid.yaml.", show_default=False)]
+FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
