@@ -17,7 +17,7 @@ from rich.table import Table
 from .cli_common import (
     ConfigArg, Format, FormatOpt, ResultsOpt, app, boundary, console, err_console, print_json,
 )
-from .errors import EXIT_INTERRUPTED, EXIT_RUNS_FAILED
+from .errors import EXIT_INTERRUPTED, EXIT_RUNS_FAILED, InitsweepError
 
 @app.command()
 @boundary
@@ -58,6 +58,14 @@ def run(
     max_runs: Annotated[Optional[int], typer.Option("--max-runs", min=1, help="Run at most N runs now.")] = None,
     offline: Annotated[bool, typer.Option("--offline", help="Never download, never substitute the MNIST sample.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the summary.")] = False,
+    workers: Annotated[Optional[int], typer.Option(
+        min=1, help="Worker processes [default: one per core on the CPU (in-process for tiny sweeps), one per GPU].")] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="Threads per worker [default: cores / workers].")] = None,
+    devices: Annotated[Optional[str], typer.Option(help="Comma-separated devices, one worker each, e.g. cuda:0,cuda:1.")] = None,
+    vmap: Annotated[str, typer.Option(help="Train runs that share an architecture as one batched model: auto (CUDA only), on, off.")] = "auto",
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile each model (warm-up timed separately).")] = False,
+    precision: Annotated[Optional[str], typer.Option(help="Override train.precision: fp32 or bf16 (CUDA).")] = None,
+    max_retries: Annotated[int, typer.Option(min=0, help="Retries of a run whose worker process died.")] = 2,
 ) -> None:
     """Train every run of CONFIG not finished yet, storing each the moment it ends (resumable)."""
     from .report import best_per_depth
@@ -68,8 +76,12 @@ def run(
     _sigterm_as_interrupt()
     display = SweepDisplay(console, err_console, quiet=quiet)
     try:
+        if precision not in (None, "fp32", "bf16"):
+            raise InitsweepError(f"--precision {precision}: use fp32 or bf16")
         outcome = run_sweep(config, results_dir=results, device=device, fresh=fresh, max_runs=max_runs,
-                            offline=offline, observer=display)
+                            offline=offline, observer=display, workers=workers, threads=threads,
+                            devices=devices.split(",") if devices else None, vmap=vmap, compile=compile,
+                            precision=precision, max_retries=max_retries)
     finally:
         display.close()
     with Store(results) as store:

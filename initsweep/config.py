@@ -127,6 +127,8 @@ class TrainConfig(_Section):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, max_length=MAX_SEEDS)
     # a training loss above diverge_factor x the first step's loss (or NaN/inf) stops the run as diverged
     diverge_factor: float = Field(1e3, gt=1.0, le=1e30)
+    # bf16 autocast (CUDA only) changes the numbers, so it is a setting, hashed into the run id
+    precision: Literal["fp32", "bf16"] = "fp32"
 
     @field_validator("seeds")
     @classmethod
@@ -224,7 +226,7 @@ class RunSpec:
             "train_limit": d.train_limit, "test_limit": d.test_limit,
             "optimizer": t.optimizer, "lr": t.lr, "momentum": t.momentum, "nesterov": t.nesterov,
             "weight_decay": t.weight_decay, "batch_size": t.batch_size, "epochs": t.epochs,
-            "max_steps": t.max_steps, "diverge_factor": t.diverge_factor,
+            "max_steps": t.max_steps, "diverge_factor": t.diverge_factor, "precision": t.precision,
         }
 
     def to_json(self) -> str:

@@ -73,13 +73,15 @@ def result_line(done: int, total: int, spec, result) -> str:
 class SweepDisplay:
     """The sweep's progress: live bars on a terminal, one plain line per run otherwise.
 
-    Implements the ``sweep.Observer`` events. ``quiet`` prints nothing per run.
+    Implements the ``sweep.Observer`` events: a bar for the sweep (runs done, ETA) and one
+    per run in flight (epoch and batches); ``quiet`` prints nothing per run.
     """
 
     def __init__(self, console: Console, err_console: Console, quiet: bool = False):
         self.console, self.err, self.quiet = console, err_console, quiet
         self.live = console.is_terminal and not quiet
         self.progress = None
+        self.run_tasks: dict[str, Any] = {}
         self.done = self.total = 0
 
     def data_resolved(self, source) -> None:
@@ -100,23 +102,25 @@ class SweepDisplay:
             self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                      TimeRemainingColumn(), console=self.console, transient=True)
             self.sweep_task = self.progress.add_task("sweep", total=n_todo)
-            self.run_task = self.progress.add_task("", total=1)
             self.progress.start()
 
     def run_started(self, spec) -> None:
-        if self.progress:
-            self.progress.update(self.run_task, description=run_label(spec), completed=0, total=1)
+        if self.progress and spec.run_id not in self.run_tasks:
+            self.run_tasks[spec.run_id] = self.progress.add_task(run_label(spec), total=None)
 
     def run_progress(self, spec, epoch: int, step: int, steps: int) -> None:
-        if self.progress:
-            total = spec.train.epochs * steps
-            self.progress.update(self.run_task, total=total, completed=(epoch - 1) * steps + step,
+        task = self.run_tasks.get(spec.run_id)
+        if self.progress and task is not None:
+            self.progress.update(task, total=spec.train.epochs * steps, completed=(epoch - 1) * steps + step,
                                  description=f"{run_label(spec)} epoch {epoch}/{spec.train.epochs}")
 
     def run_finished(self, spec, result) -> None:
         self.done += 1
         if self.progress:
             self.progress.advance(self.sweep_task)
+            task = self.run_tasks.pop(spec.run_id, None)
+            if task is not None:
+                self.progress.remove_task(task)
         if not self.quiet:
             target = self.progress.console if self.progress else self.console
             target.print(result_line(self.done, self.total, spec, result), highlight=False)

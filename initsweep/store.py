@@ -53,7 +53,7 @@ _SETTING_COLUMNS = {
     "val_fraction": "REAL", "split_seed": "INTEGER", "train_limit": "INTEGER", "test_limit": "INTEGER",
     "optimizer": "TEXT", "lr": "REAL", "momentum": "REAL", "nesterov": "INTEGER",
     "weight_decay": "REAL", "batch_size": "INTEGER", "epochs": "INTEGER", "max_steps": "INTEGER",
-    "diverge_factor": "REAL",
+    "diverge_factor": "REAL", "precision": "TEXT",
 }
 _RESULT_COLUMNS = {
     "dataset_requested": "TEXT", "data_location": "TEXT", "data_fallback": "TEXT",
@@ -64,6 +64,8 @@ _RESULT_COLUMNS = {
     "setup_seconds": "REAL", "train_seconds": "REAL", "eval_seconds": "REAL", "wall_seconds": "REAL",
     "samples_per_sec": "REAL", "device": "TEXT", "initsweep_version": "TEXT", "torch_version": "TEXT",
     "python_version": "TEXT", "host": "TEXT", "owner": "TEXT", "claimed_at": "TEXT", "finished_at": "TEXT",
+    "worker": "TEXT", "threads": "INTEGER", "memory_format": "TEXT", "compiled": "INTEGER", "batched": "INTEGER",
+    "peak_rss_mb": "REAL", "compile_seconds": "REAL",
 }
 LAYER_COLUMNS = {
     "kind": "TEXT", "fan_in": "INTEGER", "pre_mean": "REAL", "pre_std": "REAL", "act_mean": "REAL",
@@ -264,6 +266,9 @@ class Store:
             "data_location": result.data_location, "verdict": getattr(result, "verdict", None),
             "initsweep_version": env.get("initsweep"), "torch_version": env.get("torch"),
             "python_version": env.get("python"), "host": env.get("host"), "finished_at": _now(),
+            "worker": env.get("worker"), "threads": env.get("threads"), "memory_format": result.memory_format,
+            "compiled": result.compiled, "batched": result.batched, "peak_rss_mb": result.peak_rss_mb,
+            "compile_seconds": result.compile_seconds,
         }
         with self._write() as conn:
             status = conn.execute("SELECT status FROM runs WHERE row_id = ?", (row_id,)).fetchone()

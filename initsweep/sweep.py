@@ -6,13 +6,23 @@ reports progress to an :class:`Observer` (the CLI's draws the progress bars).
 
 from __future__ import annotations
 
+import os
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
+import torch
+
+from .batched import group_specs
 from .config import RunSpec, SweepConfig, expand, load_config
 from .data import DataSource, resolve_source
+from .errors import InitsweepError
+from .executors import Task
+from .executors.local import execute_in_process
+from .executors.pool import WorkerPool
+from .planner import estimate_work
 from .store import Store
 from .train import RunResult, resolve_device
 
@@ -38,24 +48,76 @@ class SweepOutcome:
     results: list[tuple[RunSpec, RunResult]] = field(default_factory=list)
     n_skipped: int = 0  # finished or claimed by another process meanwhile
     interrupted: bool = False
+    execution: "Execution | None" = None
 
     @property
     def counts(self) -> Counter:
         return Counter(r.status for _, r in self.results)
 
 
+# Starting the worker pool costs about 5 s here (each worker imports torch and loads the
+# data); below this much training work (a few seconds in one process) it is not worth it.
+POOL_MIN_FLOPS = 300e9
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How the runs are executed: resolved from the CLI flags and the machine."""
+
+    devices: list[torch.device]
+    workers: int
+    threads: int
+    vmap: bool
+    compile: bool = False
+    max_retries: int = 2
+
+    @property
+    def device(self) -> torch.device:
+        return self.devices[0]
+
+
+def plan_execution(device: str = "auto", devices: list[str] | None = None, workers: int | None = None,
+                   threads: int | None = None, vmap: str = "auto", compile: bool = False,
+                   max_retries: int = 2) -> Execution:
+    """Defaults: one worker per core on the CPU (single-threaded: measured faster than one
+    two-threaded process), one per GPU on CUDA; vmapped groups only on CUDA."""
+    resolved = [resolve_device(d) for d in (devices or [device])]
+    if len({d.type for d in resolved}) != 1:
+        raise InitsweepError(f"--devices {','.join(devices or [])}: mix of device types")
+    cores = usable_cores()
+    if workers is None:
+        workers = len(resolved) if resolved[0].type == "cuda" else cores
+    if threads is None:
+        threads = max(1, cores // workers)
+    if vmap not in ("auto", "on", "off"):
+        raise InitsweepError(f"--vmap {vmap}: use auto, on or off")
+    use_vmap = vmap == "on" or (vmap == "auto" and resolved[0].type == "cuda")
+    return Execution(resolved, workers, threads, use_vmap, compile, max_retries)
+
+
 def run_sweep(config: str | Path | SweepConfig, *, results_dir: str | Path = "results", device: str = "auto",
+              devices: list[str] | None = None, workers: int | None = None, threads: int | None = None,
+              vmap: str = "auto", compile: bool = False, precision: str | None = None, max_retries: int = 2,
               fresh: bool = False, max_runs: int | None = None, offline: bool = False,
               observer: Observer | None = None) -> SweepOutcome:
     """Train every run of a config that is not finished yet; return what happened.
 
-    Ctrl-C (``KeyboardInterrupt``) is caught: the run in flight is recorded as
+    Ctrl-C (``KeyboardInterrupt``) is caught: the runs in flight are recorded as
     ``interrupted`` and the outcome comes back with ``interrupted=True``.
     """
-    from .executors.local import execute_sequential
-
     cfg = config if isinstance(config, SweepConfig) else load_config(config)
-    torch_device = resolve_device(device)
+    execution = plan_execution(device, devices, workers, threads, vmap, compile, max_retries)
+    if precision is not None:
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"precision": precision})})
+    if cfg.train.precision == "bf16" and execution.device.type != "cuda":
+        raise InitsweepError(f"precision bf16 needs a CUDA device (running on {execution.device})")
     observer = observer or Observer()
     with Store(results_dir) as store:
         source = resolve_source(cfg.data, offline=offline)
@@ -64,14 +126,17 @@ def run_sweep(config: str | Path | SweepConfig, *, results_dir: str | Path = "re
         fresh_since = datetime.now(timezone.utc).isoformat(timespec="milliseconds") if fresh else None
         done = store.finished_run_ids(cfg.name, fresh_since)
         todo = [spec for spec in plan.runs if spec.run_id not in done][:max_runs]
+        if workers is None and execution.device.type == "cpu" and estimate_work(todo).train_flops < POOL_MIN_FLOPS:
+            execution = replace(execution, workers=1, threads=threads or usable_cores())
         outcome = SweepOutcome(cfg.name, Path(results_dir), source, len(plan.runs),
-                               sum(spec.run_id in done for spec in plan.runs))
+                               sum(spec.run_id in done for spec in plan.runs), execution=execution)
         observer.sweep_started(cfg.name, len(plan.runs), len(todo), outcome.n_done_before)
         claim_kwargs = {"dataset_requested": source.requested, "data_fallback": source.fallback_reason,
                         "fresh_since": fresh_since}
+        groups = group_specs(todo) if execution.vmap else [[spec] for spec in todo]
+        tasks = [Task(i, specs, source) for i, specs in enumerate(groups)]
         try:
-            for spec, result in execute_sequential(todo, store=store, device=torch_device, source=source,
-                                                   observer=observer, claim_kwargs=claim_kwargs):
+            for spec, result in _execute(tasks, execution, store, observer, claim_kwargs):
                 if result is None:
                     outcome.n_skipped += 1
                     observer.run_skipped(spec, "finished or running in another process")
@@ -81,3 +146,24 @@ def run_sweep(config: str | Path | SweepConfig, *, results_dir: str | Path = "re
         except KeyboardInterrupt:
             outcome.interrupted = True
     return outcome
+
+
+def _execute(tasks: list[Task], execution: Execution, store: Store, observer,
+             claim_kwargs: dict) -> Iterator[tuple[RunSpec, RunResult | None]]:
+    """In this process for one worker, else in a pool of warm worker processes."""
+    workers = min(execution.workers, len(tasks))
+    if workers <= 1:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(execution.threads)
+        try:
+            yield from execute_in_process(tasks, store=store, device=execution.device, observer=observer,
+                                          claim_kwargs=claim_kwargs, compile=execution.compile)
+        finally:
+            torch.set_num_threads(previous)
+        return
+    pool = WorkerPool(workers, [str(d) for d in execution.devices], execution.threads, execution.compile)
+    try:
+        yield from pool.execute(tasks, store=store, observer=observer, claim_kwargs=claim_kwargs,
+                                max_retries=execution.max_retries)
+    finally:
+        pool.close()

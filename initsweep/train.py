@@ -22,9 +22,13 @@ found exactly from the losses kept on the device.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import platform
+import resource
 import socket
+import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -86,6 +90,11 @@ class RunResult:
     data_location: str | None = None
     layers: list[dict[str, Any]] = field(default_factory=list)
     environment: dict[str, str] = field(default_factory=dict)
+    memory_format: str | None = None
+    compiled: bool = False
+    batched: bool = False  # trained inside a vmapped group (see batched.py)
+    compile_seconds: float | None = None  # torch.compile warm-up, excluded from train_seconds
+    peak_rss_mb: float | None = None  # the training process's peak resident memory
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -191,24 +200,55 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def environment() -> dict[str, str]:
+def environment() -> dict[str, Any]:
     return {"initsweep": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "host": socket.gethostname(), "threads": str(torch.get_num_threads())}
+            "host": socket.gethostname(), "threads": torch.get_num_threads(), "worker": str(os.getpid())}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def memory_format_for(spec: RunSpec, device: torch.device) -> torch.memory_format:
+    """channels_last for conv nets on the CPU: measured here 1.36x faster for the tutorial CNN
+    (3,256 vs 2,399 samples/s, 2 threads). One-channel MNIST input is already laid out that
+    way, so only the model moves. Elsewhere unmeasured, so left as PyTorch's default."""
+    if device.type == "cpu" and spec.model.arch in ("plain", "tutorial"):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def autocast_for(spec: RunSpec, device: torch.device):
+    """bf16 autocast for ``precision: bf16`` (CUDA only, checked when the sweep starts)."""
+    if spec.train.precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def run(spec: RunSpec, device: torch.device | str = "cpu", *, source: DataSource | None = None,
-        progress: Progress | None = None) -> RunResult:
-    """Train and evaluate one run. Exceptions propagate (see :func:`run_safely`)."""
+        progress: Progress | None = None, compile: bool = False) -> RunResult:
+    """Train and evaluate one run. Exceptions propagate (see :func:`run_safely`).
+
+    ``compile`` wraps the model in ``torch.compile``; the first step (where compilation
+    happens) is timed separately as ``compile_seconds`` and left out of ``train_seconds``.
+    """
     device = torch.device(device)
     t_start = time.perf_counter()
     source, splits = splits_for(spec, device, source)
     init_seed, data_seed = seed_streams(spec.seed)
-    model = build_initialized_model(spec, torch.Generator().manual_seed(init_seed)).to(device)
+    memory_format = memory_format_for(spec, device)
+    model = build_initialized_model(spec, torch.Generator().manual_seed(init_seed))
+    model = model.to(device=device, memory_format=memory_format)
     optimizer = make_optimizer(spec, model.parameters())
     data_gen = torch.Generator().manual_seed(data_seed)
     result = RunResult(spec.run_id, "ok", n_train=splits.n_train, n_val=splits.n_val, n_test=splits.n_test,
                        device=str(device), data_source=source.dataset, data_location=source.location,
-                       environment=environment())
+                       environment=environment(), memory_format=str(memory_format).rsplit(".", 1)[-1],
+                       compiled=compile)
+    forward = torch.compile(model) if compile else model
+    autocast = autocast_for(spec, device)
     _sync(device)
     result.setup_seconds = time.perf_counter() - t_start
 
@@ -229,8 +269,11 @@ def run(spec: RunSpec, device: torch.device | str = "cpu", *, source: DataSource
         pending: list[torch.Tensor] = []  # losses not yet checked on the host
         for i, (xb, yb) in enumerate(iterate_batches(splits.train_x, splits.train_y, t.batch_size,
                                                      generator=data_gen), start=1):
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb)
+            if compile and result.steps == 0:
+                t_compile = time.perf_counter()
+            with autocast:
+                logits = forward(xb)
+            loss = F.cross_entropy(logits.float(), yb)
             pending.append(loss.detach())
             if first_loss is None:
                 first_loss = pending[0]
@@ -243,6 +286,9 @@ def run(spec: RunSpec, device: torch.device | str = "cpu", *, source: DataSource
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if compile and result.steps == 0:
+                _sync(device)
+                result.compile_seconds = time.perf_counter() - t_compile
             result.steps += 1
             loss_sum += loss.detach().double() * len(yb)
             correct += (logits.detach().argmax(1) == yb).sum()
@@ -256,7 +302,7 @@ def run(spec: RunSpec, device: torch.device | str = "cpu", *, source: DataSource
             if bad is not None:
                 result.status, result.diverged_step = "diverged", result.steps - len(pending) + bad + 1
         _sync(device)
-        epoch_train = time.perf_counter() - t_epoch
+        epoch_train = time.perf_counter() - t_epoch - (result.compile_seconds or 0.0) * (epoch == 1)
         train_seconds += epoch_train
         samples += seen
         t_eval = time.perf_counter()
@@ -279,6 +325,7 @@ def run(spec: RunSpec, device: torch.device | str = "cpu", *, source: DataSource
     result.train_seconds, result.eval_seconds = train_seconds, eval_seconds
     result.samples_per_sec = samples / train_seconds if train_seconds > 0 else None
     result.wall_seconds = time.perf_counter() - t_start
+    result.peak_rss_mb = peak_rss_mb()
     return result
 
 

@@ -132,7 +132,7 @@ def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
 
     monkeypatch.setattr(train, "build_model", build)
     config = write_config(tmp_path / "c.yaml", grid={"depth": [1, 2, 3]})
-    outcome = run_sweep(config, results_dir=tmp_path / "res", device="cpu")
+    outcome = run_sweep(config, results_dir=tmp_path / "res", device="cpu", workers=1)  # in-process: sees the patch
     assert outcome.counts == {"ok": 2, "failed": 1}
     df = load_results(tmp_path / "res").set_index("depth")
     assert df.loc[2, "status"] == "failed"

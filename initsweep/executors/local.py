@@ -1,4 +1,4 @@
-"""The in-process executor: runs one after another in the calling process."""
+"""The in-process executor: tasks one after another in the calling process."""
 
 from __future__ import annotations
 
@@ -6,30 +6,46 @@ from typing import Iterator
 
 import torch
 
+from ..batched import run_group
 from ..config import RunSpec
-from ..data import DataSource
 from ..store import Store
-from ..train import RunResult, run_safely
+from ..train import RunResult
+from . import Task
 
 
-def execute_sequential(specs: list[RunSpec], *, store: Store, device: torch.device, source: DataSource,
-                       observer, claim_kwargs: dict) -> Iterator[tuple[RunSpec, RunResult | None]]:
-    """Claim, train and record each run in turn, yielding ``(spec, result)`` as each is stored.
+def execute_in_process(tasks: list[Task], *, store: Store, device: torch.device, observer, claim_kwargs: dict,
+                       compile: bool = False) -> Iterator[tuple[RunSpec, RunResult | None]]:
+    """Claim, train and record each task in turn, yielding ``(spec, result)`` as each is stored.
 
     ``result`` is ``None`` for a run another process finished or claimed meanwhile. Ctrl-C
-    marks the run in flight ``interrupted`` and propagates.
+    marks the runs in flight ``interrupted`` and propagates.
     """
-    for spec in specs:
-        row_id = store.claim(spec, **claim_kwargs)
-        if row_id is None:
-            yield spec, None
+    from ..train import run_safely
+
+    for task in tasks:
+        rows = {}
+        for spec in task.specs:
+            row_id = store.claim(spec, **claim_kwargs)
+            if row_id is None:
+                yield spec, None
+            else:
+                rows[spec.run_id] = row_id
+        specs = [s for s in task.specs if s.run_id in rows]
+        if not specs:
             continue
-        observer.run_started(spec)
+        for spec in specs:
+            observer.run_started(spec)
         try:
-            result = run_safely(spec, device, source=source,
-                                progress=lambda epoch, step, steps: observer.run_progress(spec, epoch, step, steps))
-            store.finish(row_id, result)
+            if len(specs) == 1:
+                spec = specs[0]
+                results = [run_safely(spec, device, source=task.source, compile=compile,
+                                      progress=lambda e, s, n: observer.run_progress(spec, e, s, n))]
+            else:
+                results = run_group(specs, device, source=task.source, progress=observer.run_progress)
+            for spec, result in zip(specs, results):
+                store.finish(rows.pop(spec.run_id), result)
+                yield spec, result
         except KeyboardInterrupt:
-            store.mark_interrupted(row_id, "interrupted (Ctrl-C or SIGTERM)")
+            for row_id in rows.values():
+                store.mark_interrupted(row_id, "interrupted (Ctrl-C or SIGTERM)")
             raise
-        yield spec, result

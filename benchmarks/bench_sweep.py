@@ -1,0 +1,177 @@
+"""Sweep throughput, side by side in one run: naive loop vs shell loop vs ``initsweep run``.
+
+    .venv/bin/python benchmarks/bench_sweep.py                 # 24 runs, tutorial CNN, 1 epoch
+    .venv/bin/python benchmarks/bench_sweep.py --study configs/grid.yaml   # non-training share
+    .venv/bin/python benchmarks/bench_sweep.py --tiny          # seconds; what the tests run
+
+All three train the same grid (init x activation x seed) of the tutorial CNN on the same
+MNIST digits (the shipped sample), Adam lr 1e-3, the same batch size and epochs:
+
+1. naive loop — ``naive_mnist.py``: pytorch/examples style (PIL + ToTensor + Normalize
+   per item, DataLoader), every run one after another in one process;
+2. shell loop — the same script launched once per grid point (a new process per run);
+3. initsweep run — the real command, as a user runs it.
+
+Columns: wall time (each mode as a whole, process start included), aggregate training
+samples per second of wall time, the ratio of the wall times to modes 1 and 2, the share
+of the machine's compute ceiling (training FLOPs per sample = 3 x 2 x forward MACs, times
+samples/s, over a measured 2048x2048 float32 GEMM rate using every core), and the peak
+resident memory of the process that trains (initsweep: the largest worker's).
+
+``--study CONFIG`` instead runs ``initsweep run CONFIG`` and reports how much of its wall
+time is not training: 1 - (sum of the runs' training seconds / workers) / wall.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+INITS = ["he", "xavier_uniform", "orthogonal", "lecun_normal", "gaussian_inv_sqrt_n", "uniform_inv_sqrt_n"]
+ACTIVATIONS = ["relu", "tanh"]
+
+
+def gemm_flops(seconds: float = 1.0, n: int = 2048) -> float:
+    """Sustained float32 GEMM rate with every core: the compute ceiling."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    reps, t = 0, time.perf_counter()
+    while time.perf_counter() - t < seconds:
+        torch.mm(a, b)
+        reps += 1
+    return 2 * n**3 * reps / (time.perf_counter() - t)
+
+
+def _run(cmd: list[str], env: dict | None = None) -> tuple[float, str]:
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    return wall, proc.stdout
+
+
+def points(n_seeds: int, n_inits: int) -> list[str]:
+    return [f"{i}:{a}:{s}" for i in INITS[:n_inits] for a in ACTIVATIONS for s in range(n_seeds)]
+
+
+def config_for(args, path: Path) -> Path:
+    path.write_text(yaml.safe_dump({
+        "name": "bench", "data": {"dataset": "mnist-sample", "val_fraction": 0.0, "train_limit": args.train_limit,
+                                  "test_limit": args.test_limit},
+        "model": {"arch": "tutorial"},
+        "train": {"optimizer": "adam", "lr": 1e-3, "batch_size": args.batch_size, "epochs": args.epochs,
+                  "seeds": list(range(args.seeds))},
+        "grid": {"init": INITS[:args.inits], "activation": ACTIVATIONS}}))
+    return path
+
+
+def naive(args, pts: list[str], point: int | None = None) -> dict:
+    cmd = [sys.executable, str(ROOT / "benchmarks/naive_mnist.py"), "--points", *pts, "--epochs", str(args.epochs),
+           "--batch-size", str(args.batch_size), "--train-limit", str(args.train_limit),
+           "--test-limit", str(args.test_limit)]
+    if point is not None:
+        cmd += ["--point", str(point)]
+    _, out = _run(cmd)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def measure(args) -> list[dict]:
+    from initsweep.models import measure_shape
+    from initsweep.store import load_results
+
+    pts = points(args.seeds, args.inits)
+    flops_per_sample = 6 * measure_shape("tutorial", depth=None, width=None).macs_per_sample
+    ceiling = gemm_flops()
+    rows = []
+
+    t = time.perf_counter()
+    one = naive(args, pts)
+    rows.append({"mode": "naive loop", "wall": time.perf_counter() - t, "samples": one["train_samples"],
+                 "runs": one["runs"], "peak_mb": one["peak_rss_mb"]})
+
+    t = time.perf_counter()
+    shell = [naive(args, pts, i) for i in range(len(pts))]
+    rows.append({"mode": "shell loop", "wall": time.perf_counter() - t, "samples": sum(s["train_samples"] for s in shell),
+                 "runs": sum(s["runs"] for s in shell), "peak_mb": max(s["peak_rss_mb"] for s in shell)})
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = config_for(args, Path(tmp) / "bench.yaml")
+        cmd = [sys.executable, "-m", "initsweep", "run", str(config), "--results", str(Path(tmp) / "res"),
+               "--device", "cpu", "--quiet"]
+        if args.workers:
+            cmd += ["--workers", str(args.workers)]
+        wall, _ = _run(cmd)
+        df = load_results(Path(tmp) / "res")
+        ok = df[df.status.isin(["ok", "diverged"])]
+        rows.append({"mode": "initsweep run", "wall": wall, "samples": int((ok.n_train * ok.epochs).sum()),
+                     "runs": len(df), "peak_mb": float(df.peak_rss_mb.max())})
+    for row in rows:
+        row["samples_per_s"] = row["samples"] / row["wall"]
+        row["vs_naive"] = rows[0]["wall"] / row["wall"]
+        row["vs_shell"] = rows[1]["wall"] / row["wall"]
+        row["ceiling_pct"] = 100 * row["samples_per_s"] * flops_per_sample / ceiling
+    rows.append({"gemm_gflops": ceiling / 1e9, "flops_per_sample": flops_per_sample})
+    return rows
+
+
+def study(args) -> dict:
+    from initsweep.store import load_results
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "initsweep", "run", args.study, "--results", str(Path(tmp) / "res"),
+               "--device", "cpu", "--quiet"]
+        if args.workers:
+            cmd += ["--workers", str(args.workers)]
+        wall, _ = _run(cmd)
+        df = load_results(Path(tmp) / "res")
+    workers = df.worker.nunique()
+    training = df.train_seconds.sum() / workers
+    return {"config": args.study, "runs": len(df), "workers": workers, "wall": wall,
+            "training_per_worker": training, "non_training_pct": 100 * (1 - training / wall),
+            "peak_mb": float(df.peak_rss_mb.max())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--inits", type=int, default=6, help="how many of the 6 inits (x 2 activations x seeds)")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--train-limit", type=int, default=4000)
+    parser.add_argument("--test-limit", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=None, help="initsweep run --workers (default: its own)")
+    parser.add_argument("--tiny", action="store_true", help="2 runs on 256 images: checks the counting, not speed")
+    parser.add_argument("--study", default=None, help="report the non-training share of this config's sweep")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if args.tiny:
+        args.seeds, args.inits, args.train_limit, args.test_limit = 1, 1, 256, 256
+    result = study(args) if args.study else measure(args)
+    if args.json:
+        print(json.dumps(result))
+        return
+    if args.study:
+        print(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
+        return
+    info = result[-1]
+    print(f"tutorial CNN, {result[0]['runs']} runs x {args.epochs} epoch(s), batch {args.batch_size}; "
+          f"{info['flops_per_sample'] / 1e6:.1f} MFLOP per training sample; GEMM ceiling {info['gemm_gflops']:.1f} GFLOP/s")
+    print(f"{'mode':<15}{'runs':>5}{'wall s':>9}{'samples/s':>11}{'vs naive':>10}{'vs shell':>10}{'% ceiling':>11}{'peak MB':>9}")
+    for r in result[:-1]:
+        print(f"{r['mode']:<15}{r['runs']:>5}{r['wall']:>9.1f}{r['samples_per_s']:>11.0f}{r['vs_naive']:>9.2f}x"
+              f"{r['vs_shell']:>9.2f}x{r['ceiling_pct']:>10.1f}%{r['peak_mb']:>9.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""A pool of warm worker processes: each imports torch and loads the data once, then trains
+task after task. The parent owns the store: it claims a task's runs when it hands the task
+out and records each result the moment it comes back.
+
+Why processes, not threads: two single-threaded processes train the tutorial CNN faster
+together than one process with two threads (the kernels of these small convs do not
+scale across cores), and a process that crashes takes only its own run with it.
+
+Workers are started with ``spawn`` (forking a parent that already ran OpenMP kernels can
+deadlock). They ignore SIGINT: Ctrl-C reaches the parent, which marks the runs in flight
+``interrupted`` and stops the pool. A worker whose parent disappears (``kill -9``) exits
+on its own within a second. A worker that dies mid-task is replaced, and the task's
+unfinished runs are retried up to ``max_retries`` times, then recorded ``failed`` — never
+lost.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Iterator
+
+import torch
+
+from ..config import RunSpec
+from ..store import Store
+from ..train import RunResult, environment
+from . import Task
+
+_PROGRESS_EVERY_S = 0.2
+
+
+def _worker_main(worker_id: int, device: str, threads: int, compile: bool, tasks: Connection,
+                 events: Connection, parent_pid: int) -> None:
+    """Worker loop: take a task, train it, send back every result; exit with the parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(threads)
+    from ..batched import run_group
+    from ..train import run_safely
+
+    while True:
+        if not tasks.poll(1.0):
+            if os.getppid() != parent_pid:
+                return
+            continue
+        try:
+            task = tasks.recv()
+        except EOFError:
+            return
+        if task is None:
+            return
+        task_id, specs, source = task
+        last: dict[str, float] = {}
+
+        def progress(spec: RunSpec, epoch: int, step: int, steps: int) -> None:
+            now = time.monotonic()
+            if now - last.get(spec.run_id, 0.0) >= _PROGRESS_EVERY_S or step == steps:
+                last[spec.run_id] = now
+                events.send(("progress", spec.run_id, epoch, step, steps))
+
+        if len(specs) == 1:
+            spec = specs[0]
+            events.send(("started", spec.run_id))
+            result = run_safely(spec, device, source=source, compile=compile,
+                                progress=lambda e, s, n: progress(spec, e, s, n))
+            events.send(("result", spec.run_id, result))
+        else:
+            for spec in specs:
+                events.send(("started", spec.run_id))
+            for spec, result in zip(specs, run_group(specs, device, source=source, progress=progress)):
+                events.send(("result", spec.run_id, result))
+        events.send(("idle", task_id))
+
+
+@dataclass
+class _Worker:
+    proc: mp.Process
+    tasks: Connection  # parent -> worker
+    events: Connection  # worker -> parent
+
+
+class WorkerPool:
+    """``workers`` processes, worker ``i`` on ``devices[i % len(devices)]`` with ``threads`` threads.
+
+    Each worker has its own pipes: a worker killed in the middle of sending can only
+    garble its own pipe, which is then dropped with it.
+    """
+
+    def __init__(self, workers: int, devices: list[str], threads: int, compile: bool = False):
+        self.ctx = mp.get_context("spawn")
+        self.devices, self.threads, self.compile = devices, threads, compile
+        self.workers: dict[int, _Worker] = {}
+        for worker_id in range(workers):
+            self._start(worker_id)
+
+    def _start(self, worker_id: int) -> None:
+        task_recv, task_send = self.ctx.Pipe(duplex=False)
+        event_recv, event_send = self.ctx.Pipe(duplex=False)
+        device = self.devices[worker_id % len(self.devices)]
+        proc = self.ctx.Process(target=_worker_main, name=f"initsweep-worker-{worker_id}", daemon=True,
+                                args=(worker_id, device, self.threads, self.compile, task_recv, event_send,
+                                      os.getpid()))
+        proc.start()
+        task_recv.close()  # the worker's ends: closing ours lets a dead worker's pipe reach EOF
+        event_send.close()
+        self.workers[worker_id] = _Worker(proc, task_send, event_recv)
+
+    @property
+    def pids(self) -> list[int]:
+        return [w.proc.pid for w in self.workers.values()]
+
+    def close(self, timeout: float = 5.0) -> None:
+        for worker in self.workers.values():
+            try:
+                worker.tasks.send(None)
+            except (OSError, ValueError):
+                pass
+        deadline = time.monotonic() + timeout
+        for worker in self.workers.values():
+            worker.proc.join(max(0.0, deadline - time.monotonic()))
+            if worker.proc.is_alive():
+                worker.proc.kill()
+                worker.proc.join()
+            worker.tasks.close()
+            worker.events.close()
+
+    def execute(self, tasks: list[Task], *, store: Store, observer, claim_kwargs: dict,
+                max_retries: int = 2) -> Iterator[tuple[RunSpec, RunResult | None]]:
+        """Hand tasks to idle workers and yield ``(spec, result)`` as each result is stored.
+
+        ``result`` is ``None`` for a run that another process finished or claimed meanwhile.
+        """
+        pending: deque[Task] = deque(tasks)
+        inflight: dict[int, Task] = {}
+        by_run: dict[str, RunSpec] = {s.run_id: s for t in tasks for s in t.specs}
+        try:
+            while pending or inflight:
+                yield from self._dispatch(pending, inflight, store, claim_kwargs)
+                if not inflight:
+                    continue
+                handles = {w.events: i for i, w in self.workers.items()}
+                handles.update({w.proc.sentinel: i for i, w in self.workers.items()})
+                for handle in wait(list(handles), timeout=1.0):
+                    worker_id = handles[handle]
+                    if handle is self.workers[worker_id].events:
+                        yield from self._read_events(worker_id, inflight, store, by_run, observer)
+                yield from self._replace_dead(inflight, pending, store, by_run, observer, max_retries)
+        except BaseException:
+            for task in inflight.values():
+                for run_id, row_id in task.row_ids.items():
+                    if run_id not in task.done:
+                        store.mark_interrupted(row_id, "interrupted (Ctrl-C or SIGTERM)")
+            raise
+
+    def _dispatch(self, pending: deque[Task], inflight: dict[int, Task], store: Store,
+                  claim_kwargs: dict) -> Iterator[tuple[RunSpec, None]]:
+        """Give each idle worker the next task, claiming its runs now (not earlier)."""
+        for worker_id, worker in self.workers.items():
+            while worker_id not in inflight and pending:
+                task = pending.popleft()
+                for spec in task.specs:
+                    if spec.run_id in task.row_ids:
+                        continue  # a retry keeps its claim
+                    row_id = store.claim(spec, **claim_kwargs)
+                    if row_id is None:
+                        task.done.add(spec.run_id)
+                        yield spec, None
+                    else:
+                        task.row_ids[spec.run_id] = row_id
+                todo = [s for s in task.specs if s.run_id not in task.done]
+                if todo:
+                    worker.tasks.send((task.task_id, todo, task.source))
+                    inflight[worker_id] = task
+
+    def _read_events(self, worker_id: int, inflight: dict[int, Task], store: Store,
+                     by_run: dict[str, RunSpec], observer) -> Iterator[tuple[RunSpec, RunResult]]:
+        conn = self.workers[worker_id].events
+        try:
+            while conn.poll():
+                event = conn.recv()
+                kind = event[0]
+                if kind == "progress":
+                    _, run_id, epoch, step, steps = event
+                    observer.run_progress(by_run[run_id], epoch, step, steps)
+                elif kind == "started":
+                    observer.run_started(by_run[event[1]])
+                elif kind == "result":
+                    _, run_id, result = event
+                    task = inflight[worker_id]
+                    store.finish(task.row_ids[run_id], result)
+                    task.done.add(run_id)
+                    yield by_run[run_id], result
+                elif kind == "idle":
+                    inflight.pop(worker_id, None)
+        except (EOFError, OSError):
+            return  # the worker died mid-message; _replace_dead deals with it
+
+    def _replace_dead(self, inflight: dict[int, Task], pending: deque[Task], store: Store,
+                      by_run: dict[str, RunSpec], observer, max_retries: int) -> Iterator[tuple[RunSpec, RunResult]]:
+        """Restart dead workers; retry their unfinished runs or record them as failed."""
+        for worker_id, worker in list(self.workers.items()):
+            if worker.proc.is_alive():
+                continue
+            yield from self._read_events(worker_id, inflight, store, by_run, observer)  # what it sent before dying
+            worker.proc.join()
+            code = worker.proc.exitcode
+            worker.tasks.close()
+            worker.events.close()
+            self._start(worker_id)
+            task = inflight.pop(worker_id, None)
+            if task is None:
+                continue
+            task.attempts += 1
+            unfinished = [s for s in task.specs if s.run_id not in task.done]
+            if not unfinished:
+                continue
+            if task.attempts <= max_retries:
+                pending.appendleft(task)
+                continue
+            reason = f"worker process died (exit code {code}) in {task.attempts} attempt(s)"
+            for spec in unfinished:
+                result = RunResult(spec.run_id, "failed", error=reason, environment=environment())
+                store.finish(task.row_ids[spec.run_id], result)
+                task.done.add(spec.run_id)
+                yield spec, result

@@ -1,0 +1,150 @@
+"""The worker pool: same rows as in-process runs, crashed workers replaced, clean shutdown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import yaml
+
+from initsweep.store import load_results
+from initsweep.sweep import Observer, plan_execution, run_sweep
+
+METRICS = ["test_acc", "test_loss", "best_val_acc", "final_train_loss", "final_train_acc", "final_val_loss", "steps"]
+
+
+def write_config(path: Path, n_depths: int = 6, train_limit: int = 512) -> Path:
+    path.write_text(yaml.safe_dump({
+        "name": "pool", "data": {"dataset": "mnist-sample", "train_limit": train_limit, "test_limit": 256},
+        "model": {"arch": "plain", "width": 8, "head": "flatten"},
+        "train": {"epochs": 1, "batch_size": 64}, "grid": {"depth": list(range(1, n_depths + 1))}}))
+    return path
+
+
+def _worker_pids(parent: int) -> list[int]:
+    """Live spawned workers of ``parent`` (multiprocessing's resource tracker excluded)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == parent and b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_parallel_workers_give_the_same_rows_as_one_process(tmp_path):
+    """Same spec, same threads per run -> the same numbers, whichever process trains it."""
+    config = write_config(tmp_path / "c.yaml")
+    pooled = run_sweep(config, results_dir=tmp_path / "pool", device="cpu", workers=2, threads=1)
+    assert pooled.execution.workers == 2
+    assert len({r.environment["worker"] for _, r in pooled.results}) == 2  # both workers trained runs
+    run_sweep(config, results_dir=tmp_path / "seq", device="cpu", workers=1, threads=1)
+    a = load_results(tmp_path / "pool").set_index("run_id").sort_index()
+    b = load_results(tmp_path / "seq").set_index("run_id").sort_index()
+    assert len(a) == len(b) == 6
+    assert (a[METRICS] == b[METRICS]).all().all()
+    assert (a.worker != str(os.getpid())).all() and (b.worker == str(os.getpid())).all()
+
+
+class KillOneWorker(Observer):
+    """Kill a worker with SIGKILL the first time a run reports progress."""
+
+    def __init__(self):
+        self.killed = None
+
+    def run_progress(self, spec, epoch, step, steps):
+        if self.killed is None:
+            pids = _worker_pids(os.getpid())
+            if pids:
+                self.killed = pids[0]
+                os.kill(self.killed, signal.SIGKILL)
+
+
+def test_a_killed_worker_is_replaced_and_its_run_retried(tmp_path):
+    config = write_config(tmp_path / "c.yaml", train_limit=2048)
+    observer = KillOneWorker()
+    outcome = run_sweep(config, results_dir=tmp_path / "res", device="cpu", workers=2, threads=1, observer=observer)
+    assert observer.killed is not None
+    history = load_results(tmp_path / "res", history=True)
+    assert len(history) == 6 and (history.status == "ok").all()  # retried on the same claim: stored once
+    assert outcome.counts == {"ok": 6}
+    assert str(observer.killed) not in set(history.worker)  # the killed worker never reported a result
+
+
+def test_a_run_whose_worker_keeps_dying_is_recorded_failed(tmp_path):
+    config = write_config(tmp_path / "c.yaml", train_limit=2048)
+    outcome = run_sweep(config, results_dir=tmp_path / "res", device="cpu", workers=2, threads=1,
+                        observer=KillOneWorker(), max_retries=0)
+    df = load_results(tmp_path / "res")
+    failed = df[df.status == "failed"]
+    assert len(failed) == 1 and "worker process died (exit code -9)" in failed.error.iloc[0]
+    assert outcome.counts == {"ok": 5, "failed": 1} and len(df) == 6
+
+
+def _cli(config: Path, results: Path, mark: str) -> subprocess.Popen:
+    env = {**os.environ, "NO_COLOR": "1", "INITSWEEP_TEST_MARK": mark}
+    return subprocess.Popen([sys.executable, "-m", "initsweep", "run", str(config), "--results", str(results),
+                             "--device", "cpu", "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+
+
+def _marked(mark: str) -> list[int]:
+    """Processes started with our marker in their environment (the CLI and its workers)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if f"INITSWEEP_TEST_MARK={mark}".encode() in (entry / "environ").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+def _wait(condition, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+def test_sigterm_stops_the_pool_marks_runs_interrupted_and_leaves_no_process(tmp_path):
+    config, results, mark = write_config(tmp_path / "c.yaml", n_depths=8, train_limit=2048), tmp_path / "res", uuid.uuid4().hex
+    proc = _cli(config, results, mark)
+    _wait(lambda: (results / "initsweep.db").exists() and len(_worker_pids(proc.pid)) == 2 and
+          len(load_results(results, history=True)) >= 3)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    df = load_results(results, history=True)
+    assert "running" not in set(df.status) and (df.status == "interrupted").sum() >= 1
+    _wait(lambda: not _marked(mark), timeout=15)
+
+
+def test_workers_exit_when_the_parent_is_killed(tmp_path):
+    config, results, mark = write_config(tmp_path / "c.yaml", n_depths=8, train_limit=2048), tmp_path / "res", uuid.uuid4().hex
+    proc = _cli(config, results, mark)
+    _wait(lambda: len(_worker_pids(proc.pid)) == 2 and (results / "initsweep.db").exists())
+    proc.kill()
+    proc.wait()
+    _wait(lambda: not _marked(mark), timeout=15)
+
+
+def test_default_execution_is_one_single_threaded_worker_per_core():
+    execution = plan_execution("cpu")
+    assert execution.workers == len(os.sched_getaffinity(0)) and execution.threads == 1 and not execution.vmap
+    assert plan_execution("cpu", workers=1).threads == len(os.sched_getaffinity(0))
+    assert plan_execution("cpu", vmap="on").vmap
