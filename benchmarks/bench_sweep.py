@@ -41,14 +41,19 @@ INITS = ["he", "xavier_uniform", "orthogonal", "lecun_normal", "gaussian_inv_sqr
 ACTIVATIONS = ["relu", "tanh"]
 
 
-def gemm_flops(seconds: float = 1.0, n: int = 2048) -> float:
-    """Sustained float32 GEMM rate with every core: the compute ceiling."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def gemm_flops(seconds: float = 1.0, n: int = 2048, device: str = "cpu") -> float:
+    """Sustained float32 GEMM rate (every core, or the GPU): the compute ceiling."""
+    if device.startswith("cuda"):
+        n = 8192
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     torch.mm(a, b)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync()
     reps, t = 0, time.perf_counter()
     while time.perf_counter() - t < seconds:
         torch.mm(a, b)
         reps += 1
+        sync()
     return 2 * n**3 * reps / (time.perf_counter() - t)
 
 
@@ -82,6 +87,7 @@ def naive(args, pts: list[str], point: int | None = None) -> dict:
            "--test-limit", str(args.test_limit)]
     if point is not None:
         cmd += ["--point", str(point)]
+    cmd += ["--device", args.device]
     _, out = _run(cmd)
     return json.loads(out.strip().splitlines()[-1])
 
@@ -92,7 +98,7 @@ def measure(args) -> list[dict]:
 
     pts = points(args.seeds, args.inits)
     flops_per_sample = 6 * measure_shape("tutorial", depth=None, width=None).macs_per_sample
-    ceiling = gemm_flops()
+    ceiling = gemm_flops(device=args.device)
     rows = []
 
     t = time.perf_counter()
@@ -108,7 +114,7 @@ def measure(args) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         config = config_for(args, Path(tmp) / "bench.yaml")
         cmd = [sys.executable, "-m", "initsweep", "run", str(config), "--results", str(Path(tmp) / "res"),
-               "--device", "cpu", "--quiet"]
+               "--device", args.device, "--quiet"]
         if args.workers:
             cmd += ["--workers", str(args.workers)]
         wall, _ = _run(cmd)
@@ -130,14 +136,17 @@ def study(args) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "initsweep", "run", args.study, "--results", str(Path(tmp) / "res"),
-               "--device", "cpu", "--quiet"]
+               "--device", args.device, "--quiet"]
         if args.workers:
             cmd += ["--workers", str(args.workers)]
         wall, _ = _run(cmd)
         df = load_results(Path(tmp) / "res")
     workers = df.worker.nunique()
-    training = df.train_seconds.sum() / workers
+    # a batched group shares one training time among its runs: count it once
+    trained = df.drop_duplicates(["worker", "train_seconds"]) if df.batched.any() else df
+    training = trained.train_seconds.sum() / workers
     return {"config": args.study, "runs": len(df), "workers": workers, "wall": wall,
+            "samples_per_s": float((df.n_train * df.epochs).sum() / wall),
             "training_per_worker": training, "non_training_pct": 100 * (1 - training / wall),
             "peak_mb": float(df.peak_rss_mb.max())}
 
@@ -153,6 +162,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="initsweep run --workers (default: its own)")
     parser.add_argument("--tiny", action="store_true", help="2 runs on 256 images: checks the counting, not speed")
     parser.add_argument("--study", default=None, help="report the non-training share of this config's sweep")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (every mode)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.tiny:

@@ -18,7 +18,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
@@ -59,7 +58,11 @@ def main() -> None:
     parser.add_argument("--train-limit", type=int, default=None)
     parser.add_argument("--test-limit", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    device = torch.device(args.device)
+    # pytorch/examples' CUDA settings: a loader worker and pinned memory
+    loader_kwargs = {"num_workers": 1, "pin_memory": True} if device.type == "cuda" else {}
     t0 = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -67,8 +70,9 @@ def main() -> None:
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
     train_x, train_y = raw.train_x[:args.train_limit], raw.train_y[:args.train_limit]
     test_x, test_y = raw.test_x[:args.test_limit], raw.test_y[:args.test_limit]
-    train_loader = DataLoader(NumpyMNIST(train_x, train_y, transform), batch_size=args.batch_size, shuffle=True)
-    test_loader = DataLoader(NumpyMNIST(test_x, test_y, transform), batch_size=1000)
+    train_loader = DataLoader(NumpyMNIST(train_x, train_y, transform), batch_size=args.batch_size, shuffle=True,
+                              **loader_kwargs)
+    test_loader = DataLoader(NumpyMNIST(test_x, test_y, transform), batch_size=1000, **loader_kwargs)
     points = grid(args.points)
     if args.point is not None:
         points = [points[args.point]]
@@ -78,21 +82,26 @@ def main() -> None:
         act = get_activation(act_name)
         model = build_model("tutorial", depth=None, width=None, activation=lambda: act.build({}))
         initialize(model, init=init, init_params=resolve_init_params(init, {}), auto_gain=act.gain({}))
+        model = model.to(device)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         for _ in range(args.epochs):
             model.train()
             t = time.perf_counter()
             for x, y in train_loader:
+                x, y = x.to(device), y.to(device)
                 opt.zero_grad()
                 loss = F.cross_entropy(model(x), y)
                 loss.backward()
                 opt.step()
                 samples += len(y)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
             train_seconds += time.perf_counter() - t
             model.eval()
             correct = 0
             with torch.no_grad():
                 for x, y in test_loader:
+                    x, y = x.to(device), y.to(device)
                     correct += (model(x).argmax(1) == y).sum().item()
             accs.append(correct / len(test_y))
     print(json.dumps({"runs": len(points), "train_samples": samples, "train_seconds": train_seconds,

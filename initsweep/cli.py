@@ -66,6 +66,11 @@ def run(
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile each model (warm-up timed separately).")] = False,
     precision: Annotated[Optional[str], typer.Option(help="Override train.precision: fp32 or bf16 (CUDA).")] = None,
     max_retries: Annotated[int, typer.Option(min=0, help="Retries of a run whose worker process died.")] = 2,
+    executor: Annotated[str, typer.Option(help="local (this machine) or ray (a Ray cluster).")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option(
+        help="Ray cluster: auto or HOST:PORT [default: start a local Ray with this machine's cores].")] = None,
+    num_cpus: Annotated[Optional[float], typer.Option(min=0, help="CPUs per Ray task [default: 1].")] = None,
+    num_gpus: Annotated[Optional[float], typer.Option(min=0, help="GPUs per Ray task; fractions share a GPU.")] = None,
 ) -> None:
     """Train every run of CONFIG not finished yet, storing each the moment it ends (resumable)."""
     from .report import best_per_depth
@@ -81,7 +86,8 @@ def run(
         outcome = run_sweep(config, results_dir=results, device=device, fresh=fresh, max_runs=max_runs,
                             offline=offline, observer=display, workers=workers, threads=threads,
                             devices=devices.split(",") if devices else None, vmap=vmap, compile=compile,
-                            precision=precision, max_retries=max_retries)
+                            precision=precision, max_retries=max_retries, executor=executor,
+                            ray_address=ray_address, num_cpus=num_cpus, num_gpus=num_gpus)
     finally:
         display.close()
     with Store(results) as store:

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Callable
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from . import __version__
 from .errors import EXIT_INTERRUPTED, InitsweepError
@@ -50,7 +51,7 @@ def boundary(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except InitsweepError as exc:
             for line in exc.lines():
-                err_console.print(f"[bold red]error:[/] {line}", markup=True, highlight=False, soft_wrap=True)
+                err_console.print(f"[bold red]error:[/] {escape(line)}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("interrupted", highlight=False)

@@ -77,6 +77,10 @@ class Execution:
     vmap: bool
     compile: bool = False
     max_retries: int = 2
+    executor: str = "local"  # local | ray
+    ray_address: str | None = None
+    num_cpus: float = 1.0  # per Ray task
+    num_gpus: float = 0.0  # per Ray task; fractions share a GPU
 
     @property
     def device(self) -> torch.device:
@@ -85,9 +89,23 @@ class Execution:
 
 def plan_execution(device: str = "auto", devices: list[str] | None = None, workers: int | None = None,
                    threads: int | None = None, vmap: str = "auto", compile: bool = False,
-                   max_retries: int = 2) -> Execution:
+                   max_retries: int = 2, executor: str = "local", ray_address: str | None = None,
+                   num_cpus: float | None = None, num_gpus: float | None = None) -> Execution:
     """Defaults: one worker per core on the CPU (single-threaded: measured faster than one
-    two-threaded process), one per GPU on CUDA; vmapped groups only on CUDA."""
+    two-threaded process), one per GPU on CUDA; vmapped groups only on CUDA. With Ray the
+    device is where the tasks run (CUDA when they ask for GPUs), not checked here."""
+    if vmap not in ("auto", "on", "off"):
+        raise InitsweepError(f"--vmap {vmap}: use auto, on or off")
+    if executor == "ray":
+        num_gpus = num_gpus or 0.0
+        kind = "cuda" if num_gpus else ("cpu" if device == "auto" else device)
+        use_vmap = vmap == "on" or (vmap == "auto" and kind.startswith("cuda"))
+        return Execution([torch.device(kind)], 1, max(1, int(num_cpus or 1)), use_vmap, compile, max_retries,
+                         "ray", ray_address, num_cpus or 1.0, num_gpus)
+    if executor != "local":
+        raise InitsweepError(f"--executor {executor}: use local or ray")
+    if ray_address or num_cpus or num_gpus:
+        raise InitsweepError("--ray-address/--num-cpus/--num-gpus need --executor ray")
     resolved = [resolve_device(d) for d in (devices or [device])]
     if len({d.type for d in resolved}) != 1:
         raise InitsweepError(f"--devices {','.join(devices or [])}: mix of device types")
@@ -96,8 +114,6 @@ def plan_execution(device: str = "auto", devices: list[str] | None = None, worke
         workers = len(resolved) if resolved[0].type == "cuda" else cores
     if threads is None:
         threads = max(1, cores // workers)
-    if vmap not in ("auto", "on", "off"):
-        raise InitsweepError(f"--vmap {vmap}: use auto, on or off")
     use_vmap = vmap == "on" or (vmap == "auto" and resolved[0].type == "cuda")
     return Execution(resolved, workers, threads, use_vmap, compile, max_retries)
 
@@ -106,14 +122,16 @@ def run_sweep(config: str | Path | SweepConfig, *, results_dir: str | Path = "re
               devices: list[str] | None = None, workers: int | None = None, threads: int | None = None,
               vmap: str = "auto", compile: bool = False, precision: str | None = None, max_retries: int = 2,
               fresh: bool = False, max_runs: int | None = None, offline: bool = False,
-              observer: Observer | None = None) -> SweepOutcome:
+              executor: str = "local", ray_address: str | None = None, num_cpus: float | None = None,
+              num_gpus: float | None = None, observer: Observer | None = None) -> SweepOutcome:
     """Train every run of a config that is not finished yet; return what happened.
 
     Ctrl-C (``KeyboardInterrupt``) is caught: the runs in flight are recorded as
     ``interrupted`` and the outcome comes back with ``interrupted=True``.
     """
     cfg = config if isinstance(config, SweepConfig) else load_config(config)
-    execution = plan_execution(device, devices, workers, threads, vmap, compile, max_retries)
+    execution = plan_execution(device, devices, workers, threads, vmap, compile, max_retries, executor,
+                               ray_address, num_cpus, num_gpus)
     if precision is not None:
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"precision": precision})})
     if cfg.train.precision == "bf16" and execution.device.type != "cuda":
@@ -126,7 +144,8 @@ def run_sweep(config: str | Path | SweepConfig, *, results_dir: str | Path = "re
         fresh_since = datetime.now(timezone.utc).isoformat(timespec="milliseconds") if fresh else None
         done = store.finished_run_ids(cfg.name, fresh_since)
         todo = [spec for spec in plan.runs if spec.run_id not in done][:max_runs]
-        if workers is None and execution.device.type == "cpu" and estimate_work(todo).train_flops < POOL_MIN_FLOPS:
+        if (workers is None and execution.executor == "local" and execution.device.type == "cpu"
+                and estimate_work(todo).train_flops < POOL_MIN_FLOPS):
             execution = replace(execution, workers=1, threads=threads or usable_cores())
         outcome = SweepOutcome(cfg.name, Path(results_dir), source, len(plan.runs),
                                sum(spec.run_id in done for spec in plan.runs), execution=execution)
@@ -150,7 +169,15 @@ def run_sweep(config: str | Path | SweepConfig, *, results_dir: str | Path = "re
 
 def _execute(tasks: list[Task], execution: Execution, store: Store, observer,
              claim_kwargs: dict) -> Iterator[tuple[RunSpec, RunResult | None]]:
-    """In this process for one worker, else in a pool of warm worker processes."""
+    """On Ray; in this process for one worker; else in a pool of warm worker processes."""
+    if execution.executor == "ray":
+        from .executors.ray import execute_ray
+
+        yield from execute_ray(tasks, store=store, observer=observer, claim_kwargs=claim_kwargs,
+                               device=str(execution.device), address=execution.ray_address,
+                               num_cpus=execution.num_cpus, num_gpus=execution.num_gpus,
+                               max_retries=execution.max_retries, cluster_cpus=usable_cores())
+        return
     workers = min(execution.workers, len(tasks))
     if workers <= 1:
         previous = torch.get_num_threads()

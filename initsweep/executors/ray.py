@@ -1,0 +1,124 @@
+"""The Ray executor: every task (one run, or a vmapped group on GPU) is a Ray task.
+
+The driver — the ``initsweep run`` process — owns the store exactly as with the local
+executor: it claims a task's runs when it submits the task and records each result the
+moment it comes back, so resume, summaries and exit codes behave the same. Ray brings
+the cluster: placement by resources (``num_cpus``, fractional ``num_gpus``), and retries
+of a task whose worker process died (``max_retries``); a retried run is still stored once,
+because only the driver writes. Data is loaded once per Ray worker process (the loaders
+cache per process and Ray reuses its workers), not once per task.
+
+At most as many tasks are in flight as the cluster has room for, so runs are claimed
+when they are about to start, not all at once: a second driver on the same results
+folder (or a rerun after a crash) sees the truth.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+from ..config import RunSpec
+from ..errors import InitsweepError
+from ..store import Store
+from ..train import RunResult, environment
+from . import Task
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise InitsweepError("--executor ray needs Ray: pip install 'initsweep[ray]'") from None
+    return ray
+
+
+def _train_task(specs: list[RunSpec], device: str, source, threads: int) -> list[RunResult]:
+    """What runs on a Ray worker: a task's runs, trained as in a local worker."""
+    import torch
+
+    from ..batched import run_group
+
+    torch.set_num_threads(threads)
+    return run_group(specs, device, source=source)
+
+
+class RayCluster:
+    """Connect to a cluster (``address``), or start a local one with this machine's cores."""
+
+    def __init__(self, address: str | None, num_cpus: int):
+        self.ray = _import_ray()
+        self.started_here = not self.ray.is_initialized()
+        if self.started_here:
+            kwargs = {"address": address} if address else {"num_cpus": num_cpus, "include_dashboard": False}
+            try:
+                self.ray.init(**kwargs, log_to_driver=False, configure_logging=False)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise InitsweepError(f"--ray-address {address}: cannot connect to Ray: {exc}".splitlines()[0]) from None
+
+    def capacity(self, num_cpus: float, num_gpus: float) -> int:
+        """How many tasks of this size fit on the cluster at once (at least one)."""
+        resources = self.ray.cluster_resources()
+        fits = [resources.get("CPU", 1) / num_cpus] if num_cpus else []
+        if num_gpus:
+            fits.append(resources.get("GPU", 0) / num_gpus)
+        return max(1, int(min(fits))) if fits else 1
+
+    def close(self) -> None:
+        if self.started_here:
+            self.ray.shutdown()
+
+
+def execute_ray(tasks: list[Task], *, store: Store, observer, claim_kwargs: dict, device: str,
+                address: str | None = None, num_cpus: float = 1, num_gpus: float = 0, max_retries: int = 2,
+                cluster_cpus: int = 1) -> Iterator[tuple[RunSpec, RunResult | None]]:
+    """Submit tasks to Ray as room frees up; yield ``(spec, result)`` as each result is stored."""
+    cluster = RayCluster(address, cluster_cpus)
+    ray = cluster.ray
+    remote = ray.remote(_train_task).options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries,
+                                             name="initsweep-train")
+    threads = max(1, int(num_cpus))
+    room = cluster.capacity(num_cpus, num_gpus)
+    pending = list(tasks)
+    inflight: dict = {}  # ObjectRef -> (task, row_ids)
+    try:
+        while pending or inflight:
+            while pending and len(inflight) < room:
+                task = pending.pop(0)
+                rows = {}
+                for spec in task.specs:
+                    row_id = store.claim(spec, **claim_kwargs)
+                    if row_id is None:
+                        yield spec, None
+                    else:
+                        rows[spec.run_id] = row_id
+                specs = [s for s in task.specs if s.run_id in rows]
+                if specs:
+                    for spec in specs:
+                        observer.run_started(spec)
+                    inflight[remote.remote(specs, device, task.source, threads)] = (specs, rows)
+            if not inflight:
+                continue
+            done, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
+            for ref in done:
+                specs, rows = inflight.pop(ref)
+                try:
+                    results = ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 — the task's worker kept dying, or Ray failed it
+                    error = f"Ray task failed after {max_retries} retries: {type(exc).__name__}: {exc}".splitlines()[0]
+                    results = [RunResult(s.run_id, "failed", error=error, environment=environment()) for s in specs]
+                for spec, result in zip(specs, results):
+                    store.finish(rows.pop(spec.run_id), result)
+                    yield spec, result
+    except BaseException:
+        for ref, (specs, rows) in inflight.items():
+            ray.cancel(ref, force=True)
+            for row_id in rows.values():
+                store.mark_interrupted(row_id, "interrupted (Ctrl-C or SIGTERM)")
+        raise
+    finally:
+        deadline = time.monotonic() + 10
+        while inflight and time.monotonic() < deadline:  # let cancelled tasks go before shutdown
+            _, still = ray.wait(list(inflight), num_returns=len(inflight), timeout=0.5)
+            inflight = {ref: inflight[ref] for ref in still}
+        cluster.close()

@@ -1,0 +1,132 @@
+"""The Ray executor against a real Ray cluster started here on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from initsweep.store import load_results
+from initsweep.sweep import run_sweep
+
+RAY = Path(sys.executable).with_name("ray")
+METRICS = ["test_acc", "test_loss", "best_val_acc", "final_train_loss", "final_val_loss", "steps"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """``ray start --head`` on 127.0.0.1 with 2 CPUs and token auth; every Ray process stopped afterwards.
+
+    Ray (2.52+) authenticates clients with a token when a cluster asks for it: the test
+    makes one and hands it to the cluster and to this process (the driver) alike.
+    """
+    port = _free_port()
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    saved = {k: os.environ.get(k) for k in auth}
+    os.environ.update(auth)
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    subprocess.run([str(RAY), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+                    "--include-dashboard=false", "--disable-usage-stats"], check=True, capture_output=True, env=env)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([str(RAY), "stop", "--force"], capture_output=True, env=env)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def write_config(path: Path, depths: int = 4, train_limit: int = 512) -> Path:
+    path.write_text(yaml.safe_dump({
+        "name": "ray", "data": {"dataset": "mnist-sample", "train_limit": train_limit, "test_limit": 256},
+        "model": {"arch": "plain", "width": 8, "head": "flatten"},
+        "train": {"epochs": 1, "batch_size": 64}, "grid": {"depth": list(range(1, depths + 1))}}))
+    return path
+
+
+def test_ray_rows_equal_the_local_executor(tmp_path, cluster):
+    config = write_config(tmp_path / "c.yaml")
+    remote = run_sweep(config, results_dir=tmp_path / "ray", executor="ray", ray_address=cluster, num_cpus=1)
+    assert remote.counts == {"ok": 4} and remote.execution.executor == "ray"
+    run_sweep(config, results_dir=tmp_path / "local", device="cpu", workers=1, threads=1)
+    a = load_results(tmp_path / "ray").set_index("run_id").sort_index()
+    b = load_results(tmp_path / "local").set_index("run_id").sort_index()
+    assert (a[METRICS] == b[METRICS]).all().all()
+    assert (a.worker != str(os.getpid())).all()  # trained in Ray's worker processes
+    # resume works the same: nothing left to run
+    again = run_sweep(config, results_dir=tmp_path / "ray", executor="ray", ray_address=cluster)
+    assert again.results == [] and again.n_done_before == 4
+
+
+def _ray_task_pids() -> list[int]:
+    """Ray workers busy with our task (Ray titles them ``ray::initsweep-train``)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if b"initsweep-train" in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+def test_a_killed_ray_worker_is_retried_and_the_run_stored_once(tmp_path, cluster):
+    config = write_config(tmp_path / "c.yaml", depths=4, train_limit=3000)
+    killed: list[int] = []
+
+    def killer():
+        deadline = time.monotonic() + 120
+        while not killed and time.monotonic() < deadline:
+            pids = _ray_task_pids()
+            if pids:
+                time.sleep(0.5)  # mid-run, not at start-up
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    outcome = run_sweep(config, results_dir=tmp_path / "res", executor="ray", ray_address=cluster, max_retries=2)
+    thread.join(timeout=1)
+    assert killed, "no Ray worker was seen running a task"
+    history = load_results(tmp_path / "res", history=True)
+    assert len(history) == 4 and (history.status == "ok").all()  # retried, stored once
+    assert outcome.counts == {"ok": 4}
+    assert str(killed[0]) not in set(history.worker)
+
+
+def test_executor_ray_without_ray_installed_exits_2(tmp_path):
+    config = write_config(tmp_path / "c.yaml", depths=1)
+    code = ("import sys; sys.modules['ray'] = None; sys.argv = ['initsweep', 'run', sys.argv[1], '--results', "
+            "sys.argv[2], '--executor', 'ray']; from initsweep.cli import main; main()")
+    proc = subprocess.run([sys.executable, "-c", code, str(config), str(tmp_path / "res")], capture_output=True,
+                          text=True, env={**os.environ, "NO_COLOR": "1"})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: --executor ray needs Ray: pip install 'initsweep[ray]'"]
+
+
+def test_ray_flags_without_the_ray_executor_exit_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from initsweep.cli import app
+
+    result = CliRunner().invoke(app, ["run", str(write_config(tmp_path / "c.yaml", depths=1)), "--num-gpus", "0.5"])
+    assert result.exit_code == 2 and "need --executor ray" in result.stderr
