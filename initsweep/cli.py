@@ -7,6 +7,7 @@ the bottom of this one so that they register.
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 from typing import Annotated, Optional
@@ -17,7 +18,7 @@ from rich.table import Table
 from .cli_common import (
     ConfigArg, Format, FormatOpt, ResultsOpt, app, boundary, console, err_console, print_json,
 )
-from .errors import EXIT_INTERRUPTED, EXIT_RUNS_FAILED, InitsweepError
+from .errors import EXIT_BUDGET, EXIT_INTERRUPTED, EXIT_RUNS_FAILED, InitsweepError
 
 @app.command()
 @boundary
@@ -59,8 +60,8 @@ def run(
     offline: Annotated[bool, typer.Option("--offline", help="Never download, never substitute the MNIST sample.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the summary.")] = False,
     workers: Annotated[Optional[int], typer.Option(
-        min=1, help="Worker processes [default: one per core on the CPU (in-process for tiny sweeps), one per GPU].")] = None,
-    threads: Annotated[Optional[int], typer.Option(min=1, help="Threads per worker [default: cores / workers].")] = None,
+        min=1, help="Worker processes \\[default: one per core on the CPU (in-process for tiny sweeps), one per GPU].")] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="Threads per worker \\[default: cores / workers].")] = None,
     devices: Annotated[Optional[str], typer.Option(help="Comma-separated devices, one worker each, e.g. cuda:0,cuda:1.")] = None,
     vmap: Annotated[str, typer.Option(help="Train runs that share an architecture as one batched model: auto (CUDA only), on, off.")] = "auto",
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile each model (warm-up timed separately).")] = False,
@@ -68,37 +69,82 @@ def run(
     max_retries: Annotated[int, typer.Option(min=0, help="Retries of a run whose worker process died.")] = 2,
     executor: Annotated[str, typer.Option(help="local (this machine) or ray (a Ray cluster).")] = "local",
     ray_address: Annotated[Optional[str], typer.Option(
-        help="Ray cluster: auto or HOST:PORT [default: start a local Ray with this machine's cores].")] = None,
-    num_cpus: Annotated[Optional[float], typer.Option(min=0, help="CPUs per Ray task [default: 1].")] = None,
+        help="Ray cluster: auto or HOST:PORT \\[default: start a local Ray with this machine's cores].")] = None,
+    num_cpus: Annotated[Optional[float], typer.Option(min=0, help="CPUs per Ray task \\[default: 1].")] = None,
     num_gpus: Annotated[Optional[float], typer.Option(min=0, help="GPUs per Ray task; fractions share a GPU.")] = None,
+    shard: Annotated[Optional[str], typer.Option(help="Run only part K of N of the grid (K/N, by run id).")] = None,
+    time_budget: Annotated[Optional[str], typer.Option(
+        help="Start no run after this long (90s, 15m, 1h30m); exit 75 if runs are left.")] = None,
+    junit: Annotated[Optional[Path], typer.Option(help="Write a JUnit XML file: one testcase per run.")] = None,
+    summary_md: Annotated[Optional[Path], typer.Option(
+        help="Write a Markdown summary \\[default: appended to $GITHUB_STEP_SUMMARY when set].")] = None,
 ) -> None:
-    """Train every run of CONFIG not finished yet, storing each the moment it ends (resumable)."""
+    """Train every run of CONFIG not finished yet, storing each the moment it ends (resumable).
+
+    Exit codes: 0 done, 1 a run failed, 2 bad input, 75 time budget spent with runs left
+    (run again to resume), 130 interrupted.
+    """
+    from .ci import parse_duration, parse_shard
     from .report import best_per_depth
     from .render import SweepDisplay, render_sweep_summary
     from .store import Store
     from .sweep import run_sweep
 
     _sigterm_as_interrupt()
+    if precision not in (None, "fp32", "bf16"):
+        raise InitsweepError(f"--precision {precision}: use fp32 or bf16")
+    shard_kn = parse_shard(shard) if shard is not None else None
+    budget = parse_duration(time_budget) if time_budget is not None else None
     display = SweepDisplay(console, err_console, quiet=quiet)
     try:
-        if precision not in (None, "fp32", "bf16"):
-            raise InitsweepError(f"--precision {precision}: use fp32 or bf16")
         outcome = run_sweep(config, results_dir=results, device=device, fresh=fresh, max_runs=max_runs,
                             offline=offline, observer=display, workers=workers, threads=threads,
                             devices=devices.split(",") if devices else None, vmap=vmap, compile=compile,
                             precision=precision, max_retries=max_retries, executor=executor,
-                            ray_address=ray_address, num_cpus=num_cpus, num_gpus=num_gpus)
+                            ray_address=ray_address, num_cpus=num_cpus, num_gpus=num_gpus,
+                            shard=shard_kn, time_budget=budget)
     finally:
         display.close()
     with Store(results) as store:
         df = store.runs_frame(outcome.sweep)
-    render_sweep_summary(console, outcome, best_per_depth(df), df["status"].value_counts().to_dict())
+    df = df[df.run_id.isin(outcome.run_ids)]
+    best = best_per_depth(df)
+    render_sweep_summary(console, outcome, best, df["status"].value_counts().to_dict())
+    _ci_outputs(outcome, df, best, junit, summary_md)
     if outcome.interrupted:
         err_console.print("interrupted: finished runs are stored; run the same command again to resume",
                           highlight=False)
         raise typer.Exit(EXIT_INTERRUPTED)
     if outcome.counts.get("failed"):
         raise typer.Exit(EXIT_RUNS_FAILED)
+    if outcome.budget_exhausted:
+        left = len(outcome.run_ids) - int(df.status.isin(["ok", "diverged"]).sum())
+        err_console.print(f"time budget spent with {left} run(s) left: run the same command again to resume",
+                          highlight=False)
+        raise typer.Exit(EXIT_BUDGET)
+
+
+def _ci_outputs(outcome, df, best, junit: Optional[Path], summary_md: Optional[Path]) -> None:
+    """JUnit XML and the Markdown summary (to a file, and/or GitHub's step summary)."""
+    from .ci import junit_xml, run_cases, sweep_summary_markdown
+
+    if junit is not None:
+        _write(junit, junit_xml(outcome.sweep, run_cases(df)))
+    markdown = sweep_summary_markdown(outcome.sweep, df, best)
+    if summary_md is not None:
+        _write(summary_md, markdown)
+    step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if step_summary and summary_md is None:
+        with open(step_summary, "a", encoding="utf-8") as f:
+            f.write(markdown)
+
+
+def _write(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise InitsweepError(f"{path}: cannot write: {exc.strerror or exc}") from None
 
 
 @app.command("list-inits")
@@ -146,7 +192,7 @@ def list_activations_cmd(fmt: FormatOpt = Format.table) -> None:
 
 
 # Command groups in their own modules register on the same app.
-from . import cli_report  # noqa: E402,F401
+from . import cli_ci, cli_report  # noqa: E402,F401
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_RUNS_FAILED = 1  # some run failed, or a regression check found a regression
 EXIT_USAGE = 2  # bad usage, bad config, bad input file, unusable results folder
+EXIT_BUDGET = 75  # --time-budget spent with runs left: run again to resume (sysexits' EX_TEMPFAIL)
 EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM
 
 

@@ -7,6 +7,7 @@ reports progress to an :class:`Observer` (the CLI's draws the progress bars).
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -16,6 +17,7 @@ from typing import Iterator
 import torch
 
 from .batched import group_specs
+from .ci import in_shard
 from .config import RunSpec, SweepConfig, expand, load_config
 from .data import DataSource, resolve_source
 from .errors import InitsweepError
@@ -49,6 +51,8 @@ class SweepOutcome:
     n_skipped: int = 0  # finished or claimed by another process meanwhile
     interrupted: bool = False
     execution: "Execution | None" = None
+    run_ids: set[str] = field(default_factory=set)  # the runs this invocation plans (its shard)
+    budget_exhausted: bool = False  # the time budget stopped runs from starting
 
     @property
     def counts(self) -> Counter:
@@ -123,12 +127,16 @@ def run_sweep(config: str | Path | SweepConfig, *, results_dir: str | Path = "re
               vmap: str = "auto", compile: bool = False, precision: str | None = None, max_retries: int = 2,
               fresh: bool = False, max_runs: int | None = None, offline: bool = False,
               executor: str = "local", ray_address: str | None = None, num_cpus: float | None = None,
-              num_gpus: float | None = None, observer: Observer | None = None) -> SweepOutcome:
+              num_gpus: float | None = None, shard: tuple[int, int] | None = None,
+              time_budget: float | None = None, observer: Observer | None = None) -> SweepOutcome:
     """Train every run of a config that is not finished yet; return what happened.
 
     Ctrl-C (``KeyboardInterrupt``) is caught: the runs in flight are recorded as
-    ``interrupted`` and the outcome comes back with ``interrupted=True``.
+    ``interrupted`` and the outcome comes back with ``interrupted=True``. ``shard=(K, N)``
+    keeps the K-th of N disjoint parts of the grid; with ``time_budget`` (seconds) no run
+    starts after that long, and ``budget_exhausted`` tells whether runs were left.
     """
+    started = time.monotonic()
     cfg = config if isinstance(config, SweepConfig) else load_config(config)
     execution = plan_execution(device, devices, workers, threads, vmap, compile, max_retries, executor,
                                ray_address, num_cpus, num_gpus)
@@ -141,21 +149,29 @@ def run_sweep(config: str | Path | SweepConfig, *, results_dir: str | Path = "re
         source = resolve_source(cfg.data, offline=offline)
         observer.data_resolved(source)
         plan = expand(cfg, dataset=source.dataset)
+        planned = [s for s in plan.runs if shard is None or in_shard(s.run_id, *shard)]
         fresh_since = datetime.now(timezone.utc).isoformat(timespec="milliseconds") if fresh else None
         done = store.finished_run_ids(cfg.name, fresh_since)
-        todo = [spec for spec in plan.runs if spec.run_id not in done][:max_runs]
+        todo = [spec for spec in planned if spec.run_id not in done][:max_runs]
         if (workers is None and execution.executor == "local" and execution.device.type == "cpu"
                 and estimate_work(todo).train_flops < POOL_MIN_FLOPS):
             execution = replace(execution, workers=1, threads=threads or usable_cores())
-        outcome = SweepOutcome(cfg.name, Path(results_dir), source, len(plan.runs),
-                               sum(spec.run_id in done for spec in plan.runs), execution=execution)
-        observer.sweep_started(cfg.name, len(plan.runs), len(todo), outcome.n_done_before)
+        outcome = SweepOutcome(cfg.name, Path(results_dir), source, len(planned),
+                               sum(spec.run_id in done for spec in planned), execution=execution,
+                               run_ids={s.run_id for s in planned})
+        observer.sweep_started(cfg.name, len(planned), len(todo), outcome.n_done_before)
         claim_kwargs = {"dataset_requested": source.requested, "data_fallback": source.fallback_reason,
                         "fresh_since": fresh_since}
         groups = group_specs(todo) if execution.vmap else [[spec] for spec in todo]
         tasks = [Task(i, specs, source) for i, specs in enumerate(groups)]
+        def may_start() -> bool:
+            if time_budget is None or time.monotonic() - started < time_budget:
+                return True
+            outcome.budget_exhausted = True
+            return False
+
         try:
-            for spec, result in _execute(tasks, execution, store, observer, claim_kwargs):
+            for spec, result in _execute(tasks, execution, store, observer, claim_kwargs, may_start):
                 if result is None:
                     outcome.n_skipped += 1
                     observer.run_skipped(spec, "finished or running in another process")
@@ -167,8 +183,8 @@ def run_sweep(config: str | Path | SweepConfig, *, results_dir: str | Path = "re
     return outcome
 
 
-def _execute(tasks: list[Task], execution: Execution, store: Store, observer,
-             claim_kwargs: dict) -> Iterator[tuple[RunSpec, RunResult | None]]:
+def _execute(tasks: list[Task], execution: Execution, store: Store, observer, claim_kwargs: dict,
+             may_start) -> Iterator[tuple[RunSpec, RunResult | None]]:
     """On Ray; in this process for one worker; else in a pool of warm worker processes."""
     if execution.executor == "ray":
         from .executors.ray import execute_ray
@@ -176,7 +192,8 @@ def _execute(tasks: list[Task], execution: Execution, store: Store, observer,
         yield from execute_ray(tasks, store=store, observer=observer, claim_kwargs=claim_kwargs,
                                device=str(execution.device), address=execution.ray_address,
                                num_cpus=execution.num_cpus, num_gpus=execution.num_gpus,
-                               max_retries=execution.max_retries, cluster_cpus=usable_cores())
+                               max_retries=execution.max_retries, cluster_cpus=usable_cores(),
+                               may_start=may_start)
         return
     workers = min(execution.workers, len(tasks))
     if workers <= 1:
@@ -184,13 +201,14 @@ def _execute(tasks: list[Task], execution: Execution, store: Store, observer,
         torch.set_num_threads(execution.threads)
         try:
             yield from execute_in_process(tasks, store=store, device=execution.device, observer=observer,
-                                          claim_kwargs=claim_kwargs, compile=execution.compile)
+                                          claim_kwargs=claim_kwargs, compile=execution.compile,
+                                          may_start=may_start)
         finally:
             torch.set_num_threads(previous)
         return
     pool = WorkerPool(workers, [str(d) for d in execution.devices], execution.threads, execution.compile)
     try:
         yield from pool.execute(tasks, store=store, observer=observer, claim_kwargs=claim_kwargs,
-                                max_retries=execution.max_retries)
+                                max_retries=execution.max_retries, may_start=may_start)
     finally:
         pool.close()

@@ -14,15 +14,18 @@ from . import Task
 
 
 def execute_in_process(tasks: list[Task], *, store: Store, device: torch.device, observer, claim_kwargs: dict,
-                       compile: bool = False) -> Iterator[tuple[RunSpec, RunResult | None]]:
+                       compile: bool = False, may_start=lambda: True) -> Iterator[tuple[RunSpec, RunResult | None]]:
     """Claim, train and record each task in turn, yielding ``(spec, result)`` as each is stored.
 
     ``result`` is ``None`` for a run another process finished or claimed meanwhile. Ctrl-C
-    marks the runs in flight ``interrupted`` and propagates.
+    marks the runs in flight ``interrupted`` and propagates. No task starts once
+    ``may_start()`` is false (a spent time budget).
     """
     from ..train import run_safely
 
     for task in tasks:
+        if not may_start():
+            return
         rows = {}
         for spec in task.specs:
             row_id = store.claim(spec, **claim_kwargs)

@@ -130,7 +130,7 @@ class WorkerPool:
             worker.events.close()
 
     def execute(self, tasks: list[Task], *, store: Store, observer, claim_kwargs: dict,
-                max_retries: int = 2) -> Iterator[tuple[RunSpec, RunResult | None]]:
+                max_retries: int = 2, may_start=lambda: True) -> Iterator[tuple[RunSpec, RunResult | None]]:
         """Hand tasks to idle workers and yield ``(spec, result)`` as each result is stored.
 
         ``result`` is ``None`` for a run that another process finished or claimed meanwhile.
@@ -140,6 +140,8 @@ class WorkerPool:
         by_run: dict[str, RunSpec] = {s.run_id: s for t in tasks for s in t.specs}
         try:
             while pending or inflight:
+                if pending and not may_start():
+                    pending.clear()  # budget spent: let the runs in flight finish, start nothing new
                 yield from self._dispatch(pending, inflight, store, claim_kwargs)
                 if not inflight:
                     continue

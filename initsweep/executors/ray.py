@@ -71,7 +71,7 @@ class RayCluster:
 
 def execute_ray(tasks: list[Task], *, store: Store, observer, claim_kwargs: dict, device: str,
                 address: str | None = None, num_cpus: float = 1, num_gpus: float = 0, max_retries: int = 2,
-                cluster_cpus: int = 1) -> Iterator[tuple[RunSpec, RunResult | None]]:
+                cluster_cpus: int = 1, may_start=lambda: True) -> Iterator[tuple[RunSpec, RunResult | None]]:
     """Submit tasks to Ray as room frees up; yield ``(spec, result)`` as each result is stored."""
     cluster = RayCluster(address, cluster_cpus)
     ray = cluster.ray
@@ -83,6 +83,8 @@ def execute_ray(tasks: list[Task], *, store: Store, observer, claim_kwargs: dict
     inflight: dict = {}  # ObjectRef -> (task, row_ids)
     try:
         while pending or inflight:
+            if pending and not may_start():
+                pending.clear()  # budget spent: let the tasks in flight finish, submit nothing new
             while pending and len(inflight) < room:
                 task = pending.pop(0)
                 rows = {}
