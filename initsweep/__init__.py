@@ -2,7 +2,9 @@
 
 The notebook API (imported lazily, so ``import initsweep`` stays cheap):
 
-* ``load_results(results_dir, sweep=None)`` -> pandas DataFrame, one row per run;
+* ``load_results(results_dir, sweep=None, where=None)`` -> pandas DataFrame, one row per run
+  (a results folder or an ``initsweep export`` file);
+* ``summarize(df, metric, by)`` -> seed statistics per group;
 * ``run_sweep(config, results_dir=..., device=...)`` -> ``SweepOutcome``;
 * ``load_config(path)``, ``expand(config)`` -> the runs a config plans;
 * the registries: ``list_inits()``, ``list_activations()``.
@@ -16,8 +18,9 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "load_results": "store",
+    "load_results": "export",
     "run_sweep": "sweep",
+    "summarize": "report",
     "load_config": "config",
     "expand": "config",
     "list_inits": "inits",

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
-from .cli_common import app, boundary, console, err_console
-from .errors import EXIT_RUNS_FAILED
+from .cli_common import ResultsOpt, app, boundary, console, err_console, write_output
+from .errors import EXIT_RUNS_FAILED, InitsweepError
 
 
 @app.command()
@@ -33,3 +34,50 @@ def merge(
         err_console.print(f"conflict: {conflict}", highlight=False, markup=False)
     if report.conflicts:
         raise typer.Exit(EXIT_RUNS_FAILED)
+
+
+@app.command()
+@boundary
+def check(
+    baseline: Annotated[Path, typer.Option("--baseline", help="An `initsweep export` file or a results folder.")],
+    results: ResultsOpt = Path("results"),
+    metric: Annotated[str, typer.Option(help="Metric compared per group (seed mean).")] = "test_acc",
+    tolerance: Annotated[float, typer.Option(help="Allowed drop of the group mean, in the metric's units.")] = 0.01,
+    fail_on: Annotated[str, typer.Option(help="Also fail on: diverged, failed, missing (comma-separated).")]
+    = "diverged,failed,missing",
+    junit: Annotated[Optional[Path], typer.Option(help="Write a JUnit XML file: one testcase per group.")] = None,
+    summary_md: Annotated[Optional[Path], typer.Option(
+        help="Write a Markdown diff \\[default: appended to $GITHUB_STEP_SUMMARY when set].")] = None,
+) -> None:
+    """Regression gate: compare the runs with a baseline, group by group (seed means).
+
+    Exit 1 on a drop beyond --tolerance, a newly diverged or failed run, or a missing
+    group (as --fail-on says); 0 when everything holds; 2 on bad input.
+    """
+    from .ci import check_against, check_cases, junit_xml, markdown_table
+    from .export import read_runs
+    from .render import render_runs
+
+    current, base = read_runs(results), read_runs(baseline)
+    if base.empty:
+        raise InitsweepError(f"--baseline {baseline}: no runs in it")
+    result = check_against(current, base, metric=metric, tolerance=tolerance,
+                           fail_on=[s.strip() for s in fail_on.split(",") if s.strip()])
+    table = result.table
+    render_runs(console, table, list(table.columns))
+    failures = result.failures
+    sweep = str(current["sweep"].iloc[0]) if not current.empty else "initsweep"
+    if junit is not None:
+        write_output(junit, junit_xml(f"{sweep} check", check_cases(result, sweep)))
+    markdown = (f"## initsweep check: {metric} against {baseline}\n\n{len(failures)} of {len(table)} group(s) "
+                f"failed (tolerance {tolerance}).\n\n" + markdown_table(table, list(table.columns)))
+    target = summary_md or (Path(os.environ["GITHUB_STEP_SUMMARY"]) if os.environ.get("GITHUB_STEP_SUMMARY") else None)
+    if target is not None:
+        mode = "w" if summary_md is not None else "a"
+        with open(target, mode, encoding="utf-8") as f:
+            f.write(markdown)
+    if len(failures):
+        err_console.print(f"check failed: {len(failures)} of {len(table)} group(s): "
+                          + "; ".join(sorted(set(failures["verdict"]))), highlight=False, markup=False)
+        raise typer.Exit(EXIT_RUNS_FAILED)
+    console.print(f"check passed: {len(table)} group(s) within {tolerance} of the baseline", highlight=False)

@@ -83,3 +83,12 @@ def main_callback(
 ResultsOpt = Annotated[Path, typer.Option("--results", "-r", help="Results folder (holds initsweep.db).")]
 ConfigArg = Annotated[Path, typer.Argument(help="Sweep config (YAML), e.g. configs/grid.yaml.", show_default=False)]
 FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
+
+
+def write_output(path: Path, text: str) -> None:
+    """Write a file the user asked for (creating its folder); a failure is one clean line."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise InitsweepError(f"{path}: cannot write: {exc.strerror or exc}") from None

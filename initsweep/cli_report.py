@@ -1,31 +1,203 @@
-"""``initsweep report``: compare stored runs."""
+"""``initsweep report``, ``export`` and ``show``: compare, export and inspect stored runs.
+
+Thin commands: reading and exports live in ``export.py``, statistics in ``report.py``,
+terminal views in ``render_report.py``, figures in ``plots.py`` (matplotlib is imported
+only for ``--plot`` and ``--format html``).
+"""
 
 from __future__ import annotations
 
+import sys
+from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from .cli_common import ResultsOpt, app, boundary, console
+from .cli_common import Format, FormatOpt, ResultsOpt, app, boundary, console, err_console, print_json
+from .errors import InitsweepError
+
+
+class ReportFormat(str, Enum):
+    table = "table"
+    markdown = "markdown"
+    csv = "csv"
+    json = "json"
+    html = "html"
+
+
+class ExportFormat(str, Enum):
+    csv = "csv"
+    json = "json"
+    parquet = "parquet"
+
+
+_REPORT_SUFFIXES = {".md": "markdown", ".markdown": "markdown", ".csv": "csv", ".json": "json",
+                    ".html": "html", ".htm": "html"}
+SweepOpt = Annotated[Optional[list[str]], typer.Option("--sweep", help="Only these sweeps (repeatable).")]
+WhereOpt = Annotated[Optional[str], typer.Option(
+    "--where", help="Keep runs matching, e.g. 'depth >= 8 and activation == \"relu\"' (columns, comparisons, "
+                    "and/or/not, in [...]).")]
+
+
+def _load(results: Path, sweep: list[str] | None, where: str | None, machine: bool):
+    """The runs to report on, or None after a friendly line when there are none."""
+    from .export import is_empty_folder, read_runs
+    from .report import filter_runs
+
+    say = err_console if machine else console
+    hint = f"initsweep run configs/smoke.yaml --results {results}"
+    if is_empty_folder(results):
+        say.print(f"no runs in {results} yet: {hint}", markup=False, highlight=False)
+        return None
+    runs = read_runs(results, sweep)
+    if runs.empty:
+        say.print(f"no runs in {results}{' for sweep ' + ', '.join(sweep) if sweep else ''} yet: {hint}",
+                  markup=False, highlight=False)
+        return None
+    runs = filter_runs(runs, where)
+    if runs.empty:
+        say.print(f"no runs match --where {where!r} ({results})", markup=False, highlight=False)
+        return None
+    return runs
+
+
+@contextmanager
+def _writing(option: str, path: Path):
+    """A file that cannot be written is the user's to fix: one line, exit 2, no traceback."""
+    try:
+        yield
+    except OSError as exc:
+        raise InitsweepError(f"{option} {path}: cannot write it ({exc.strerror or exc})") from None
+
+
+def _figures(runs, metric: str, results: Path):
+    from .export import read_curves
+    from .plots import make_figures
+
+    epochs, layers = read_curves(results, runs["row_id"].astype(int).tolist() if "row_id" in runs else [])
+    return make_figures(runs, metric, epochs, layers)
 
 
 @app.command()
 @boundary
 def report(
     results: ResultsOpt = Path("results"),
-    sweep: Annotated[Optional[list[str]], typer.Option("--sweep", help="Only these sweeps (repeatable).")] = None,
+    sweep: SweepOpt = None,
+    metric: Annotated[str, typer.Option("--metric", "-m", help="The runs column to compare.")] = "test_acc",
+    by: Annotated[Optional[str], typer.Option(
+        "--by", help="Group by these columns, comma-separated (default: every setting that varies except the "
+                     "seed); init/activation mean their labels.")] = None,
+    pivot: Annotated[Optional[str], typer.Option(
+        "--pivot", help="ROWS:COLS, e.g. init:activation: one table per value of the other keys.")] = None,
+    where: WhereOpt = None,
+    sort: Annotated[Optional[str], typer.Option(
+        "--sort", help="Sort by a column; -COL (or --sort=-COL) descending.")] = None,
+    top: Annotated[Optional[int], typer.Option(
+        "--top", min=1, help="Only the first N groups (the best first unless --sort).")] = None,
+    baseline: Annotated[Optional[Path], typer.Option(
+        "--baseline", help="Compare with an export (csv/json/parquet) or another results folder.")] = None,
+    fmt: Annotated[Optional[ReportFormat], typer.Option(
+        "--format", "-f", help="Output format (default: from --output's suffix, else table).")] = None,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Write to this file instead of stdout.")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write PNG and SVG figures into this folder.")] = None,
 ) -> None:
-    """A table of the stored runs (one row per run, its latest attempt)."""
-    from .render import render_runs
-    from .store import Store
+    """Compare runs: seed statistics per group, a pivot per depth, baselines, exports and plots.
 
-    with Store(results, create=False) as store:
-        df = store.runs_frame(sweep)
-    if df.empty:
-        console.print(f"no runs in {results} yet: initsweep run configs/smoke.yaml --results {results}",
-                      highlight=False)
+    RESULTS may also be a file written by [bold]initsweep export[/].
+    """
+    from .export import read_runs, report_html, report_text
+    from .report import build_report, filter_runs
+
+    fmt = fmt or ReportFormat(_REPORT_SUFFIXES.get(output.suffix.lower(), "table") if output else "table")
+    runs = _load(results, sweep, where, machine=fmt is not ReportFormat.table)
+    if runs is None:
         return
-    columns = ["run_id", "sweep", *[c for c in ("init", "activation", "arch", "depth", "width") if c in df],
-               "seed", "status", "test_acc", "best_val_acc", "wall_seconds"]
-    render_runs(console, df, columns)
+    base = filter_runs(read_runs(baseline), where) if baseline is not None else None
+    rep = build_report(runs, metric, by.split(",") if by else None, pivot, sort, top, base)
+    figures = None
+    if plot is not None:
+        from .plots import save_figures
+
+        figures = _figures(runs, metric, results)
+        with _writing("--plot", plot):
+            paths = save_figures(figures, plot)
+        err_console.print(f"plots: {len(paths)} files in {plot}", markup=False, highlight=False)
+    if fmt is ReportFormat.table:
+        from rich.console import Console
+
+        from .render_report import render_report
+
+        if output is None:
+            render_report(console, rep)
+            return
+        with _writing("--output", output), output.open("w", encoding="utf-8") as handle:
+            render_report(Console(file=handle, width=160, no_color=True), rep)
+        return
+    if fmt is ReportFormat.html:
+        from .plots import png_bytes
+
+        try:
+            figures = figures if figures is not None else _figures(runs, metric, results)
+        except InitsweepError as exc:
+            err_console.print(f"note: the page has no plots ({exc})", markup=False, highlight=False)
+            figures = {}
+        captions = {(fig.get_suptitle() or name).replace("\n", " · "): png_bytes(fig)
+                    for name, fig in figures.items()}
+        text = report_html(rep, captions, str(results))
+    else:
+        text = report_text(rep, fmt.value)
+    if output is None:
+        sys.stdout.write(text)
+        return
+    with _writing("--output", output):
+        output.write_text(text, encoding="utf-8")
+
+
+@app.command("export")
+@boundary
+def export_cmd(
+    results: ResultsOpt = Path("results"),
+    sweep: SweepOpt = None,
+    where: WhereOpt = None,
+    fmt: Annotated[Optional[ExportFormat], typer.Option(
+        "--format", "-f", help="csv, json or parquet (default: from --output's suffix, else csv).")] = None,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="File to write (stdout for csv/json if omitted).")] = None,
+    history: Annotated[bool, typer.Option("--history", help="Every attempt, not only each run's latest.")] = False,
+) -> None:
+    """Write the raw per-run table (every column) for pandas, spreadsheets or report --baseline."""
+    from .export import format_of, load_results, write_runs
+
+    fmt_name = fmt.value if fmt else (format_of(output) if output else None) or "csv"
+    runs = load_results(results, sweep, where, history)
+    with _writing("--output", output):
+        text = write_runs(runs, fmt_name, output)
+    if text is not None:
+        sys.stdout.write(text)
+    else:
+        err_console.print(f"{len(runs)} runs -> {output}", markup=False, highlight=False)
+
+
+@app.command()
+@boundary
+def show(
+    run_id: Annotated[str, typer.Argument(help="A run id, or a unique prefix of one.", show_default=False)],
+    results: ResultsOpt = Path("results"),
+    sweep: Annotated[Optional[str], typer.Option("--sweep", help="The sweep, when two store this run.")] = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """One run in full: settings, status, error, per-epoch curve, timings, versions, layers."""
+    from .export import find_run
+
+    detail = find_run(results, run_id.strip(), sweep)
+    if fmt is Format.json:
+        from .render_report import run_as_json
+
+        print_json(run_as_json(detail))
+        return
+    from .render_report import render_run
+
+    render_run(console, detail)

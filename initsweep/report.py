@@ -1,17 +1,42 @@
-"""Turn the runs table into answers: which setting is best, at which depth.
+"""Turn the runs table into answers: which setting is best, at which depth, and how sure.
 
-Pure pandas in, pandas out; the CLI renders the frames.
+Pure pandas in, pandas out; the CLI and the renderers (``render_report.py``, ``export.py``,
+``plots.py``) turn the frames into tables, files and figures.
+
+Statistics, so a reviewer can check them: a group is every run that shares the grouping
+settings; the seed is what varies inside it. Runs that finished (``ok`` and ``diverged``)
+count: a diverged run is evaluated where it stopped, so its accuracy is a real result that
+a divergent setting should pay for. ``failed``/``interrupted``/``running`` rows are counted
+in ``unfinished`` and left out of the statistics. ``n`` is the number of finished runs whose
+metric is a number (a diverged run's loss may be NaN); ``std`` is the sample standard
+deviation (ddof=1) over those, NaN for a single run, never a made-up 0. A run stored by two
+sweeps (same ``run_id``: same resolved settings) counts once.
 """
 
 from __future__ import annotations
 
+import ast
+import functools
+import operator
+import re
+from dataclasses import dataclass
+from typing import Any
+
 import pandas as pd
 
+from .errors import InitsweepError
+from .registry import did_you_mean
 from .store import _SETTING_COLUMNS
 
 # Never grouped by: the seed is what groups average over; a choice's name and parameters are
 # grouped through its label (``leaky_relu(negative_slope=0.2)``), which carries both.
 _NOT_GROUPED = {"seed", "init", "init_params", "activation", "activation_params", "bias", "bias_params"}
+FINISHED = ("ok", "diverged")
+# The friendly axis names users type; a summary names its label columns by them.
+ALIASES = {"init": "init_label", "activation": "activation_label", "bias": "bias_label"}
+_FRIENDLY = {label: name for name, label in ALIASES.items()}
+CORE_AXES = ("init_label", "activation_label", "depth")
+STAT_COLUMNS = ["n", "mean", "std", "min", "max", "runs", "diverged", "diverged_rate", "unfinished", "verdict"]
 
 
 def varying_settings(df: pd.DataFrame, exclude: tuple[str, ...] = ()) -> list[str]:
@@ -23,13 +48,18 @@ def varying_settings(df: pd.DataFrame, exclude: tuple[str, ...] = ()) -> list[st
     return cols
 
 
+def lower_is_better(metric: str) -> bool:
+    """Losses and times are better small; accuracies (and everything else) large."""
+    return "loss" in metric or metric.endswith("seconds")
+
+
 def best_per_depth(df: pd.DataFrame, metric: str = "test_acc") -> pd.DataFrame:
     """For each depth, the setting (all other axes) with the best mean ``metric`` over seeds.
 
     Runs that failed, are running or were interrupted are left out; diverged runs count
     (with the accuracy of the model where it stopped).
     """
-    done = df[df["status"].isin(["ok", "diverged"])]
+    done = df[df["status"].isin(FINISHED)]
     if done.empty:
         return pd.DataFrame(columns=["depth", "setting", "mean", "n"])
     by = varying_settings(done, exclude=("depth",))
@@ -37,7 +67,434 @@ def best_per_depth(df: pd.DataFrame, metric: str = "test_acc") -> pd.DataFrame:
     grouped = done.groupby(keys, dropna=False)[metric].agg(["mean", "count"]).reset_index()
     rows = []
     for depth, group in grouped.groupby("depth"):
-        best = group.loc[group["mean"].idxmax()] if group["mean"].notna().any() else group.iloc[0]
+        pick = group["mean"].idxmin if lower_is_better(metric) else group["mean"].idxmax
+        best = group.loc[pick()] if group["mean"].notna().any() else group.iloc[0]
         setting = " ".join(str(best[c]) for c in by) or "(single setting)"
         rows.append({"depth": depth, "setting": setting, "mean": best["mean"], "n": int(best["count"])})
     return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------- grouping
+
+
+def check_metric(df: pd.DataFrame, metric: str) -> str:
+    """``metric`` if it is a numeric column of ``df``; else one clear error line."""
+    if metric not in df:
+        numeric = [c for c in df.columns if pd.api.types.is_numeric_dtype(df[c])]
+        raise InitsweepError(f"--metric: unknown column {metric!r}{did_you_mean(metric, numeric)}")
+    if not pd.api.types.is_numeric_dtype(df[metric]) and df[metric].notna().any():
+        raise InitsweepError(f"--metric: column {metric!r} is not numeric")
+    return metric
+
+
+def resolve_by(df: pd.DataFrame, by: list[str] | None = None, option: str = "--by") -> list[str]:
+    """The run columns to group by: the given names (``init`` meaning ``init_label``), or by
+    default init, activation and depth plus every other setting that varies except the seed."""
+    if not by:
+        return [c for c in CORE_AXES if c in df] + varying_settings(df, exclude=CORE_AXES)
+    keys = []
+    for name in (n.strip() for n in by if n.strip()):
+        col = ALIASES.get(name, name)
+        if col not in df:
+            options = [*ALIASES, *df.columns]
+            raise InitsweepError(f"{option}: unknown column {name!r}{did_you_mean(name, options)}")
+        if col not in keys:
+            keys.append(col)
+    return keys
+
+
+def friendly(col: str) -> str:
+    """The name a summary gives a run column: ``init_label`` -> ``init``."""
+    return _FRIENDLY.get(col, col)
+
+
+def distinct_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per ``run_id``: its latest finished row if any, else its latest row."""
+    if "run_id" not in df or df.empty:
+        return df
+    finished = df["status"].isin(FINISHED) if "status" in df else pd.Series(True, index=df.index)
+    order = df.assign(_finished=finished, _pos=range(len(df)))
+    order = order.sort_values(["_finished", "row_id" if "row_id" in df else "_pos"], kind="stable")
+    return order.drop_duplicates("run_id", keep="last").sort_values("_pos").drop(columns=["_finished", "_pos"])
+
+
+def _consensus(verdicts: pd.Series) -> Any:
+    """A group's verdict: the runs' common one, or the most frequent with its share."""
+    counts = verdicts.dropna().value_counts()
+    if counts.empty:
+        return None
+    if len(counts) == 1:
+        return counts.index[0]
+    return f"{counts.index[0]} ({counts.iloc[0]}/{counts.sum()})"
+
+
+def _sorted_like(frame: pd.DataFrame, reference: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Numbers ascending; text in the order ``reference`` lists it (the sweep's order), not A-Z."""
+    ranks = {c: {v: i for i, v in enumerate(pd.unique(reference[c]))} for c in keys
+             if not pd.api.types.is_numeric_dtype(reference[c])}
+
+    def key(col: pd.Series) -> pd.Series:
+        return col.map(ranks[col.name]) if col.name in ranks else col
+
+    return frame.sort_values(keys, key=key, kind="stable", na_position="last").reset_index(drop=True)
+
+
+def summarize(df: pd.DataFrame, metric: str = "test_acc", by: list[str] | None = None) -> pd.DataFrame:
+    """Seed statistics of ``metric`` per group of runs (see the module docstring for the rules).
+
+    ``by`` takes run columns or the friendly ``init``/``activation``/``bias`` (their labels);
+    by default every setting that varies except the seed. One row per group, the keys named
+    friendly, then ``n, mean, std, min, max, runs, diverged, diverged_rate, unfinished, verdict``.
+
+    >>> summarize(load_results("results"), "test_acc", ["init", "activation", "depth"])  # doctest: +SKIP
+    """
+    check_metric(df, metric)
+    keys = resolve_by(df, by)
+    runs = distinct_runs(df)
+    if runs.empty:
+        out = pd.DataFrame(columns=[*map(friendly, keys), *STAT_COLUMNS])
+        out.attrs.update(metric=metric, keys=[friendly(k) for k in keys])
+        return out
+    status = runs["status"] if "status" in runs else pd.Series("ok", index=runs.index)
+    done = status.isin(FINISHED)
+    frame = runs[keys].assign(
+        _value=pd.to_numeric(runs[metric], errors="coerce").where(done), _done=done,
+        _diverged=status.eq("diverged"), _verdict=runs["verdict"] if "verdict" in runs else None)
+    grouped = frame.groupby(keys, dropna=False, sort=False)
+    out = grouped.agg(n=("_value", "count"), mean=("_value", "mean"), std=("_value", "std"),
+                      min=("_value", "min"), max=("_value", "max"), runs=("_done", "size"),
+                      finished=("_done", "sum"), diverged=("_diverged", "sum"))
+    out["verdict"] = grouped["_verdict"].agg(_consensus)
+    out = out.reset_index()
+    out["diverged_rate"] = (out["diverged"] / out["finished"]).where(out["finished"] > 0)
+    out["unfinished"] = out["runs"] - out["finished"]
+    out = _sorted_like(out[[*keys, *STAT_COLUMNS]], runs, keys).rename(columns=friendly)
+    out.attrs.update(metric=metric, keys=[friendly(k) for k in keys])
+    return out
+
+
+def best_mask(summary: pd.DataFrame, within: list[str], metric: str) -> pd.Series:
+    """True on the group with the best mean inside each ``within`` group (e.g. per depth)."""
+    best = pd.Series(False, index=summary.index)
+    means = summary["mean"].dropna()
+    if means.empty:
+        return best
+    groups = summary.loc[means.index].groupby(within, dropna=False, sort=False)["mean"] if within else [(None, means)]
+    for _, col in groups:
+        best[col.idxmin() if lower_is_better(metric) else col.idxmax()] = True
+    return best
+
+
+def order(summary: pd.DataFrame, sort: str | None = None, top: int | None = None) -> pd.DataFrame:
+    """Sort by a column (``-col`` for descending) and keep the first ``top`` rows.
+
+    With ``top`` and no ``sort``, the best groups come first (by mean, in the metric's
+    direction), so ``--top 5`` means "the five best".
+    """
+    metric = summary.attrs.get("metric", "")
+    if sort:
+        col, descending = (sort[1:], True) if sort.startswith("-") else (sort, False)
+        if col not in summary:
+            raise InitsweepError(f"--sort: unknown column {col!r}{did_you_mean(col, summary.columns)} "
+                                 f"(columns: {', '.join(summary.columns)})")
+        summary = summary.sort_values(col, ascending=not descending, kind="stable", na_position="last")
+    elif top is not None:
+        summary = summary.sort_values("mean", ascending=lower_is_better(metric), kind="stable", na_position="last")
+    if top is not None:
+        summary = summary.head(top)
+    return summary.reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------- pivot
+
+
+def parse_pivot(spec: str) -> tuple[list[str], list[str]]:
+    """``"init:activation"`` -> (["init"], ["activation"]); each side may list several, comma-separated."""
+    parts = spec.split(":")
+    sides = [[name.strip() for name in part.split(",") if name.strip()] for part in parts]
+    if len(parts) != 2 or not all(sides):
+        raise InitsweepError(f"--pivot: expected ROWS:COLS such as init:activation, got {spec!r}")
+    return sides[0], sides[1]
+
+
+def check_pivot(summary: pd.DataFrame, rows: list[str], cols: list[str]) -> None:
+    """Both sides name grouping columns of ``summary``, none twice."""
+    keys = summary.attrs.get("keys", [])
+    for name in (*rows, *cols):
+        if name not in keys:
+            raise InitsweepError(f"--pivot: {name!r} is not a grouping column (grouped by: {', '.join(keys)})")
+    if len({*rows, *cols}) < len(rows) + len(cols):
+        raise InitsweepError("--pivot: a column appears twice in ROWS:COLS")
+
+
+def pivot_frame(summary: pd.DataFrame, rows: list[str], cols: list[str], value: str = "mean") -> pd.DataFrame:
+    """A wide table of ``value``: one row per (other keys..., rows...), one column per ``cols`` value.
+
+    The other grouping keys (e.g. depth) stay as leading columns, so one frame holds every
+    per-depth table; a column is named by its ``cols`` values joined with `` / ``.
+    """
+    check_pivot(summary, rows, cols)
+    split = pivot_split(summary, rows, cols)
+    frame = summary.assign(_col=summary[cols].astype(str).agg(" / ".join, axis=1))
+    col_order = list(pd.unique(frame["_col"]))
+    wide = frame.pivot_table(index=[*split, *rows], columns="_col", values=value, aggfunc="first",
+                             dropna=False, sort=False)
+    wide = wide.reindex(columns=[c for c in col_order if c in wide.columns])
+    wide.columns.name = None
+    row_order = _sorted_like(frame[[*split, *rows]].drop_duplicates(), summary, split)
+    return row_order.merge(wide.reset_index(), on=[*split, *rows], how="left")
+
+
+def pivot_split(summary: pd.DataFrame, rows: list[str], cols: list[str]) -> list[str]:
+    """The grouping keys a pivot splits its tables by (depth in the default grid)."""
+    return [k for k in summary.attrs.get("keys", []) if k not in rows and k not in cols]
+
+
+@dataclass
+class PivotBlock:
+    """One pivot table (e.g. depth 8): row and column labels in sweep order, and per cell the
+    summary row (``n, mean, std, diverged, ...``) plus ``best`` (best mean of the block)."""
+
+    title: str
+    row_labels: list[str]
+    col_labels: list[str]
+    cells: dict[tuple[str, str], pd.Series]
+
+
+def pivot_blocks(summary: pd.DataFrame, rows: list[str], cols: list[str]) -> list[PivotBlock]:
+    """The pivot view as blocks to render: one per value of the other keys (per depth)."""
+    check_pivot(summary, rows, cols)
+    split = pivot_split(summary, rows, cols)
+    labelled = summary.assign(
+        _row=summary[rows].astype(str).agg(" / ".join, axis=1),
+        _col=summary[cols].astype(str).agg(" / ".join, axis=1),
+        best=best_mask(summary, split, summary.attrs.get("metric", "")))
+    groups = labelled.groupby(split, sort=False, dropna=False) if split else [((), labelled)]
+    blocks = []
+    for values, block in groups:
+        values = values if isinstance(values, tuple) else (values,)
+        title = ", ".join(f"{k} = {v}" for k, v in zip(split, values))
+        cells = {(r["_row"], r["_col"]): r for _, r in block.iterrows()}
+        blocks.append(PivotBlock(title, list(pd.unique(labelled["_row"])), list(pd.unique(labelled["_col"])), cells))
+    return blocks
+
+
+# ---------------------------------------------------------------------- baseline
+
+
+def compare(current: pd.DataFrame, baseline: pd.DataFrame, metric: str = "test_acc",
+            by: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Compare two run tables group by group, and list the runs only one of them has.
+
+    Returns ``(table, new_runs, missing_runs)``: ``table`` has the current statistics, the
+    baseline's as ``base_n``/``base_mean``/``base_std``, ``delta = mean - base_mean`` and
+    ``change``: better/worse (in the metric's direction), same (no difference beyond
+    float noise), changed (a value on one side only, e.g. every loss NaN before), new (group
+    only in the current runs) or missing (only in the baseline).
+    """
+    keys = resolve_by(current, by)
+    absent = [k for k in keys if k not in baseline]
+    if absent:
+        raise InitsweepError(f"--baseline: it has no column {absent[0]!r} (is it an initsweep export?)")
+    check_metric(baseline, metric)
+    now, then = summarize(current, metric, keys), summarize(baseline, metric, keys)
+    names = now.attrs["keys"]
+    base = then[[*names, "n", "mean", "std"]].rename(columns={"n": "base_n", "mean": "base_mean", "std": "base_std"})
+    # an outer merge sorts its keys A-Z; put the groups back in the sweep's order
+    table = _sorted_like(now.merge(base, on=names, how="outer", indicator=True), pd.concat([now, then]), names)
+    table["delta"] = table["mean"] - table["base_mean"]
+    sign = -1 if lower_is_better(metric) else 1
+    tolerance = 1e-12 * table["base_mean"].abs().clip(lower=1.0)
+    change = pd.Series("same", index=table.index, dtype=object)
+    change[sign * table["delta"] > tolerance] = "better"
+    change[sign * table["delta"] < -tolerance] = "worse"
+    change[table["mean"].isna() != table["base_mean"].isna()] = "changed"
+    change[table["_merge"] == "left_only"] = "new"
+    change[table["_merge"] == "right_only"] = "missing"
+    table["change"] = change
+    table = table.drop(columns="_merge")
+    table.attrs.update(metric=metric, keys=names)
+    ids_now, ids_then = set(distinct_runs(current)["run_id"]), set(distinct_runs(baseline)["run_id"])
+    run_cols = [c for c in ["run_id", "sweep", *keys, "seed", "status", metric] if c in current]
+    new_runs = distinct_runs(current).loc[lambda d: ~d["run_id"].isin(ids_then), run_cols]
+    missing_runs = distinct_runs(baseline).loc[lambda d: ~d["run_id"].isin(ids_now),
+                                              [c for c in run_cols if c in baseline]]
+    return table, new_runs.rename(columns=friendly), missing_runs.rename(columns=friendly)
+
+
+@dataclass
+class Report:
+    """Everything a rendering of ``initsweep report`` needs.
+
+    ``table`` is the flat view (the summary, or the baseline comparison), sorted and cut as
+    asked; ``summary`` every group in sweep order; ``pivot`` the (rows, cols) axes when the
+    view is a pivot, ``pivot_asked`` whether the user asked for it (csv/json then export the
+    wide table instead of the flat one).
+    """
+
+    metric: str
+    runs: pd.DataFrame
+    summary: pd.DataFrame
+    table: pd.DataFrame
+    pivot: tuple[list[str], list[str]] | None = None
+    pivot_asked: bool = False
+    new_runs: pd.DataFrame | None = None
+    missing_runs: pd.DataFrame | None = None
+
+    @property
+    def compared(self) -> bool:
+        return self.new_runs is not None
+
+
+def build_report(runs: pd.DataFrame, metric: str = "test_acc", by: list[str] | None = None,
+                 pivot: str | None = None, sort: str | None = None, top: int | None = None,
+                 baseline: pd.DataFrame | None = None) -> Report:
+    """Summarize ``runs`` as ``initsweep report`` does (see its options).
+
+    Without ``--by``/``--sort``/``--top``/``--baseline``, a grid with more than one init or
+    activation is viewed as a pivot: one init x activation table per depth.
+    """
+    check_metric(runs, metric)
+    keys = resolve_by(runs, by)
+    axes = None
+    if pivot:
+        rows, cols = (resolve_by(runs, side, "--pivot") for side in parse_pivot(pivot))
+        keys += [col for col in (*rows, *cols) if col not in keys]
+        axes = ([friendly(c) for c in rows], [friendly(c) for c in cols])
+    summary = summarize(runs, metric, keys)
+    if axes is None and not (by or sort or top or baseline is not None):
+        grid = [c for c in ("init", "activation") if c in summary]
+        if len(grid) == 2 and (summary["init"].nunique() > 1 or summary["activation"].nunique() > 1):
+            axes = (["init"], ["activation"])
+    new_runs = missing_runs = None
+    table = summary
+    if baseline is not None:
+        table, new_runs, missing_runs = compare(runs, baseline, metric, keys)
+    if axes:
+        check_pivot(summary, *axes)
+    return Report(metric, runs, summary, order(table, sort, top), axes, pivot is not None, new_runs, missing_runs)
+
+
+# ---------------------------------------------------------------------- --where
+
+
+class _Where:
+    """Evaluates a validated ``--where`` expression over a frame, without ``eval``.
+
+    Allowed: column names, numbers, strings, True/False/None, lists/tuples of those (after
+    ``in``/``not in``), comparisons (chains too), ``and``/``or``/``not`` (and ``&``/``|``/``~``).
+    Anything else (calls, attributes, arithmetic, subscripts) is refused, so an expression
+    can read columns and nothing more.
+    """
+
+    _COMPARE = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
+                ast.Gt: operator.gt, ast.GtE: operator.ge}
+
+    def __init__(self, df: pd.DataFrame):
+        self.df = df
+
+    def fail(self, why: str) -> InitsweepError:
+        return InitsweepError(f"--where: {why}")
+
+    def mask(self, node: ast.AST) -> pd.Series:
+        if isinstance(node, ast.BoolOp):
+            combine = operator.and_ if isinstance(node.op, ast.And) else operator.or_
+            return functools.reduce(combine, (self.mask(v) for v in node.values))
+        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.BitAnd, ast.BitOr)):
+            combine = operator.and_ if isinstance(node.op, ast.BitAnd) else operator.or_
+            return combine(self.mask(node.left), self.mask(node.right))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.Not, ast.Invert)):
+            return ~self.mask(node.operand)
+        if isinstance(node, ast.Compare):
+            return self.compare(node)
+        raise self.fail(f"expected a comparison such as depth >= 8, got {ast.unparse(node)!r}")
+
+    def compare(self, node: ast.Compare) -> pd.Series:
+        out = pd.Series(True, index=self.df.index)
+        left = node.left
+        for op, right in zip(node.ops, node.comparators):
+            out &= self.one(left, op, right)
+            left = right
+        return out
+
+    def one(self, left: ast.AST, op: ast.cmpop, right: ast.AST) -> pd.Series:
+        if isinstance(op, (ast.In, ast.NotIn)):
+            column, values = self.column(left), self.values(right)
+            hit = column.isin([v for v in values if v is not None])
+            for value in values:
+                self.check_type(left, column, value)
+                if value is None:
+                    hit |= column.isna()
+            return ~hit if isinstance(op, ast.NotIn) else hit
+        if type(op) not in self._COMPARE:
+            raise self.fail(f"unsupported comparison {ast.unparse(op)!r} (use ==, !=, <, <=, >, >=, in, not in)")
+        if not isinstance(left, ast.Name) and isinstance(right, ast.Name):
+            flipped = {ast.Lt: ast.Gt, ast.Gt: ast.Lt, ast.LtE: ast.GtE, ast.GtE: ast.LtE}.get(type(op), type(op))
+            return self.one(right, flipped(), left)
+        column = self.column(left)
+        if isinstance(right, ast.Name):
+            return self._COMPARE[type(op)](column, self.column(right)).fillna(False).astype(bool)
+        value = self.constant(right)
+        if value is None and isinstance(op, (ast.Eq, ast.NotEq)):
+            return column.isna() if isinstance(op, ast.Eq) else column.notna()
+        self.check_type(left, column, value)
+        try:
+            result = self._COMPARE[type(op)](column, value)
+        except TypeError:
+            raise self.fail(f"cannot compare {left.id!r} with {value!r}") from None
+        return result.fillna(False).astype(bool)
+
+    def column(self, node: ast.AST) -> pd.Series:
+        if not isinstance(node, ast.Name):
+            raise self.fail(f"expected a column name, got {ast.unparse(node)!r}")
+        if node.id not in self.df:
+            raise self.fail(f"unknown column {node.id!r}{did_you_mean(node.id, self.df.columns)}")
+        return self.df[node.id]
+
+    def constant(self, node: ast.AST) -> Any:
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            value = self.constant(node.operand)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return -value if isinstance(node.op, ast.USub) else value
+        elif isinstance(node, ast.Constant) and isinstance(node.value, (str, int, float, bool, type(None))):
+            return node.value
+        raise self.fail(f"only column names, numbers, strings and lists of them are allowed, "
+                        f"got {ast.unparse(node)!r}")
+
+    def values(self, node: ast.AST) -> list[Any]:
+        if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+            return [self.constant(e) for e in node.elts]
+        return [self.constant(node)]
+
+    def check_type(self, node: ast.Name, column: pd.Series, value: Any) -> None:
+        """Refuse ``depth == "8"``: pandas would answer False for every row, silently."""
+        if value is None or isinstance(value, bool):
+            return
+        numeric = pd.api.types.is_numeric_dtype(column) or column.isna().all()
+        if numeric and isinstance(value, str):
+            raise self.fail(f"{node.id!r} holds numbers; compare it with a number, not {value!r}")
+        if not numeric and not isinstance(value, str):
+            raise self.fail(f"{node.id!r} holds text; compare it with a quoted string, not {value!r}")
+
+
+def where_mask(df: pd.DataFrame, expr: str) -> pd.Series:
+    """The rows of ``df`` an expression such as ``depth >= 8 and activation == "relu"`` selects."""
+    text = expr.strip()
+    try:
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError as exc:
+        hint = "; use == to compare" if re.search(r"(?<![=!<>])=(?!=)", text) else ""
+        raise InitsweepError(f"--where: not a valid expression ({exc.msg}{hint}): {text}") from None
+    except (RecursionError, MemoryError):
+        raise InitsweepError("--where: the expression is nested too deeply") from None
+    try:
+        return _Where(df).mask(tree.body)
+    except RecursionError:
+        raise InitsweepError("--where: the expression is nested too deeply") from None
+
+
+def filter_runs(df: pd.DataFrame, expr: str | None) -> pd.DataFrame:
+    """``df`` restricted to the rows ``expr`` selects (all rows when ``expr`` is empty)."""
+    if not expr or not expr.strip():
+        return df
+    return df[where_mask(df, expr)]

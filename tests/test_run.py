@@ -3,6 +3,7 @@ divergence, resume, kill -9, concurrency, determinism, fallback and bad folders.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -273,8 +274,8 @@ def test_sigterm_marks_the_run_in_flight_interrupted_and_exits_130(tmp_path):
 def test_report_lists_runs_and_handles_empty_and_missing_folders(tmp_path):
     config = write_config(tmp_path / "c.yaml", grid={"depth": [1, 2]})
     run_sweep(config, results_dir=tmp_path / "res", device="cpu")
-    result = runner.invoke(app, ["report", "--results", str(tmp_path / "res")])
-    assert result.exit_code == 0 and result.stdout.count(" ok ") == 2
+    result = runner.invoke(app, ["report", "--results", str(tmp_path / "res"), "--format", "json"])
+    assert result.exit_code == 0 and [r["depth"] for r in json.loads(result.stdout)] == [1, 2]
     missing = runner.invoke(app, ["report", "--results", str(tmp_path / "nope")])
     assert missing.exit_code == 2 and "not a results folder" in missing.stderr
     Store(tmp_path / "empty").close()

@@ -1,0 +1,467 @@
+"""Run tables in and out of files, and report tables as csv, json and markdown text.
+
+What ``initsweep export`` writes (csv, json, parquet), ``initsweep report --results`` /
+``--baseline`` and :func:`load_results` read back, to the same values: csv floats are
+written as Python's shortest round-trip repr, json through the stdlib encoder (pandas'
+``to_json`` keeps 10 digits and would turn a zero delta into noise), and every known
+column is coerced to the store's type on the way in, so a store and its export compare
+equal column for column.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .errors import InitsweepError, StoreError
+from .report import filter_runs
+from .store import _RESULT_COLUMNS, _SETTING_COLUMNS, DB_NAME, Store
+
+_SUFFIXES = {".csv": "csv", ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
+_TYPES = {"row_id": "INTEGER", "run_id": "TEXT", "sweep": "TEXT", "status": "TEXT",
+          **_SETTING_COLUMNS, **_RESULT_COLUMNS, "spec_json": "TEXT"}
+# pandas >= 3 reads text as the ``str`` dtype (missing = NaN); older pandas as object.
+_TEXT = "str" if int(pd.__version__.split(".")[0]) >= 3 else object
+
+
+def format_of(path: Path) -> str | None:
+    """The run-table format a file name implies (``runs.parquet`` -> parquet), if any."""
+    return _SUFFIXES.get(path.suffix.lower())
+
+
+def _text(col: pd.Series) -> pd.Series:
+    if _TEXT == "str":
+        return col if col.dtype == "str" else col.astype("str")
+    return col.astype(object).where(col.notna(), None)
+
+
+def normalize(df: pd.DataFrame, source: str = "") -> pd.DataFrame:
+    """Give every known column the store's type: integers without gaps as int64, other
+    numbers as float64 (NULL = NaN), text as text, whatever file they came from."""
+    df = df.copy()
+    for col, kind in _TYPES.items():
+        if col not in df:
+            continue
+        if kind == "TEXT":
+            df[col] = _text(df[col])
+            continue
+        try:
+            values = pd.to_numeric(df[col])
+        except (TypeError, ValueError):
+            raise StoreError(f"{source}: column {col!r} should hold numbers") from None
+        if kind == "INTEGER" and values.notna().all() and (values == values.round()).all():
+            values = values.astype("int64")
+        df[col] = values.astype("int64" if values.dtype == "int64" else "float64")
+    return df
+
+
+def current_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """A run's latest attempt only (highest ``row_id`` per sweep and run), as the store reads it."""
+    if not {"row_id", "sweep", "run_id"} <= set(df.columns) or df.empty:
+        return df
+    latest = df.groupby(["sweep", "run_id"], sort=False)["row_id"].transform("max")
+    return df[df["row_id"] == latest]
+
+
+def _need_pyarrow(what: str) -> Any:
+    try:
+        import pyarrow
+    except ImportError:
+        raise InitsweepError(f"{what}: parquet needs pyarrow (initsweep's 'parquet' extra): "
+                             "pip install pyarrow") from None
+    return pyarrow
+
+
+def _read_file(path: Path) -> pd.DataFrame:
+    fmt = format_of(path)
+    if fmt is None:
+        raise StoreError(f"{path}: not a results folder or a run export (.csv, .json, .parquet)")
+    try:
+        if fmt == "csv":
+            text_cols = {c: str for c, kind in _TYPES.items() if kind == "TEXT"}
+            return pd.read_csv(path, dtype=text_cols)
+        if fmt == "json":
+            records = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+                raise ValueError("expected a list of run records")
+            return pd.DataFrame.from_records(records)
+        _need_pyarrow(str(path))
+        return pd.read_parquet(path)
+    except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StoreError(f"{path}: cannot read it as {fmt}: {reason}") from None
+
+
+def read_runs(source: str | Path, sweep: str | list[str] | None = None, history: bool = False) -> pd.DataFrame:
+    """Runs from a results folder or from a file ``initsweep export`` wrote; one row per run
+    (its latest attempt) unless ``history``."""
+    path = Path(source)
+    if path.is_file():
+        df = _read_file(path)
+        missing = [c for c in ("run_id", "status") if c not in df]
+        if missing and not df.empty:
+            raise StoreError(f"{path}: not a run export (no {missing[0]!r} column; write one with initsweep export)")
+        if sweep is not None and "sweep" in df:
+            df = df[df["sweep"].isin([sweep] if isinstance(sweep, str) else list(sweep))]
+        if not history:
+            df = current_rows(df)
+        return normalize(df.reset_index(drop=True), str(path))
+    with Store(path, create=False) as store:
+        return normalize(store.runs_frame(sweep, history=history), str(path))
+
+
+def is_empty_folder(path: Path) -> bool:
+    """A folder with no database and nothing but dotfiles in it (e.g. a fresh ``results/.gitkeep``)."""
+    return path.is_dir() and not (path / DB_NAME).exists() and not any(
+        not p.name.startswith(".") for p in path.iterdir())
+
+
+def load_results(results_dir: str | Path, sweep: str | list[str] | None = None, where: str | None = None,
+                 history: bool = False) -> pd.DataFrame:
+    """One row per run, every setting a column: from a results folder or an export file.
+
+    ``where`` filters rows with the same safe expressions as ``initsweep report --where``
+    (``'depth >= 8 and activation == "relu"'``).
+
+    >>> df = load_results("results", where="status == 'ok'")          # doctest: +SKIP
+    >>> summarize(df, "test_acc", ["init", "activation", "depth"])     # doctest: +SKIP
+    """
+    return filter_runs(read_runs(results_dir, sweep, history), where).reset_index(drop=True)
+
+
+def read_curves(source: str | Path, row_ids: list[int]) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """Per-epoch curves and per-layer statistics of these attempts; ``(None, None)`` for an
+    export file, which holds only the runs table."""
+    path = Path(source)
+    if not (path / DB_NAME).is_file():
+        return None, None
+    with Store(path, create=False) as store:
+        return store.epochs_frame(row_ids), store.layers_frame(row_ids)
+
+
+def find_run(source: str | Path, prefix: str, sweep: str | None = None) -> dict[str, Any]:
+    """The run whose id starts with ``prefix``: its current row, attempts, epochs and layers."""
+    with Store(source, create=False) as store:
+        every = store.runs_frame(sweep, history=True)
+        current = current_rows(every)
+        hits = current[current["run_id"].str.startswith(prefix)] if prefix else current.head(0)
+        ids = list(pd.unique(hits["run_id"]))
+        if not ids:
+            raise InitsweepError(f"no run id starts with {prefix!r} in {source}"
+                                 + (f" (sweep {sweep})" if sweep else "") + "; initsweep report lists them")
+        if len(ids) > 1:
+            shown = ", ".join(ids[:4]) + (", ..." if len(ids) > 4 else "")
+            raise InitsweepError(f"{prefix!r} matches {len(ids)} runs ({shown}); give more characters")
+        if len(hits) > 1:
+            raise InitsweepError(f"run {ids[0]} is stored by sweeps {', '.join(hits['sweep'])}; pick one with --sweep")
+        run = hits.iloc[0]
+        attempts = every[(every["run_id"] == run["run_id"]) & (every["sweep"] == run["sweep"])]
+        return {"run": run, "epochs": store.epochs_frame([int(run["row_id"])]),
+                "layers": store.layers_frame([int(run["row_id"])]),
+                "attempts": attempts[["row_id", "status", "claimed_at", "finished_at", "error"]]}
+
+
+# ---------------------------------------------------------------------- writing
+
+
+def json_value(value: Any) -> Any:
+    """A JSON value: numpy scalars as Python ones, NaN/inf/NA as null."""
+    if value is None or value is pd.NA:
+        return None
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def to_json_text(df: pd.DataFrame) -> str:
+    """Records, one object per row, floats exact (shortest round-trip repr), NaN as null."""
+    records = [{k: json_value(v) for k, v in row.items()} for row in df.to_dict("records")]
+    return json.dumps(records, indent=1, allow_nan=False, default=str) + "\n"
+
+
+def write_runs(df: pd.DataFrame, fmt: str, output: Path | None) -> str | None:
+    """Write the raw runs table; returns the text when ``output`` is None (stdout)."""
+    if fmt == "parquet":
+        if output is None:
+            raise InitsweepError("--format parquet needs --output FILE (parquet is binary)")
+        _need_pyarrow("--format parquet")
+        df.to_parquet(output, index=False)
+        return None
+    text = df.to_csv(index=False) if fmt == "csv" else to_json_text(df)
+    if output is None:
+        return text
+    output.write_text(text, encoding="utf-8")
+    return None
+
+
+def markdown_table(df: pd.DataFrame, right: set[str] = frozenset()) -> str:
+    """A GitHub-flavoured markdown table (``|`` escaped); ``right`` columns right-aligned."""
+    def cell(value: Any) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " · ")
+
+    align = [c in right or pd.api.types.is_numeric_dtype(df[c]) for c in df.columns]
+    lines = ["| " + " | ".join(cell(c) for c in df.columns) + " |",
+             "|" + "|".join("---:" if a else ":---" for a in align) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- cells people read
+
+DIVERGED_ALL, DIVERGED_SOME, BEST = "†", "‡", "★"
+LEGEND = (f"{DIVERGED_ALL} every seed diverged · {DIVERGED_SOME} some seeds diverged · "
+          f"{BEST} best of its table · mean ± sample std over seeds (no ± for a single seed)")
+# cividis at 9 even steps: readable with every common colour-vision deficiency, and in greyscale.
+_CIVIDIS = ["#00224e", "#1a386f", "#434e6c", "#61656f", "#7d7c78", "#9b9476", "#bcae6c", "#dec958", "#fee838"]
+
+
+def fmt_value(value: Any) -> str:
+    if value is None or pd.isna(value):
+        return "—"
+    value = float(value)
+    if value != 0 and (abs(value) >= 1e4 or abs(value) < 1e-3):
+        return f"{value:.3g}"
+    return f"{value:.4f}"
+
+
+def fmt_stat(mean: Any, std: Any, n: Any, sep: str = " ± ") -> str:
+    """``mean ± std``; only the mean for a single seed (its std is unknown, not 0)."""
+    if pd.isna(n) or n == 0 or pd.isna(mean):
+        return "—"
+    if n < 2 or pd.isna(std):
+        return fmt_value(mean)
+    return f"{fmt_value(mean)}{sep}{fmt_value(std)}"
+
+
+def fmt_change(delta: Any, change: str) -> str:
+    """``+0.0123 ▲`` (better), ``−0.0100 ▼`` (worse), ``0 =``; new/missing/changed as words."""
+    if change == "same":
+        return "0 ="
+    if change not in ("better", "worse"):
+        return change
+    return f"{'+' if delta > 0 else '−'}{fmt_value(abs(delta))} {'▲' if change == 'better' else '▼'}"
+
+
+def fmt_diverged(row: pd.Series) -> str:
+    finished = row["runs"] - row["unfinished"]
+    return "—" if pd.isna(finished) else f"{int(row['diverged'])}/{int(finished)}"
+
+
+def pivot_cell(row: pd.Series | None, verdict: bool = False) -> str:
+    """``0.9123±0.0041†★``: the cell's statistic and its marks (see :data:`LEGEND`); with
+    ``verdict``, the group's diagnosis on a second line."""
+    if row is None:
+        return "·"
+    if verdict and isinstance(row.get("verdict"), str):
+        return pivot_cell(row) + "\n" + row["verdict"]
+    text = fmt_stat(row["mean"], row["std"], row["n"], sep="±")
+    finished = row["runs"] - row["unfinished"]
+    if row["diverged"] and row["diverged"] == finished:
+        text += DIVERGED_ALL
+    elif row["diverged"]:
+        text += DIVERGED_SOME
+    return text + (BEST if row.get("best") else "")
+
+
+def display_table(table: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The flat view as strings, with the columns people read (the CSV/JSON keep raw numbers)."""
+    keys = table.attrs.get("keys", [])
+    out = pd.DataFrame({k: ["—" if v is None or pd.isna(v) else str(v) for v in table[k]] for k in keys},
+                       index=table.index)
+    out[f"{metric} (mean ± std)"] = [fmt_stat(r["mean"], r["std"], r["n"]) for _, r in table.iterrows()]
+    out["n"] = [fmt_value(v) if pd.isna(v) else str(int(v)) for v in table["n"]]
+    out["min"] = table["min"].map(fmt_value)
+    out["max"] = table["max"].map(fmt_value)
+    out["diverged"] = [fmt_diverged(r) for _, r in table.iterrows()]
+    if (table["unfinished"].fillna(0) > 0).any():
+        out["unfinished"] = table["unfinished"].map(lambda v: "—" if pd.isna(v) else str(int(v)))
+    if table["verdict"].notna().any():
+        out["verdict"] = table["verdict"].map(lambda v: "—" if v is None or pd.isna(v) else str(v))
+    if "change" in table:
+        out["baseline"] = [fmt_stat(r["base_mean"], r["base_std"], r["base_n"]) for _, r in table.iterrows()]
+        out["Δ"] = [fmt_change(r["delta"], r["change"]) for _, r in table.iterrows()]
+    return out
+
+
+class ColourScale:
+    """Maps a metric value to a cividis background, brighter = better, on one scale for
+    every table of a report (so depth 2 and depth 20 compare by colour too). A metric that
+    spans more than two decades (a loss of 2 next to 1e4) is scaled by its logarithm."""
+
+    def __init__(self, values: pd.Series, lower_better: bool):
+        finite = pd.to_numeric(values, errors="coerce").dropna()
+        finite = finite[finite.abs() < float("inf")]
+        self.log = bool(len(finite)) and (finite > 0).all() and finite.max() > 100 * finite.min()
+        scaled = finite.map(math.log10) if self.log else finite
+        self.lo, self.hi = (scaled.min(), scaled.max()) if len(scaled) else (0.0, 1.0)
+        self.lower_better = lower_better
+
+    def __call__(self, value: Any) -> tuple[str, str] | None:
+        """(background, foreground) hex colours, or None for a missing value."""
+        if value is None or pd.isna(value) or (self.log and value <= 0):
+            return None
+        x = math.log10(value) if self.log else float(value)
+        t = 0.5 if self.hi == self.lo else (x - self.lo) / (self.hi - self.lo)
+        t = 1.0 - t if self.lower_better else t
+        position = min(max(t, 0.0), 1.0) * (len(_CIVIDIS) - 1)
+        i = min(int(position), len(_CIVIDIS) - 2)
+        a, b = (tuple(int(c[k:k + 2], 16) for k in (1, 3, 5)) for c in _CIVIDIS[i:i + 2])
+        rgb = [round(p + (q - p) * (position - i)) for p, q in zip(a, b)]
+        luminance = (0.2126 * rgb[0] + 0.7152 * rgb[1] + 0.0722 * rgb[2]) / 255
+        return "#" + "".join(f"{c:02x}" for c in rgb), ("#000000" if luminance > 0.45 else "#ffffff")
+
+
+# ---------------------------------------------------------------------- report as text
+
+
+def report_frame(report: Any) -> pd.DataFrame:
+    """The machine-readable table of a report: the wide pivot when one was asked for, else
+    the flat table; led by a ``metric`` column so a file says what it measured."""
+    from .report import pivot_frame
+
+    frame = pivot_frame(report.summary, *report.pivot) if report.pivot_asked else report.table
+    frame = frame.copy()
+    frame.insert(0, "metric", report.metric)
+    return frame
+
+
+def _pivot_markdown(report: Any) -> list[str]:
+    from .report import pivot_blocks
+
+    rows, cols = report.pivot
+    verdict = report.summary["verdict"].notna().any()
+    lines = [f"### {report.metric} by {' / '.join(rows)} × {' / '.join(cols)}", ""]
+    for block in pivot_blocks(report.summary, rows, cols):
+        if block.title:
+            lines += [f"**{block.title}**", ""]
+        grid = pd.DataFrame(
+            [[label, *(_bold(pivot_cell(block.cells.get((label, col)), verdict), block.cells.get((label, col)))
+                       for col in block.col_labels)] for label in block.row_labels],
+            columns=[" / ".join(rows), *block.col_labels])
+        lines += [markdown_table(grid, right=set(block.col_labels)), ""]
+    return lines + [f"_{LEGEND}_", ""]
+
+
+def _bold(text: str, row: pd.Series | None) -> str:
+    return f"**{text}**" if row is not None and row.get("best") else text
+
+
+def report_markdown(report: Any) -> str:
+    """Markdown for a pull request: the pivot (when the view has one), the full table, and
+    the baseline's new and missing runs."""
+    n_runs = len(report.runs)
+    lines = [f"## initsweep report: {report.metric}", "",
+             f"{n_runs} runs in {len(report.summary)} groups; statistics over seeds.", ""]
+    if report.pivot:
+        lines += _pivot_markdown(report)
+    shown = display_table(report.table, report.metric)
+    lines += [markdown_table(shown, right=set(shown.columns[len(report.table.attrs.get('keys', [])):])), ""]
+    for title, runs in (("New runs (not in the baseline)", report.new_runs),
+                        ("Missing runs (only in the baseline)", report.missing_runs)):
+        if runs is not None and len(runs):
+            lines += [f"### {title}", "", markdown_table(runs.astype(object).where(runs.notna(), "—")), ""]
+    return "\n".join(lines)
+
+
+def report_text(report: Any, fmt: str) -> str:
+    """The report as csv, json or markdown text."""
+    if fmt == "markdown":
+        return report_markdown(report)
+    frame = report_frame(report)
+    return frame.to_csv(index=False) if fmt == "csv" else to_json_text(frame)
+
+
+# ---------------------------------------------------------------------- report as one html file
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;max-width:1200px;
+padding:0 1rem;color:#1b1b1b}
+table{border-collapse:collapse;margin:.5rem 0 1.5rem;font-size:.9rem}
+th,td{border:1px solid #d0d0d0;padding:.25rem .5rem;text-align:right;font-variant-numeric:tabular-nums}
+th{background:#f3f3f3}.key{text-align:left}
+td.best{font-weight:700;outline:3px solid #d55e00;outline-offset:-3px}
+.note{color:#555;font-size:.85rem}figure{margin:1rem 0}img{max-width:100%;height:auto}
+"""
+
+
+def _html_table(df: pd.DataFrame, left: int, styles: dict[tuple[int, int], str] | None = None,
+                classes: dict[tuple[int, int], str] | None = None) -> str:
+    """A table of already formatted strings; the first ``left`` columns are labels."""
+    from html import escape
+
+    styles, classes = styles or {}, classes or {}
+    head = "".join(f'<th{" class=key" if j < left else ""}>{escape(str(c))}</th>' for j, c in enumerate(df.columns))
+    body = []
+    for i, row in enumerate(df.itertuples(index=False)):
+        cells = []
+        for j, value in enumerate(row):
+            cls = " ".join(filter(None, ["key" if j < left else "", classes.get((i, j), "")]))
+            attrs = (f' class="{cls}"' if cls else "") + (f' style="{styles[(i, j)]}"' if (i, j) in styles else "")
+            cells.append(f"<td{attrs}>{escape(str(value)).replace(chr(10), '<br>')}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _pivot_html(report: Any) -> list[str]:
+    from html import escape
+
+    from .report import lower_is_better, pivot_blocks
+
+    rows, cols = report.pivot
+    verdict = report.summary["verdict"].notna().any()
+    scale = ColourScale(report.summary["mean"], lower_is_better(report.metric))
+    parts = [f"<h2>{escape(report.metric)} by {escape(' / '.join(rows))} × {escape(' / '.join(cols))}</h2>",
+             f'<p class="note">{escape(LEGEND)}; brighter = better, one colour scale for every table.</p>']
+    for block in pivot_blocks(report.summary, rows, cols):
+        grid, styles, classes = [], {}, {}
+        for i, label in enumerate(block.row_labels):
+            grid.append([label])
+            for j, col in enumerate(block.col_labels, start=1):
+                row = block.cells.get((label, col))
+                grid[-1].append(pivot_cell(row, verdict))
+                colours = scale(row["mean"]) if row is not None else None
+                if colours:
+                    styles[(i, j)] = f"background:{colours[0]};color:{colours[1]}"
+                if row is not None and row["best"]:
+                    classes[(i, j)] = "best"
+        if block.title:
+            parts.append(f"<h3>{escape(block.title)}</h3>")
+        parts.append(_html_table(pd.DataFrame(grid, columns=[" / ".join(rows), *block.col_labels]), 1,
+                                 styles, classes))
+    return parts
+
+
+def report_html(report: Any, figures: dict[str, bytes], source: str) -> str:
+    """One self-contained page (inline CSS, plots as base64 PNG, every text escaped) to attach
+    to a pull request: the pivot, the full table, the baseline's changes, the plots."""
+    import base64
+    from html import escape
+
+    from . import __version__
+
+    keys = len(report.table.attrs.get("keys", []))
+    parts = [f"<h1>initsweep report: {escape(report.metric)}</h1>",
+             f'<p class="note">{escape(source)} · {len(report.runs)} runs in {len(report.summary)} groups · '
+             f"initsweep {escape(__version__)} · statistics over seeds</p>"]
+    if report.pivot:
+        parts += _pivot_html(report)
+    parts += ["<h2>All groups</h2>", _html_table(display_table(report.table, report.metric), keys)]
+    for title, runs in (("New runs (not in the baseline)", report.new_runs),
+                        ("Missing runs (only in the baseline)", report.missing_runs)):
+        if runs is not None and len(runs):
+            parts += [f"<h2>{escape(title)}</h2>", _html_table(runs.astype(object).where(runs.notna(), "—"), 0)]
+    if figures:
+        parts.append("<h2>Plots</h2>")
+    for caption, png in figures.items():
+        data = base64.b64encode(png).decode("ascii")
+        parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{escape(caption)}">'
+                     f"<figcaption>{escape(caption)}</figcaption></figure>")
+    return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>initsweep report: {escape(report.metric)}</title><style>{_CSS}</style></head>\n<body>\n"
+            + "\n".join(parts) + "\n</body></html>\n")

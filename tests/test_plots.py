@@ -1,0 +1,166 @@
+"""Figures of a real sweep: files that are valid images, panels that show the numbers the
+report computes, a colour-blind-safe palette, no pyplot, and a clear error without matplotlib."""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from initsweep.cli import app
+from initsweep.export import load_results, read_curves
+from initsweep.report import summarize
+
+pytest.importorskip("matplotlib")
+from PIL import Image  # noqa: E402  (matplotlib depends on pillow)
+
+from initsweep import plots  # noqa: E402
+
+runner = CliRunner()
+STEMS = {"heatmap_test_acc", "test_acc_vs_depth", "learning_curves", "activation_std"}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    """A 2x2x2 grid, 2 seeds, 2 epochs; its ``layers`` table replaced by known activation stds in
+    the shape the diagnostics store them (N(0, 1) grows x3 per layer, He stays flat), so the
+    figures can be checked against numbers whether or not the probe ran."""
+    from initsweep.sweep import run_sweep
+
+    root = tmp_path_factory.mktemp("plots")
+    config = root / "grid.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "grid", "data": {"dataset": "mnist-sample", "train_limit": 256, "test_limit": 256},
+        "model": {"arch": "plain", "width": 4, "head": "flatten"},
+        "train": {"epochs": 2, "batch_size": 64, "seeds": [0, 1]},
+        "grid": {"init": ["he", "std_normal"], "activation": ["relu", "tanh"], "depth": [2, 3]}}))
+    run_sweep(config, results_dir=root / "res", device="cpu")
+    with sqlite3.connect(root / "res" / "initsweep.db") as conn:
+        conn.execute("DELETE FROM layers")
+        runs = conn.execute("SELECT row_id, run_id, init, depth, seed FROM runs").fetchall()
+        conn.executemany(
+            "INSERT INTO layers (row_id, run_id, phase, layer, kind, act_std) VALUES (?, ?, ?, ?, 'conv', ?)",
+            [(row_id, run_id, phase, layer, (3.0 if init == "std_normal" else 1.0) ** layer * (1 + seed / 10))
+             for row_id, run_id, init, depth, seed in runs for phase in ("init", "final") for layer in range(depth)])
+    return root / "res"
+
+
+def test_report_plot_writes_valid_png_and_svg(store, tmp_path):
+    out = runner.invoke(app, ["report", "--results", str(store), "--plot", str(tmp_path / "plots")])
+    assert out.exit_code == 0, out.output
+    files = sorted(p.name for p in (tmp_path / "plots").iterdir())
+    assert files == sorted(f"{stem}.{ext}" for stem in STEMS for ext in ("png", "svg"))
+    for stem in STEMS:
+        png = tmp_path / "plots" / f"{stem}.png"
+        with Image.open(png) as image:
+            image.verify()
+        with Image.open(png) as image:
+            assert image.format == "PNG" and image.width >= 800 and image.height >= 300
+            colours = image.convert("RGB").getcolors(maxcolors=1_000_000)
+            assert len(colours) > 50  # drawn content, not a blank canvas
+        assert png.stat().st_size > 20_000
+        assert ET.parse(tmp_path / "plots" / f"{stem}.svg").getroot().tag.endswith("svg")
+
+
+def test_heatmap_shows_the_report_means_on_one_scale(store):
+    runs = load_results(store)
+    fig = plots.heatmap(runs, "test_acc")
+    table = summarize(runs, "test_acc", ["init", "activation", "depth"]).set_index(["init", "activation", "depth"])
+    panels = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_title() for ax in panels] == ["depth 2", "depth 3"]
+    for ax, depth in zip(panels, (2, 3)):
+        image = ax.images[0]
+        shown = image.get_array()
+        for y, init in enumerate(("he", "std_normal")):
+            for x, act in enumerate(("relu", "tanh")):
+                assert shown[y, x] == pytest.approx(table.loc[(init, act, depth), "mean"], rel=1e-12)
+        assert image.get_cmap().name == "cividis"
+        assert (image.norm.vmin, image.norm.vmax) == (table["mean"].min(), table["mean"].max())
+        assert ax.get_xlabel() == "activation" and ax.get_ylabel() == "init"
+    loss = plots.heatmap(runs, "test_loss")
+    assert loss.axes[0].images[0].get_cmap().name == "cividis_r"  # brighter = better for a loss too
+
+
+def test_metric_vs_depth_error_bars_are_the_seed_std(store):
+    runs = load_results(store)
+    fig = plots.metric_vs_depth(runs, "test_acc")
+    table = summarize(runs, "test_acc", ["init", "activation", "depth"])
+    relu = fig.axes[0]
+    assert relu.get_xlabel() == "depth (conv layers)" and "test accuracy" in relu.get_ylabel()
+    for container, init in zip(relu.containers, ("he", "std_normal")):
+        line, _, (bars,) = container
+        expected = table[(table["init"] == init) & (table["activation"] == "relu")]
+        assert list(line.get_ydata()) == pytest.approx(expected["mean"].tolist())
+        spans = [seg[1][1] - seg[0][1] for seg in bars.get_segments()]
+        assert spans == pytest.approx((2 * expected["std"]).tolist())
+        assert line.get_color() in plots.OKABE_ITO
+
+
+def test_learning_curves_average_seeds_per_epoch(store):
+    runs = load_results(store)
+    epochs, _ = read_curves(store, runs["row_id"].tolist())
+    fig = plots.learning_curves(runs, epochs)
+    assert len([ax for ax in fig.axes if ax.get_visible()]) == 2 * 2  # activation x depth
+    he_relu_2 = runs[(runs.init == "he") & (runs.activation == "relu") & (runs.depth == 2)]["row_id"]
+    expected = epochs[epochs.row_id.isin(he_relu_2)].groupby("epoch")["val_acc"].mean()
+    line = fig.axes[0].get_lines()[0]
+    assert list(line.get_xdata()) == [1, 2] and list(line.get_ydata()) == pytest.approx(expected.tolist())
+
+
+def test_activation_std_is_a_log_scale_geometric_mean(store):
+    runs = load_results(store)
+    _, layers = read_curves(store, runs["row_id"].tolist())
+    fig = plots.activation_std(runs, layers)
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log" and "depth 3" in fig.get_suptitle()
+    he, he_final, normal = ax.get_lines()[:3]
+    # seeds 0 and 1 store 1.0x and 1.1x: their geometric mean is sqrt(1.1)
+    assert list(he.get_ydata()) == pytest.approx([math.sqrt(1.1)] * 3)
+    assert list(normal.get_ydata()) == pytest.approx([math.sqrt(1.1) * 3 ** k for k in range(3)])
+    assert he_final.get_linestyle() == "--"
+    assert plots.activation_std(runs, layers.iloc[0:0]) is None
+
+
+def test_figures_never_touch_pyplot_and_slice_extra_axes(store):
+    runs = load_results(store)
+    mixed = runs.assign(lr=[0.001 if s == 0 else 0.01 for s in runs["seed"]])
+    figures = plots.make_figures(mixed, "test_acc")
+    assert set(figures) == {f"{stem}_lr={lr}" for stem in ("heatmap_test_acc", "test_acc_vs_depth")
+                            for lr in (0.001, 0.01)}
+    assert "matplotlib.pyplot" not in sys.modules
+
+
+def test_cli_import_does_not_import_matplotlib():
+    code = "import sys, initsweep.cli; print('matplotlib' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_without_matplotlib_plot_exits_2_and_html_has_no_plots(store, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    out = runner.invoke(app, ["report", "-r", str(store), "--plot", str(tmp_path / "p")])
+    assert out.exit_code == 2 and out.stderr.strip().splitlines() == [
+        "error: plots need matplotlib (initsweep's 'plot' extra): pip install matplotlib"]
+    page = runner.invoke(app, ["report", "-r", str(store), "-f", "html"])
+    assert page.exit_code == 0 and "<table>" in page.stdout and "<img" not in page.stdout
+    assert "no plots" in page.stderr
+
+
+def test_html_is_self_contained_and_escapes_text(store, tmp_path):
+    with sqlite3.connect(store / "initsweep.db") as conn:
+        before = conn.execute("SELECT row_id, verdict FROM runs").fetchall()
+        conn.execute("UPDATE runs SET verdict = '<script>alert(1)</script>' WHERE init = 'he'")
+    try:
+        page = runner.invoke(app, ["report", "-r", str(store), "-f", "html"]).stdout
+    finally:
+        with sqlite3.connect(store / "initsweep.db") as conn:
+            conn.executemany("UPDATE runs SET verdict = ? WHERE row_id = ?", [(v, r) for r, v in before])
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script" not in page
+    assert page.count('<img src="data:image/png;base64,') == len(STEMS)
+    assert "http://" not in page and "https://" not in page and "<link" not in page

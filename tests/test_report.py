@@ -1,0 +1,362 @@
+"""``initsweep report``/``export``/``show`` on real sweeps in a real store: aggregates against an
+independent pandas groupby, edge cases (all diverged, one seed, NaN metrics, unfinished runs,
+empty store), every format read back, the export -> baseline round trip, and --where safety."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+from io import StringIO
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+import initsweep
+from initsweep.cli import app
+from initsweep.config import expand, validate
+from initsweep.export import load_results, read_runs
+from initsweep.report import build_report, compare, summarize, where_mask
+from initsweep.store import Store
+from initsweep.sweep import run_sweep
+
+runner = CliRunner()
+TINY = {"dataset": "mnist-sample", "train_limit": 256, "test_limit": 256, "val_fraction": 0.1}
+MODEL = {"arch": "plain", "width": 4, "head": "flatten"}
+
+
+def write_config(path: Path, name: str, model: dict, train: dict, grid: dict | None = None) -> Path:
+    cfg = {"name": name, "data": TINY, "model": {**MODEL, **model},
+           "train": {"epochs": 1, "batch_size": 64, **train}, **({"grid": grid} if grid else {})}
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    """Three sweeps in one store: a 2x2x2 grid with 2 seeds; a setting where every seed diverges
+    (N(0, 1) + ReLU, depth 10, SGD lr 100: the loss becomes NaN, so test_loss is NULL); one seed
+    of He + ReLU at depth 3, plus an interrupted attempt at its second seed."""
+    root = tmp_path_factory.mktemp("report")
+    res = root / "res"
+    grid = write_config(root / "grid.yaml", "grid", {}, {"seeds": [0, 1]},
+                        {"init": ["he", "std_normal"], "activation": ["relu", "tanh"], "depth": [2, 4]})
+    edge = write_config(root / "edge.yaml", "edge", {"depth": 10, "init": "std_normal", "activation": "relu"},
+                        {"optimizer": "sgd", "lr": 100.0, "seeds": [0, 1]})
+    one = write_config(root / "one.yaml", "one", {"depth": 3, "init": "he", "activation": "relu"}, {"seeds": [0]})
+    for config in (grid, edge, one):
+        run_sweep(config, results_dir=res, device="cpu")
+    spec = expand(validate({**yaml.safe_load(one.read_text()), "train": {"epochs": 1, "batch_size": 64,
+                                                                         "seeds": [1]}})).runs[0]
+    with Store(res) as s:
+        s.mark_interrupted(s.claim(spec), "stopped by the test")
+    return res
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [*args], env={"NO_COLOR": "1", "COLUMNS": "160"})
+
+
+def report_json(res: Path, *args: str) -> pd.DataFrame:
+    result = invoke("report", "--results", str(res), "--format", "json", *args)
+    assert result.exit_code == 0, result.output
+    return pd.read_json(StringIO(result.stdout), precise_float=True)
+
+
+# ---------------------------------------------------------------------- aggregates
+
+
+def test_aggregates_equal_an_independent_groupby(store):
+    df = initsweep.load_results(store, sweep="grid")
+    assert len(df) == 16
+    for metric in ("test_acc", "test_loss", "best_val_acc"):
+        ours = summarize(df, metric, ["init", "activation", "depth"]).set_index(["init", "activation", "depth"])
+        theirs = df.groupby(["init_label", "activation_label", "depth"])[metric].agg(
+            ["count", "mean", "std", "min", "max"])
+        theirs.index.names = ["init", "activation", "depth"]
+        assert sorted(ours.index) == sorted(theirs.index) and len(ours) == 8
+        for col in ("mean", "std", "min", "max"):
+            pd.testing.assert_series_equal(ours[col].sort_index(), theirs[col].sort_index(), check_names=False,
+                                           rtol=1e-12)
+        assert (ours["n"] == theirs["count"].reindex(ours.index)).all() and (ours["n"] == 2).all()
+    # the CLI's json is the same table, in the sweep's order: He before N(0, 1), depth ascending
+    cli = report_json(store, "--sweep", "grid", "--by", "init,activation,depth")
+    assert cli[["init", "activation", "depth"]].values.tolist()[:3] == [["he", "relu", 2], ["he", "relu", 4],
+                                                                       ["he", "tanh", 2]]
+    assert (cli["metric"] == "test_acc").all()
+    expected = summarize(df, "test_acc", ["init", "activation", "depth"])
+    assert cli["mean"].tolist() == expected["mean"].tolist()
+
+
+def test_default_grouping_is_every_varying_setting_but_the_seed(store):
+    df = initsweep.load_results(store)
+    table = summarize(df)
+    assert table.attrs["keys"][:3] == ["init", "activation", "depth"]
+    assert {"optimizer", "lr"} <= set(table.attrs["keys"]) and "seed" not in table.attrs["keys"]
+    assert table["runs"].sum() == len(df) == 16 + 2 + 2
+
+
+def test_all_diverged_group_and_nan_metric(store):
+    edge = initsweep.load_results(store, sweep="edge")
+    assert (edge["status"] == "diverged").all() and edge["test_loss"].isna().all()
+    acc = summarize(edge, "test_acc").iloc[0]
+    assert acc["diverged"] == 2 and acc["diverged_rate"] == 1.0 and acc["n"] == 2
+    assert acc["mean"] == pytest.approx(edge["test_acc"].mean())
+    loss = summarize(edge, "test_loss").iloc[0]
+    assert loss["n"] == 0 and pd.isna(loss["mean"]) and pd.isna(loss["std"]) and loss["diverged_rate"] == 1.0
+    out = invoke("report", "--results", str(store), "--sweep", "edge", "--metric", "test_loss", "--by", "init")
+    assert out.exit_code == 0 and "2/2" in out.stdout and "—" in out.stdout
+
+
+def test_one_seed_shows_no_std_and_unfinished_runs_are_left_out(store):
+    one = initsweep.load_results(store, sweep="one")
+    assert sorted(one["status"]) == ["interrupted", "ok"]
+    row = summarize(one, "test_acc").iloc[0]
+    assert row["n"] == 1 and pd.isna(row["std"]) and row["unfinished"] == 1 and row["runs"] == 2
+    assert row["mean"] == one.loc[one["status"] == "ok", "test_acc"].iloc[0]
+    out = invoke("report", "--results", str(store), "--sweep", "one", "--by", "depth")
+    assert out.exit_code == 0
+    line = next(line for line in out.stdout.splitlines() if line.strip().startswith("│ 3"))
+    assert "±" not in line and f"{row['mean']:.4f}" in line and "unfinished" in out.stdout
+
+
+def test_a_run_in_two_sweeps_counts_once(store):
+    df = initsweep.load_results(store, sweep="grid")
+    twice = pd.concat([df, df.assign(sweep="copy", row_id=df["row_id"] + 1000)], ignore_index=True)
+    assert summarize(twice)["n"].tolist() == summarize(df)["n"].tolist()
+
+
+def test_empty_store_missing_folder_and_fresh_results_dir(tmp_path):
+    Store(tmp_path / "empty").close()
+    assert summarize(load_results(tmp_path / "empty")).empty
+    out = invoke("report", "--results", str(tmp_path / "empty"))
+    assert out.exit_code == 0 and "no runs in" in out.stdout and "initsweep run" in out.stdout
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / ".gitkeep").write_text("")
+    out = invoke("report", "--results", str(fresh))
+    assert out.exit_code == 0 and "no runs in" in out.stdout
+    (tmp_path / "notes.txt").write_text("not results")
+    for path in (tmp_path / "nope", tmp_path / "notes.txt"):
+        out = invoke("report", "--results", str(path))
+        assert out.exit_code == 2 and len(out.stderr.strip().splitlines()) == 1, out.output
+        assert "not a results folder" in out.stderr
+    machine = invoke("report", "--results", str(tmp_path / "empty"), "--format", "json")
+    assert machine.exit_code == 0 and machine.stdout == "" and "no runs" in machine.stderr
+
+
+# ---------------------------------------------------------------------- views
+
+
+def test_pivot_is_the_default_for_a_grid_and_marks_the_best_per_depth(store):
+    out = invoke("report", "--results", str(store), "--sweep", "grid")
+    assert out.exit_code == 0, out.output
+    assert "depth = 2" in out.stdout and "depth = 4" in out.stdout
+    table = summarize(initsweep.load_results(store, sweep="grid"))
+    for depth in (2, 4):
+        best = table.loc[table.loc[table["depth"] == depth, "mean"].idxmax()]
+        section = out.stdout.split(f"depth = {depth}")[1].split("depth = ")[0]
+        starred = [line for line in section.splitlines() if "★" in line and line.startswith("│")]
+        assert len(starred) == 1 and starred[0].split("│")[1].strip() == best["init"]
+        assert f"{best['mean']:.4f}±{best['std']:.4f}★" in starred[0]
+
+
+def test_pivot_exports_a_wide_table(store):
+    wide = pd.read_csv(StringIO(invoke("report", "--results", str(store), "--sweep", "grid", "--pivot",
+                                       "init:activation", "--format", "csv").stdout))
+    assert list(wide.columns) == ["metric", "depth", "init", "relu", "tanh"] and len(wide) == 4
+    table = summarize(initsweep.load_results(store, sweep="grid")).set_index(["init", "activation", "depth"])
+    assert wide.set_index(["init", "depth"]).loc[("he", 4), "tanh"] == table.loc[("he", "tanh", 4), "mean"]
+
+
+def test_where_sort_and_top(store):
+    df = initsweep.load_results(store)
+    picked = report_json(store, "--where", 'depth >= 4 and activation == "relu"', "--by", "init,depth,sweep")
+    assert picked["runs"].sum() == ((df["depth"] >= 4) & (df["activation"] == "relu")).sum() == 4 + 2
+    top = report_json(store, "--sweep", "grid", "--top", "3")
+    best = summarize(initsweep.load_results(store, sweep="grid")).nlargest(3, "mean")
+    assert top["mean"].tolist() == best["mean"].tolist()
+    by_n = report_json(store, "--sort", "-n", "--by", "sweep")
+    assert by_n["n"].tolist() == sorted(by_n["n"], reverse=True)
+    assert load_results(store, where="seed == 1 and sweep in ['grid', 'one']")["seed"].eq(1).sum() == 9
+
+
+@pytest.mark.parametrize("expr,message", [
+    ("dpeth >= 8", "--where: unknown column 'dpeth' — did you mean 'depth'?"),
+    ("depth >=", "--where: not a valid expression"),
+    ("depth = 8", "use == to compare"),
+    ("__import__('os').system('touch pwned')", "--where: expected a comparison"),
+    ("depth.__class__ == 1", "--where: expected a column name"),
+    ("depth == len('ab')", "only column names, numbers, strings"),
+    ("depth + 1 > 2", "--where: expected a column name"),
+    ('depth == "8"', "'depth' holds numbers"),
+    ("init == 3", "'init' holds text"),
+    ("depth", "expected a comparison"),
+])
+def test_bad_where_exits_2_with_one_line(store, tmp_path, monkeypatch, expr, message):
+    monkeypatch.chdir(tmp_path)
+    out = invoke("report", "--results", str(store), "--where", expr)
+    assert out.exit_code == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_where_matches_pandas_on_every_shape(store):
+    df = initsweep.load_results(store)
+    cases = {
+        "2 < depth <= 4": (df["depth"] > 2) & (df["depth"] <= 4),
+        "not (depth > 2) or seed == 1": ~(df["depth"] > 2) | (df["seed"] == 1),
+        "(init in ['he']) & (status != 'ok')": df["init"].isin(["he"]) & (df["status"] != "ok"),
+        "activation not in ('tanh',)": ~df["activation"].isin(["tanh"]),
+        "test_loss == None": df["test_loss"].isna(),
+        "lr > -1e-9 and 0.5 > test_acc": (df["lr"] > -1e-9) & (df["test_acc"] < 0.5),
+    }
+    for expr, expected in cases.items():
+        assert where_mask(df, expr).tolist() == expected.tolist(), expr
+
+
+def test_unknown_metric_by_sort_and_pivot_exit_2(store):
+    for args, message in ((["--metric", "test_accc"],
+                           "--metric: unknown column 'test_accc' — did you mean 'test_acc'?"),
+                          (["--metric", "init"], "not numeric"),
+                          (["--by", "init,dpeth"], "--by: unknown column 'dpeth'"),
+                          (["--sort", "maen"], "--sort: unknown column 'maen'"),
+                          (["--pivot", "init"], "--pivot: expected ROWS:COLS")):
+        out = invoke("report", "--results", str(store), *args)
+        assert out.exit_code == 2 and len(out.stderr.strip().splitlines()) == 1, (args, out.output)
+        assert message in out.stderr, out.stderr
+
+
+# ---------------------------------------------------------------------- formats
+
+
+class _Tables(HTMLParser):
+    """The text of every <td>/<th> in an HTML page, and the sources of its images."""
+
+    def __init__(self):
+        super().__init__()
+        self.cells, self.images, self.tables, self._cell = [], [], 0, None
+
+    def handle_starttag(self, tag, attrs):
+        if tag in ("td", "th"):
+            self._cell = ""
+        elif tag == "table":
+            self.tables += 1
+        elif tag == "img":
+            self.images.append(dict(attrs)["src"])
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            self.cells.append(self._cell)
+            self._cell = None
+
+
+def test_every_format_parses_back(store, tmp_path):
+    expected = summarize(initsweep.load_results(store, sweep="grid"))
+    csv = pd.read_csv(StringIO(invoke("report", "-r", str(store), "--sweep", "grid", "-f", "csv").stdout))
+    assert csv["mean"].tolist() == expected["mean"].tolist() and len(csv) == 8
+    js = report_json(store, "--sweep", "grid")
+    assert js["std"].tolist() == expected["std"].tolist()
+    md = invoke("report", "-r", str(store), "--sweep", "grid", "-f", "markdown").stdout
+    assert "| init | activation | depth | test_acc (mean ± std) | n | min | max | diverged |" in md
+    assert "|:---|:---|:---|---:|---:|---:|---:|---:|" in md
+    out = invoke("report", "-r", str(store), "--sweep", "grid", "-o", str(tmp_path / "r.html"))
+    assert out.exit_code == 0, out.output
+    page = _Tables()
+    page.feed((tmp_path / "r.html").read_text())
+    assert page.tables == 3  # a pivot per depth, then every group
+    first = expected.iloc[0]
+    assert f"{first['mean']:.4f} ± {first['std']:.4f}" in page.cells and "test_acc (mean ± std)" in page.cells
+    assert page.images and all(src.startswith("data:image/png;base64,") for src in page.images)
+    text = invoke("report", "-r", str(store), "--sweep", "grid", "-o", str(tmp_path / "r.txt"))
+    assert text.exit_code == 0 and "depth = 2" in (tmp_path / "r.txt").read_text() and text.stdout == ""
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json", "parquet"])
+def test_export_then_baseline_shows_zero_deltas(store, tmp_path, fmt):
+    path = tmp_path / f"runs.{fmt}"
+    out = invoke("export", "--results", str(store), "--format", fmt, "--output", str(path))
+    assert out.exit_code == 0, out.output
+    pd.testing.assert_frame_equal(load_results(path), load_results(store))
+    delta = report_json(store, "--baseline", str(path))
+    assert len(delta) == len(summarize(load_results(store)))
+    assert (delta["change"] == "same").all() and (delta["delta"].fillna(0) == 0).all()
+    assert delta["delta"].notna().sum() == len(delta)
+    table = invoke("report", "--results", str(store), "--baseline", str(path))
+    assert "vs baseline:" in table.stdout and "same" in table.stdout
+    assert invoke("report", "--results", str(path), "--sweep", "grid", "-f", "csv").stdout == \
+        invoke("report", "--results", str(store), "--sweep", "grid", "-f", "csv").stdout
+
+
+def test_baseline_lists_new_and_missing_runs(store, tmp_path):
+    grid_only = tmp_path / "grid.csv"
+    assert invoke("export", "-r", str(store), "--sweep", "grid", "-o", str(grid_only)).exit_code == 0
+    current, base = load_results(store), load_results(grid_only)
+    table, new, missing = compare(current, base)
+    assert set(new["sweep"]) == {"edge", "one"} and len(new) == 4 and missing.empty
+    assert set(table.loc[table["change"] == "new", "depth"]) == {3, 10}
+    assert (table.loc[table["change"] != "new", "delta"] == 0).all()
+    _, new, missing = compare(base, current)
+    assert new.empty and len(missing) == 4
+    out = invoke("report", "-r", str(store), "--baseline", str(grid_only))
+    assert "new runs (not in the baseline)" in out.stdout and "2 new" in out.stdout
+    # a worse result is marked worse, in the metric's direction
+    worse = base.assign(test_acc=base["test_acc"] - 0.01, test_loss=base["test_loss"] + 1)
+    for metric in ("test_acc", "test_loss"):
+        assert set(build_report(worse, metric, baseline=base).table["change"]) == {"worse"}, metric
+        assert set(build_report(base, metric, baseline=worse).table["change"]) == {"better"}, metric
+
+
+def test_export_stdout_history_and_bad_files(store, tmp_path):
+    text = invoke("export", "-r", str(store), "--history").stdout
+    assert len(pd.read_csv(StringIO(text))) == len(load_results(store, history=True)) == 20
+    js = json.loads(invoke("export", "-r", str(store), "-f", "json", "--where", "sweep == 'edge'").stdout)
+    assert len(js) == 2 and js[0]["test_loss"] is None and js[0]["status"] == "diverged"
+    out = invoke("export", "-r", str(store), "-f", "parquet")
+    assert out.exit_code == 2 and "--output" in out.stderr
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    out = invoke("report", "-r", str(store), "--baseline", str(bad))
+    assert out.exit_code == 2 and "cannot read it as json" in out.stderr
+    other = tmp_path / "other.csv"
+    other.write_text("a,b\n1,2\n")
+    out = invoke("report", "-r", str(other))
+    assert out.exit_code == 2 and "not a run export" in out.stderr
+
+
+def test_load_results_and_summarize_are_public(store):
+    df = initsweep.load_results(store, sweep="grid")
+    assert hasattr(initsweep, "summarize") and "summarize" in initsweep.__all__
+    assert len(load_results(store, sweep="grid", where="depth == 2")) == len(df[df.depth == 2]) == 8
+    assert read_runs(store, "grid")["run_id"].tolist() == df["run_id"].tolist()
+
+
+# ---------------------------------------------------------------------- show
+
+
+def test_show_a_run_by_prefix(store):
+    df = load_results(store, sweep="grid")
+    run = df.iloc[0]
+    prefix = next(run["run_id"][:n] for n in range(1, 17)
+                  if (load_results(store)["run_id"].str.startswith(run["run_id"][:n])).sum() == 1)
+    out = invoke("show", prefix, "--results", str(store))
+    assert out.exit_code == 0, out.output
+    assert run["run_id"] in out.stdout and "model.init" in out.stdout and "per epoch" in out.stdout
+    assert f"{run['test_acc']:.4f}" in out.stdout and "torch_version" in out.stdout
+    detail = json.loads(invoke("show", run["run_id"], "-r", str(store), "-f", "json").stdout)
+    assert detail["run"]["run_id"] == run["run_id"] and len(detail["epochs"]) == 1
+    assert detail["settings"]["model"]["depth"] == run["depth"]
+    interrupted = load_results(store, sweep="one").query("status == 'interrupted'").iloc[0]
+    out = invoke("show", interrupted["run_id"], "-r", str(store))
+    assert "stopped by the test" in out.stdout and "no epochs recorded" in out.stdout
+    shared = next(c for c in "0123456789abcdef" if load_results(store)["run_id"].str.startswith(c).sum() > 1)
+    for arg, message in ((shared, "matches"), ("zz", "no run id starts with 'zz'")):
+        out = invoke("show", arg, "-r", str(store))
+        assert out.exit_code == 2 and message in out.stderr and len(out.stderr.strip().splitlines()) == 1
