@@ -153,17 +153,17 @@ def run_sweep(config: str | Path | SweepConfig, *, results_dir: str | Path = "re
         fresh_since = datetime.now(timezone.utc).isoformat(timespec="milliseconds") if fresh else None
         done = store.finished_run_ids(cfg.name, fresh_since)
         todo = [spec for spec in planned if spec.run_id not in done][:max_runs]
-        if (workers is None and execution.executor == "local" and execution.device.type == "cpu"
-                and estimate_work(todo).train_flops < POOL_MIN_FLOPS):
-            execution = replace(execution, workers=1, threads=threads or usable_cores())
+        groups = group_specs(todo) if execution.vmap else [[spec] for spec in todo]
+        tasks = [Task(i, specs, source) for i, specs in enumerate(groups)]
+        if workers is None and execution.executor == "local" and execution.device.type == "cpu":
+            execution = _fit_workers(execution, tasks, todo, threads)
         outcome = SweepOutcome(cfg.name, Path(results_dir), source, len(planned),
                                sum(spec.run_id in done for spec in planned), execution=execution,
                                run_ids={s.run_id for s in planned})
         observer.sweep_started(cfg.name, len(planned), len(todo), outcome.n_done_before)
         claim_kwargs = {"dataset_requested": source.requested, "data_fallback": source.fallback_reason,
                         "fresh_since": fresh_since}
-        groups = group_specs(todo) if execution.vmap else [[spec] for spec in todo]
-        tasks = [Task(i, specs, source) for i, specs in enumerate(groups)]
+
         def may_start() -> bool:
             if time_budget is None or time.monotonic() - started < time_budget:
                 return True
@@ -183,6 +183,19 @@ def run_sweep(config: str | Path | SweepConfig, *, results_dir: str | Path = "re
     return outcome
 
 
+def _fit_workers(execution: Execution, tasks: list[Task], todo: list[RunSpec], threads: int | None) -> Execution:
+    """The default worker count, fitted to the sweep: no more workers than tasks, and none
+    at all (train in this process, every core's threads) when the work is too small to pay
+    for starting them."""
+    workers = min(execution.workers, len(tasks))
+    if estimate_work(todo).train_flops < POOL_MIN_FLOPS:
+        workers = 1
+    workers = max(1, workers)
+    if workers == execution.workers:
+        return execution
+    return replace(execution, workers=workers, threads=threads or max(1, usable_cores() // workers))
+
+
 def _execute(tasks: list[Task], execution: Execution, store: Store, observer, claim_kwargs: dict,
              may_start) -> Iterator[tuple[RunSpec, RunResult | None]]:
     """On Ray; in this process for one worker; else in a pool of warm worker processes."""
@@ -195,8 +208,7 @@ def _execute(tasks: list[Task], execution: Execution, store: Store, observer, cl
                                max_retries=execution.max_retries, cluster_cpus=usable_cores(),
                                may_start=may_start)
         return
-    workers = min(execution.workers, len(tasks))
-    if workers <= 1:
+    if execution.workers <= 1:
         previous = torch.get_num_threads()
         torch.set_num_threads(execution.threads)
         try:
@@ -206,7 +218,8 @@ def _execute(tasks: list[Task], execution: Execution, store: Store, observer, cl
         finally:
             torch.set_num_threads(previous)
         return
-    pool = WorkerPool(workers, [str(d) for d in execution.devices], execution.threads, execution.compile)
+    pool = WorkerPool(min(execution.workers, len(tasks)), [str(d) for d in execution.devices], execution.threads,
+                      execution.compile)
     try:
         yield from pool.execute(tasks, store=store, observer=observer, claim_kwargs=claim_kwargs,
                                 max_retries=execution.max_retries, may_start=may_start)
