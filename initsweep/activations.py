@@ -122,8 +122,10 @@ def _gauss_rule(n: int, half_width: float = 12.0) -> tuple[np.ndarray, np.ndarra
 
     Gauss–Hermite quadrature is exact for polynomials but converges slowly across a kink
     away from zero (hardtanh at +-1 is 1.2% off with 61 nodes and worse numerically with
-    500); Simpson on a dense grid over [-12, 12] is accurate to ~1e-7 for smooth and kinked
-    activations alike, and still costs microseconds. ``n`` must be odd.
+    500); Simpson on a dense grid over [-12, 12] (4001 nodes) is accurate to ~1e-9 for
+    smooth activations and to a few 1e-6 relative for a kink that falls between nodes
+    (hardtanh: 1e-8 at q = 1, where the kinks are nodes; 4e-6 at q = 2), and still costs
+    microseconds. ``n`` must be odd.
     """
     z = np.linspace(-half_width, half_width, n)
     h = z[1] - z[0]

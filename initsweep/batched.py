@@ -37,6 +37,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from .config import RunSpec
 from .data import DataSource
+from .probe import probe_for_run
 from .train import (
     EVAL_BATCH, EpochRecord, RunResult, _SYNC_EVERY_ACCEL, _sync, autocast_for, build_initialized_model,
     environment, iterate_batches, make_optimizer, peak_rss_mb, run_safely, seed_streams, splits_for,
@@ -111,6 +112,7 @@ def _train_group(specs: list[RunSpec], device: torch.device, source: DataSource 
         init_seed, data_seed = seed_streams(spec.seed)
         models.append(build_initialized_model(spec, torch.Generator().manual_seed(init_seed)))
         data_gens.append(torch.Generator().manual_seed(data_seed))
+    probes = [probe_for_run(m.to(device), s, splits.train_x, splits.train_y, "init") for m, s in zip(models, specs)]
     stacked, buffers = stack_module_state(models)  # each [K, *shape]
     params = {name: p.detach().to(device).requires_grad_() for name, p in stacked.items()}
     buffers = {name: b.to(device) for name, b in buffers.items()}
@@ -127,6 +129,10 @@ def _train_group(specs: list[RunSpec], device: torch.device, source: DataSource 
     results = [RunResult(s.run_id, "ok", n_train=splits.n_train, n_val=splits.n_val, n_test=splits.n_test,
                          device=str(device), data_source=source.dataset, data_location=source.location,
                          environment=env, memory_format="contiguous_format", batched=True) for s in specs]
+    for result, probed in zip(results, probes):
+        if probed is not None:
+            result.layers += probed.rows("init")
+            result.verdict = probed.verdict
 
     def evaluate_all(x: torch.Tensor, y: torch.Tensor) -> tuple[list[float], list[float]]:
         if len(x) == 0:
@@ -242,6 +248,13 @@ def _train_group(specs: list[RunSpec], device: torch.device, source: DataSource 
         if all(stopped) or (t.max_steps is not None and steps >= t.max_steps):
             break
 
+    with torch.no_grad():  # each model's final weights back into its own module, for the probe
+        for model, (module, spec) in enumerate(zip(models, specs)):
+            for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+                tensor.copy_((params.get(name) if name in params else buffers[name])[model])
+            probed = probe_for_run(module, spec, splits.train_x, splits.train_y, "final")
+            if probed is not None:
+                results[model].layers += probed.rows("final")
     t_eval = time.perf_counter()
     test_loss, test_acc = evaluate_all(splits.test_x, splits.test_y)
     eval_seconds += time.perf_counter() - t_eval

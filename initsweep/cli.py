@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 
 from .cli_common import (
-    ConfigArg, Format, FormatOpt, ResultsOpt, app, boundary, console, err_console, print_json,
+    ConfigArg, Format, FormatOpt, ResultsOpt, app, boundary, console, err_console, print_json, write_output,
 )
 from .errors import EXIT_BUDGET, EXIT_INTERRUPTED, EXIT_RUNS_FAILED, InitsweepError
 
@@ -129,22 +129,14 @@ def _ci_outputs(outcome, df, best, junit: Optional[Path], summary_md: Optional[P
     from .ci import junit_xml, run_cases, sweep_summary_markdown
 
     if junit is not None:
-        _write(junit, junit_xml(outcome.sweep, run_cases(df)))
+        write_output(junit, junit_xml(outcome.sweep, run_cases(df)))
     markdown = sweep_summary_markdown(outcome.sweep, df, best)
     if summary_md is not None:
-        _write(summary_md, markdown)
+        write_output(summary_md, markdown)
     step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if step_summary and summary_md is None:
         with open(step_summary, "a", encoding="utf-8") as f:
             f.write(markdown)
-
-
-def _write(path: Path, text: str) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise InitsweepError(f"{path}: cannot write: {exc.strerror or exc}") from None
 
 
 @app.command("list-inits")
@@ -193,6 +185,7 @@ def list_activations_cmd(fmt: FormatOpt = Format.table) -> None:
 
 # Command groups in their own modules register on the same app.
 from . import cli_ci, cli_report  # noqa: E402,F401
+from . import cli_probe  # noqa: E402,F401
 
 
 def main() -> None:

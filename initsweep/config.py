@@ -149,6 +149,14 @@ class TrainConfig(_Section):
         return self
 
 
+class DiagnosticsConfig(_Section):
+    """Per-layer diagnostics of every run (``probe.py``); they never change a result."""
+
+    enabled: bool = True
+    batch_size: int = Field(64, ge=1, le=4096)  # the first N training examples, probed at each phase
+    phases: tuple[Literal["init", "final"], ...] = ("init", "final")
+
+
 _RESOLVERS = {"init": resolve_init_params, "activation": resolve_activation_params, "bias": resolve_bias_params}
 
 
@@ -186,6 +194,7 @@ class SweepConfig(_Section):
     train: TrainConfig = TrainConfig()
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     exclude: list[dict[str, Any]] = Field(default_factory=list)
+    diagnostics: DiagnosticsConfig = DiagnosticsConfig()
 
 
 @dataclass(frozen=True)
@@ -198,6 +207,8 @@ class RunSpec:
     train: TrainConfig
     seed: int
     point: tuple[tuple[str, Any], ...] = ()  # the grid axes' values for this run (for display)
+    # how the run is probed; not part of identity(): diagnostics never change a result
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig, compare=False)
     run_id: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -533,7 +544,7 @@ def expand(cfg: SweepConfig, dataset: str | None = None) -> Plan:
         train = cfg.train.model_copy(update=updates["train"])
         for seed in cfg.train.seeds:
             display = tuple((a, display_value(axes[a][1], v)) for a, v in point.items())
-            spec = RunSpec(cfg.name, data, model, train, seed, display)
+            spec = RunSpec(cfg.name, data, model, train, seed, display, cfg.diagnostics)
             if spec.run_id in seen:
                 n_duplicates += 1
                 continue

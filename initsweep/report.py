@@ -152,7 +152,7 @@ def summarize(df: pd.DataFrame, metric: str = "test_acc", by: list[str] | None =
     keys = resolve_by(df, by)
     runs = distinct_runs(df)
     if runs.empty:
-        out = pd.DataFrame(columns=[*map(friendly, keys), *STAT_COLUMNS])
+        out = pd.DataFrame(columns=[*map(friendly, keys), *(c for c in STAT_COLUMNS if c not in keys)])
         out.attrs.update(metric=metric, keys=[friendly(k) for k in keys])
         return out
     status = runs["status"] if "status" in runs else pd.Series("ok", index=runs.index)
@@ -164,11 +164,13 @@ def summarize(df: pd.DataFrame, metric: str = "test_acc", by: list[str] | None =
     out = grouped.agg(n=("_value", "count"), mean=("_value", "mean"), std=("_value", "std"),
                       min=("_value", "min"), max=("_value", "max"), runs=("_done", "size"),
                       finished=("_done", "sum"), diverged=("_diverged", "sum"))
-    out["verdict"] = grouped["_verdict"].agg(_consensus)
+    if "verdict" not in keys:  # grouped by verdict, the key already is the verdict
+        out["verdict"] = grouped["_verdict"].agg(_consensus)
     out = out.reset_index()
     out["diverged_rate"] = (out["diverged"] / out["finished"]).where(out["finished"] > 0)
     out["unfinished"] = out["runs"] - out["finished"]
-    out = _sorted_like(out[[*keys, *STAT_COLUMNS]], runs, keys).rename(columns=friendly)
+    stats = [c for c in STAT_COLUMNS if c not in keys]
+    out = _sorted_like(out[[*keys, *stats]], runs, keys).rename(columns=friendly)
     out.attrs.update(metric=metric, keys=[friendly(k) for k in keys])
     return out
 

@@ -32,15 +32,19 @@ import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import pandas as pd
 
-from .config import RunSpec
 from .errors import StoreError
 
+if TYPE_CHECKING:  # importing config pulls in torch: ~2 s that report/export/show do not need
+    from .config import RunSpec
+
 DB_NAME = "initsweep.db"
-SCHEMA_VERSION = 1
+# 2: layers gained pre_m2, act_m2, act_grad_norm2, sigma_w2 and predicted_* (probe.py);
+#    older databases get the missing columns (NULL in old rows) when opened for writing.
+SCHEMA_VERSION = 2
 STALE_CLAIM_S = 6 * 3600.0
 FINISHED = ("ok", "diverged")
 STATUSES = ("running", "ok", "diverged", "failed", "interrupted")
@@ -71,6 +75,8 @@ LAYER_COLUMNS = {
     "kind": "TEXT", "fan_in": "INTEGER", "pre_mean": "REAL", "pre_std": "REAL", "act_mean": "REAL",
     "act_std": "REAL", "act_grad_std": "REAL", "weight_grad_std": "REAL", "weight_std": "REAL",
     "dead_frac": "REAL", "saturated_frac": "REAL", "predicted_act_var": "REAL",
+    "pre_m2": "REAL", "act_m2": "REAL", "act_grad_norm2": "REAL", "sigma_w2": "REAL",
+    "predicted_pre_m2": "REAL", "predicted_act_m2": "REAL", "predicted_act_grad_norm2": "REAL",
 }
 
 _SCHEMA = f"""
@@ -216,7 +222,13 @@ class Store:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
-            conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            # CREATE TABLE IF NOT EXISTS leaves an older table as it was: add the columns it lacks
+            for table, columns in (("runs", {**_SETTING_COLUMNS, **_RESULT_COLUMNS}), ("layers", LAYER_COLUMNS)):
+                have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+                for column, kind in columns.items():
+                    if column not in have:
+                        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     # ------------------------------------------------------------------ claims
 

@@ -47,6 +47,7 @@ from .data import DataSource, Splits, iterate_batches, load_splits, resolve_sour
 from .errors import InitsweepError
 from .inits import initialize
 from .models import build_model
+from .probe import probe_for_run
 
 EVAL_BATCH = 2048  # evaluation has no backward pass: large batches are fastest
 _SYNC_EVERY_ACCEL = 32
@@ -95,6 +96,7 @@ class RunResult:
     batched: bool = False  # trained inside a vmapped group (see batched.py)
     compile_seconds: float | None = None  # torch.compile warm-up, excluded from train_seconds
     peak_rss_mb: float | None = None  # the training process's peak resident memory
+    verdict: str | None = None  # the probe's diagnosis at init (probe.py); None when diagnostics are off
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -247,6 +249,11 @@ def run(spec: RunSpec, device: torch.device | str = "cpu", *, source: DataSource
                        device=str(device), data_source=source.dataset, data_location=source.location,
                        environment=environment(), memory_format=str(memory_format).rsplit(".", 1)[-1],
                        compiled=compile)
+    # per-layer diagnostics before training: one fixed batch, no RNG, model state restored
+    probed = probe_for_run(model, spec, splits.train_x, splits.train_y, "init")
+    if probed is not None:
+        result.layers += probed.rows("init")
+        result.verdict = probed.verdict
     forward = torch.compile(model) if compile else model
     autocast = autocast_for(spec, device)
     _sync(device)
@@ -318,6 +325,9 @@ def run(spec: RunSpec, device: torch.device | str = "cpu", *, source: DataSource
         if result.status != "ok" or (t.max_steps is not None and result.steps >= t.max_steps):
             break
 
+    probed = probe_for_run(model, spec, splits.train_x, splits.train_y, "final")
+    if probed is not None:
+        result.layers += probed.rows("final")
     t_eval = time.perf_counter()
     result.test_loss, result.test_acc = evaluate(model, splits.test_x, splits.test_y)
     eval_seconds += time.perf_counter() - t_eval

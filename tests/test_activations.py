@@ -101,3 +101,13 @@ def test_gaussian_expectation_is_exact_across_kinks():
     exact = inner + 1 - math.erf(1 / math.sqrt(2))
     hardtanh = get_activation("hardtanh")
     assert gaussian_expectation(hardtanh, {"min_val": -1.0, "max_val": 1.0}, lambda y: y**2, q=1.0) == pytest.approx(exact, rel=1e-6)
+
+
+@pytest.mark.parametrize("q", [0.3, 0.7, 2.0])
+def test_gaussian_expectation_error_when_the_kinks_fall_between_nodes(q):
+    """The documented accuracy: a few 1e-6 relative for hardtanh at any variance."""
+    a = 1 / math.sqrt(q)
+    phi = math.exp(-a * a / 2) / math.sqrt(2 * math.pi)
+    exact = q * (math.erf(a / math.sqrt(2)) - 2 * a * phi) + 1 - math.erf(a / math.sqrt(2))
+    got = gaussian_expectation(get_activation("hardtanh"), {"min_val": -1.0, "max_val": 1.0}, lambda y: y**2, q=q)
+    assert got == pytest.approx(exact, rel=1e-5)

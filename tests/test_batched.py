@@ -16,9 +16,9 @@ DATA = {"dataset": "mnist-sample", "train_limit": 512, "test_limit": 256}
 MODEL = {"arch": "plain", "width": 8, "depth": 3, "head": "flatten"}
 
 
-def specs_for(train: dict, inits: list, model: dict = MODEL):
+def specs_for(train: dict, inits: list, model: dict = MODEL, diagnostics: bool = False):
     cfg = validate({"name": "b", "data": DATA, "model": model, "train": {"batch_size": 32, **train},
-                    "grid": {"init": inits}})
+                    "grid": {"init": inits}, "diagnostics": {"enabled": diagnostics}})
     return expand(cfg).runs
 
 
@@ -97,3 +97,13 @@ def test_group_specs_partitions_exactly(points, max_group):
     for g in groups:
         assert 1 <= len(g) <= max_group
         assert len({group_key(s) for s in g}) == 1
+
+
+def test_batched_runs_get_the_same_diagnostics_as_runs_alone():
+    specs = specs_for({"epochs": 1, "max_steps": 3}, ["he", "std_normal"], diagnostics=True)
+    for result, alone in zip(run_group(specs, "cpu"), [run(s, "cpu") for s in specs]):
+        assert result.verdict == alone.verdict
+        assert [(l["phase"], l["layer"]) for l in result.layers] == [(l["phase"], l["layer"]) for l in alone.layers]
+        for a, b in zip(result.layers, alone.layers):
+            tolerance = 1e-6 if a["phase"] == "init" else 1e-3  # init weights are identical; trained ones agree to float noise
+            assert a["act_std"] == pytest.approx(b["act_std"], rel=tolerance)

@@ -32,7 +32,8 @@ def sweep(tmp_path_factory):
            "model": {"arch": "plain", "width": 4, "head": "flatten"},
            "train": {"epochs": 1, "batch_size": 64, "seeds": [0, 1]},
            "grid": {"init": ["he", "std_normal"], "depth": [2, 20], "lr": [0.001, 10.0]},
-           "exclude": [{"init": "he", "lr": 10.0}, {"init": "std_normal", "lr": 0.001}, {"init": "std_normal", "depth": 2}]}
+           "exclude": [{"init": "he", "lr": 10.0}, {"init": "std_normal", "lr": 0.001}, {"init": "std_normal", "depth": 2}],
+           "diagnostics": {"enabled": False}}
     config.write_text(yaml.safe_dump(cfg))
     assert invoke("run", config, "--results", tmp / "res", "--device", "cpu").exit_code == 0
     assert invoke("export", "--results", tmp / "res", "--format", "csv", "--output", tmp / "base.csv").exit_code == 0

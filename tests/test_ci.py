@@ -26,7 +26,8 @@ METRICS = ["status", "test_acc", "test_loss", "steps"]
 def write_config(path: Path, grid: dict, **extra) -> Path:
     path.write_text(yaml.safe_dump({"name": "ci", "data": TINY,
                                     "model": {"arch": "plain", "width": 4, "head": "flatten"},
-                                    "train": {"epochs": 1, "batch_size": 64}, "grid": grid, **extra}))
+                                    "train": {"epochs": 1, "batch_size": 64}, "grid": grid,
+                                    "diagnostics": {"enabled": False}, **extra}))
     return path
 
 

@@ -57,7 +57,8 @@ def write_config(path: Path, depths: int = 4, train_limit: int = 512) -> Path:
     path.write_text(yaml.safe_dump({
         "name": "ray", "data": {"dataset": "mnist-sample", "train_limit": train_limit, "test_limit": 256},
         "model": {"arch": "plain", "width": 8, "head": "flatten"},
-        "train": {"epochs": 1, "batch_size": 64}, "grid": {"depth": list(range(1, depths + 1))}}))
+        "train": {"epochs": 1, "batch_size": 64}, "grid": {"depth": list(range(1, depths + 1))},
+        "diagnostics": {"enabled": False}}))
     return path
 
 

@@ -98,6 +98,18 @@ def test_default_grouping_is_every_varying_setting_but_the_seed(store):
     assert table["runs"].sum() == len(df) == 16 + 2 + 2
 
 
+def test_grouping_by_the_verdict(store):
+    """The verdict can be the grouping key (it is otherwise a per-group column)."""
+    df = initsweep.load_results(store)
+    table = summarize(df, "test_acc", ["verdict"])
+    # failed runs were never probed: they form their own group with no verdict and no metric
+    expected = df.fillna({"verdict": "-"}).groupby("verdict").test_acc.count()
+    assert dict(zip(table.verdict.fillna("-"), table.n)) == expected.to_dict()
+    assert set(expected.index) > {"-"}
+    assert list(table.columns).count("verdict") == 1
+    assert invoke("report", "--results", str(store), "--by", "verdict").exit_code == 0
+
+
 def test_all_diverged_group_and_nan_metric(store):
     edge = initsweep.load_results(store, sweep="edge")
     assert (edge["status"] == "diverged").all() and edge["test_loss"].isna().all()

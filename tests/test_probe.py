@@ -1,0 +1,332 @@
+"""The probe on real MNIST digits: measured per-layer factors against the mean-field prediction
+(averaged over seeds, since one finite-width draw drifts and fluctuates), the verdict of each
+case, that probing never changes a run, the store's layers rows and migration, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from initsweep.cli import app
+from initsweep.config import expand, validate
+from initsweep.probe import (
+    EXPLODING_FACTOR, GRAD_EXPLODING_FACTOR, GRAD_VANISHING_FACTOR, VANISHING_FACTOR, fixed_batch, judge, layer_factor, probe_model, probe_spec,
+)
+from initsweep.store import LAYER_COLUMNS, SCHEMA_VERSION, Store
+from initsweep.sweep import run_sweep
+from initsweep.theory import InitRecipe
+from initsweep.train import run, splits_for
+
+runner = CliRunner()
+SQRT_005 = math.sqrt(0.05)
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+
+
+def spec_of(seed: int = 0, diagnostics: dict | None = None, data: dict | None = None, train: dict | None = None,
+            **model):
+    raw = {"name": "p", "data": data or {"dataset": "mnist-sample"}, "model": model,
+           "train": {"seeds": [seed], **(train or {})}}
+    if diagnostics is not None:
+        raw["diagnostics"] = diagnostics
+    return expand(validate(raw)).runs[0]
+
+
+@pytest.fixture(scope="module")
+def batch():
+    _, splits = splits_for(spec_of(), torch.device("cpu"))
+    return fixed_batch(splits.train_x, splits.train_y, 64)
+
+
+def factors(batch, seeds=(0, 1, 2), **model):
+    """Seed-averaged (geometric mean) measured factors, the prediction, and each seed's verdict."""
+    results = [probe_spec(spec_of(seed, **model), *batch) for seed in seeds]
+    gm = lambda xs: float(np.exp(np.mean(np.log(xs))))  # noqa: E731
+    return (gm([r.forward_factor for r in results]), results[0].predicted_forward_factor,
+            gm([r.backward_factor for r in results]), results[0].predicted_backward_factor,
+            [r.verdict for r in results], results)
+
+
+# ---------------------------------------------------------------- measured vs predicted
+
+
+def test_relu_he_wide_mlp_within_ten_percent(batch):
+    """Measured here, 4 seeds, width 512: 0.992 (forward), 0.997 (backward); predicted 1."""
+    f, fp, b, bp, verdicts, _ = factors(batch, arch="mlp", depth=12, width=512, init="he", activation="relu")
+    assert fp == pytest.approx(1.0, abs=1e-3) and bp == pytest.approx(1.0, abs=1e-3)
+    assert f == pytest.approx(fp, rel=0.05) and b == pytest.approx(bp, rel=0.05)
+    assert verdicts == ["healthy"] * 3
+
+
+@pytest.mark.parametrize("padding, predicted", [("circular", 1.0), ("zeros", 0.92)])
+def test_relu_he_plain_cnn_within_stated_tolerance(batch, padding, predicted):
+    """Width 32: finite width pulls the measured factor below the prediction (about 4% here at
+    depth 20, 4 seeds: 0.959 vs 1.000 circular, 0.879 vs 0.920 zero-padded). Tolerance: 10% below,
+    2% above. The zero-padded prediction models the border taps (0.92, not 1)."""
+    f, fp, b, bp, verdicts, _ = factors(batch, arch="plain", depth=20, width=32, init="he", activation="relu",
+                                        padding=padding)
+    assert fp == pytest.approx(predicted, abs=0.01)
+    assert 0.90 * fp < f < 1.02 * fp
+    assert 0.90 * bp < b < 1.06 * bp
+    assert verdicts == ["healthy"] * 3
+
+
+def test_relu_lecun_style_halves_the_second_moment(batch):
+    f, fp, b, bp, verdicts, _ = factors(batch, arch="mlp", depth=12, width=512, init="gaussian_inv_sqrt_n",
+                                        activation="relu")
+    assert fp == pytest.approx(0.5, rel=1e-3) and f == pytest.approx(0.5, rel=0.05)
+    assert b == pytest.approx(0.5, rel=0.05)
+    assert verdicts == ["vanishing"] * 3
+
+
+def test_relu_std_normal_explodes_by_fan_in_over_two(batch):
+    """N(0, 1) weights: sigma_w^2 = fan_in, so E[relu^2] grows by fan_in / 2 = 128 per layer."""
+    f, fp, _, _, verdicts, results = factors(batch, arch="mlp", depth=6, width=256, init="std_normal",
+                                             activation="relu")
+    assert fp == pytest.approx(128.0, rel=1e-3) and f == pytest.approx(128.0, rel=0.1)
+    assert verdicts == ["exploding"] * 3
+    # deep enough and float32 overflows (std ~ 5.7^l): the verdict says so, the factor comes from the finite layers
+    deep = probe_spec(spec_of(0, arch="mlp", depth=60, width=64, init="std_normal", activation="relu"), *batch)
+    assert deep.verdict == "exploding" and "overflow" in deep.reason
+    assert deep.forward_factor == pytest.approx(32.0, rel=0.15)  # fan_in / 2 at width 64
+
+
+def test_tanh_xavier_follows_the_recursion(batch):
+    """tanh at sigma_w^2 = 1, no bias: q shrinks like 1/(2l); the fitted factor (0.88 here) and every
+    layer's second moment follow the prediction."""
+    f, fp, b, bp, verdicts, results = factors(batch, arch="mlp", depth=16, width=512, init="xavier_normal",
+                                              activation="tanh")
+    assert f == pytest.approx(fp, rel=0.02) and b == pytest.approx(bp, rel=0.03)
+    m = np.array([[l["act_m2"] / l["predicted_act_m2"] for l in r.layers] for r in results])
+    assert np.exp(np.log(m).mean(axis=0)) == pytest.approx(np.ones(16), rel=0.08)
+    assert verdicts == ["healthy"] * 3
+
+
+def test_tanh_at_the_edge_of_chaos(batch):
+    """sigma_w^2 = 1.76, sigma_b^2 = 0.05 (critical, Schoenholz et al. 2017): gradients neither
+    vanish nor explode (factor ~1), q settles at q* = 0.57 as predicted."""
+    f, fp, b, bp, verdicts, results = factors(
+        batch, arch="mlp", depth=16, width=512, init={"name": "variance_scaling", "scale": 1.76},
+        activation="tanh", bias={"name": "normal", "std": SQRT_005})
+    assert f == pytest.approx(fp, rel=0.02) and b == pytest.approx(bp, rel=0.03)
+    assert bp == pytest.approx(1.0, abs=0.015)
+    q_last = np.mean([r.layers[-1]["pre_m2"] for r in results])
+    assert q_last == pytest.approx(results[0].layers[-1]["predicted_pre_m2"], rel=0.05)
+    assert results[0].layers[-1]["predicted_pre_m2"] == pytest.approx(0.57, abs=0.01)
+    assert verdicts == ["healthy"] * 3
+
+
+def test_sigmoid_gradients_vanish(batch):
+    """Sigmoid keeps E[phi^2] >= 1/4 (forward fine) but chi_1 = E[sigmoid'^2] ~ 0.056: gradients vanish."""
+    _, _, b, bp, verdicts, _ = factors(batch, seeds=(0,), arch="mlp", depth=10, width=256, init="xavier_normal",
+                                       activation="sigmoid")
+    assert bp == pytest.approx(0.056, abs=0.005) and b == pytest.approx(bp, rel=0.1)
+    assert verdicts == ["vanishing"]
+
+
+def test_relu_with_a_large_negative_bias_is_dead(batch):
+    r = probe_spec(spec_of(0, arch="mlp", depth=4, width=64, init="he", activation="relu", bias=-10.0), *batch)
+    assert [l["dead_frac"] for l in r.layers] == [1.0] * 4
+    assert r.verdict == "dead"
+    # the same weights with a leaky slope: no unit is dead (its gradient is 0.01, not 0)
+    leaky = probe_spec(spec_of(0, arch="mlp", depth=4, width=64, init="he", activation="leaky_relu", bias=-10.0),
+                       *batch)
+    assert [l["dead_frac"] for l in leaky.layers] == [0.0] * 4 and leaky.verdict != "dead"
+
+
+def test_tanh_std_normal_saturates(batch):
+    r = probe_spec(spec_of(0, arch="mlp", depth=4, width=128, init="std_normal", activation="tanh"), *batch)
+    assert np.mean([l["saturated_frac"] for l in r.layers]) > 0.8
+    assert r.verdict == "saturated"
+
+
+def test_deep_zero_padded_cnn_he_is_healthy_lecun_is_vanishing(batch):
+    """The lead's case: 50 zero-padded 3x3 convs of width 32 lose variance at the borders even at He
+    init (~0.9 per layer); that is healthy, while LeCun-style weights (~0.45) are vanishing."""
+    small = (batch[0][:32], batch[1][:32])
+    he = probe_spec(spec_of(0, arch="plain", depth=50, width=32, init="he", activation="relu"), *small)
+    lecun = probe_spec(spec_of(0, arch="plain", depth=50, width=32, init="gaussian_inv_sqrt_n",
+                               activation="relu"), *small)
+    assert he.verdict == "healthy" and 0.8 < he.forward_factor < 0.95
+    assert lecun.verdict == "vanishing" and 0.38 < lecun.forward_factor < 0.5
+
+
+# ---------------------------------------------------------------- verdict rules and factors
+
+
+def test_layer_factor_is_the_geometric_ratio():
+    assert layer_factor([3.0 * 0.5**i for i in range(10)]) == pytest.approx(0.5, rel=1e-12)
+    assert layer_factor([1.0, 2.0, 4.0, math.inf, math.nan]) == pytest.approx(2.0, rel=1e-12)
+    assert layer_factor([1e3 * 0.1**i for i in range(5)], reverse=True) == pytest.approx(10.0, rel=1e-12)
+    assert layer_factor([0.0, 1.0]) is None and layer_factor([5.0]) is None
+
+
+def _layers(n: int, dead: float | None = None, sat: float | None = None) -> list[dict]:
+    return [{"dead_frac": dead, "saturated_frac": sat} for _ in range(n)]
+
+
+def test_verdict_rules():
+    assert judge(_layers(50), 0.9, 0.9, True)[0] == "healthy"
+    assert judge(_layers(50), 0.5, 1.0, True)[0] == "vanishing"
+    assert judge(_layers(50), 1.0, 0.5, True)[0] == "vanishing"
+    assert judge(_layers(50), 0.86, 0.9, True)[0] == "healthy"  # He + ReLU, 50 zero-padded convs of width 32
+    assert judge(_layers(50), 2.0, 1.0, True)[0] == "exploding"
+    assert judge(_layers(50), 1.0, 1.0, False)[0] == "exploding"
+    # dead and saturated come before the factors
+    assert judge(_layers(50, dead=0.6), 0.5, 0.5, True)[0] == "dead"
+    assert judge(_layers(50, sat=0.7), 1.0, 3.0, True)[0] == "saturated"
+    assert judge(_layers(50, sat=0.3), 1.0, 1.0, True)[0] == "healthy"
+    # per-layer band with an end-to-end floor: two layers at 0.5 change the signal by only x0.5
+    assert judge(_layers(2), 0.5, 0.5, True)[0] == "healthy"
+    assert judge(_layers(5), 0.5, 0.5, True)[0] == "vanishing"
+    assert judge(_layers(1), None, None, True)[0] == "healthy"
+    assert VANISHING_FACTOR * EXPLODING_FACTOR == pytest.approx(1.0)
+    # gradients have the narrower band [0.8, 1.25]: tanh at sigma_w^2 = 1 (chi_1 = 0.76) vanishes,
+    # at 4 (chi_1 = 1.34) explodes, while activations at 0.76 per layer are still healthy
+    assert judge(_layers(30), 1.0, 0.76, True)[0] == "vanishing"
+    assert judge(_layers(30), 1.0, 1.34, True)[0] == "exploding"
+    assert judge(_layers(30), 0.76, 1.0, True)[0] == "healthy"
+    assert GRAD_VANISHING_FACTOR * GRAD_EXPLODING_FACTOR == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- probing never changes a run
+
+
+def test_probe_leaves_the_model_untouched(batch):
+    spec = spec_of(0, arch="plain", depth=3, width=8, norm="batch", init="he", activation="relu")
+    from initsweep.train import build_initialized_model
+
+    model = build_initialized_model(spec, torch.Generator().manual_seed(1)).eval()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    sentinel = [torch.full_like(p, 7.0) for p in model.parameters()]
+    for p, s in zip(model.parameters(), sentinel):
+        p.grad = s.clone()
+    rng = torch.get_rng_state()
+    probe_model(model, *batch, InitRecipe.from_spec(spec))
+    assert not model.training  # mode restored
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())  # num_batches_tracked too
+    assert all(torch.equal(p.grad, s) for p, s in zip(model.parameters(), sentinel))
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+@pytest.mark.parametrize("norm", ["none", "batch"])
+def test_metrics_bit_identical_with_and_without_probing(norm):
+    common = dict(data={"dataset": "mnist-sample", "train_limit": 256, "test_limit": 128, "val_fraction": 0.1},
+                  train={"epochs": 2, "batch_size": 64}, arch="plain", depth=3, width=4, norm=norm, init="he",
+                  activation="relu", head="flatten")
+    on = run(spec_of(0, diagnostics={"enabled": True}, **common), "cpu")
+    off = run(spec_of(0, diagnostics={"enabled": False}, **common), "cpu")
+    assert on.layers and on.verdict is not None and not off.layers and off.verdict is None
+    assert {l["phase"] for l in on.layers} == {"init", "final"}
+    assert [(e.train_loss, e.train_acc, e.val_loss, e.val_acc) for e in on.epochs] == \
+           [(e.train_loss, e.train_acc, e.val_loss, e.val_acc) for e in off.epochs]
+    assert (on.test_loss, on.test_acc, on.steps) == (off.test_loss, off.test_acc, off.steps)
+
+
+# ---------------------------------------------------------------- store
+
+
+def test_layers_table_rows_and_verdict(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "s", "data": {"dataset": "mnist-sample", "train_limit": 128, "test_limit": 64},
+        "model": {"arch": "mlp", "depth": 3, "width": 16}, "train": {"epochs": 1, "batch_size": 64},
+        "grid": {"init": ["he", "std_normal"]}, "diagnostics": {"batch_size": 32, "phases": ["init"]}}))
+    run_sweep(config, results_dir=tmp_path / "res", device="cpu")
+    with Store(tmp_path / "res") as store:
+        runs = store.runs_frame().set_index("init")
+        layers = store.layers_frame()
+    assert runs.loc["he", "verdict"] == "healthy" and runs.loc["std_normal", "verdict"] == "exploding"
+    assert len(layers) == 2 * 3 and set(layers.phase) == {"init"}
+    assert layers.predicted_act_m2.notna().all() and layers.act_grad_norm2.notna().all()
+    assert sorted(layers.sigma_w2.round(6).unique()) == [2.0, 16.0, 784.0]
+
+
+def test_a_v1_database_gains_the_new_columns(tmp_path):
+    """A schema-1 database (the layers table before the probe's columns) opens, migrates and takes rows."""
+    from initsweep import store as store_module
+
+    v1_columns = ["kind", "fan_in", "pre_mean", "pre_std", "act_mean", "act_std", "act_grad_std",
+                  "weight_grad_std", "weight_std", "dead_frac", "saturated_frac", "predicted_act_var"]
+    schema = store_module._SCHEMA
+    new = ", ".join(f"{c} {t}" for c, t in LAYER_COLUMNS.items())
+    old = ", ".join(f"{c} {LAYER_COLUMNS[c]}" for c in v1_columns)
+    (tmp_path / "res").mkdir()
+    with sqlite3.connect(tmp_path / "res" / "initsweep.db") as conn:
+        conn.executescript(schema.replace(new, old))
+        conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+        conn.execute("INSERT INTO layers (row_id, run_id, phase, layer, act_std) VALUES (1, 'r', 'init', 0, 0.5)")
+    with Store(tmp_path / "res") as store:
+        version = store.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+        layers = store.layers_frame()
+        store.conn.execute("INSERT INTO layers (row_id, run_id, phase, layer, act_m2, predicted_act_m2) "
+                           "VALUES (2, 's', 'init', 0, 1.0, 1.0)")
+    assert int(version) == SCHEMA_VERSION == 2
+    assert set(LAYER_COLUMNS) <= set(layers.columns)
+    assert layers.loc[0, "act_std"] == 0.5 and pd.isna(layers.loc[0, "act_m2"])
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_cli_json_matches_the_run_init_probe(tmp_path):
+    """`initsweep probe` builds the weights the run starts from: its numbers equal the run's init rows."""
+    raw = {"name": "m", "data": {"dataset": "mnist-sample", "train_limit": 64, "test_limit": 64},
+           "model": {"arch": "mlp", "depth": 3, "width": 16, "init": "he", "activation": "tanh"},
+           "train": {"seeds": [2], "max_steps": 1}, "diagnostics": {"batch_size": 32, "phases": ["init"]}}
+    config = tmp_path / "m.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    result = runner.invoke(app, ["probe", str(config), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    (entry,) = json.loads(result.stdout)
+    assert entry["verdict"] in ("healthy", "vanishing", "exploding", "dead", "saturated")
+    assert len(entry["layers"]) == 3 and entry["dataset"] == "mnist-sample" and entry["batch_size"] == 32
+    trained = run(expand(validate(raw)).runs[0], "cpu")
+    assert len(trained.layers) == 3
+    for cli_row, run_row in zip(entry["layers"], trained.layers):
+        for key in ("act_m2", "pre_m2", "predicted_act_m2", "act_grad_norm2", "saturated_frac", "weight_std"):
+            assert cli_row[key] == pytest.approx(run_row[key], rel=1e-6), key
+    assert entry["verdict"] == trained.verdict
+    flags = runner.invoke(app, ["probe", "--arch", "mlp", "--depth", "3", "--width", "16", "--init", "he",
+                                "--activation", "tanh", "--seed", "2", "--batch-size", "32", "--format", "json"])
+    assert flags.exit_code == 0 and len(json.loads(flags.stdout)[0]["layers"]) == 3
+
+
+def test_cli_config_grid_flags_and_plot(tmp_path):
+    config = tmp_path / "g.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "g", "data": {"dataset": "mnist-sample"}, "model": {"arch": "mlp", "depth": 2, "width": 8},
+        "train": {"seeds": [0, 1]}, "grid": {"init": ["he", "std_normal"], "activation": ["relu", "tanh"]},
+        "exclude": [{"init": "std_normal", "activation": "tanh"}], "diagnostics": {"batch_size": 16}}))
+    out = runner.invoke(app, ["probe", str(config), "--format", "json"])
+    assert out.exit_code == 0, out.output
+    assert len(json.loads(out.stdout)) == 3 * 2  # 4 points - 1 excluded, 2 seeds
+    # a flag replaces its axis (and the exclusions that name it): 2 activations x 1 seed
+    out = runner.invoke(app, ["probe", str(config), "--init", "he", "--seed", "1", "--format", "json",
+                              "--plot", str(tmp_path / "fig")])
+    assert out.exit_code == 0, out.output
+    entries = json.loads(out.stdout)
+    assert [(e["settings"]["init_label"], e["seed"]) for e in entries] == [("he", 1), ("he", 1)]
+    pngs = list((tmp_path / "fig").glob("*.png"))
+    assert len(pngs) == 1 and pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = runner.invoke(app, ["probe", str(config), "--summary"])
+    assert table.exit_code == 0 and "Probe summary" in table.stdout and "std_normal + relu" in table.stdout
+
+
+def test_cli_errors_are_one_line_exit_2():
+    out = runner.invoke(app, ["probe", "--init", "kaiming_nromal"])
+    assert out.exit_code == 2
+    assert "did you mean 'kaiming_normal'" in out.output and "Traceback" not in out.output
+    out = runner.invoke(app, ["probe", "--init", "{name: variance_scaling, scale: -1}"])
+    assert out.exit_code == 2 and "scale" in out.output
+    out = runner.invoke(app, ["probe", "does-not-exist.yaml"])
+    assert out.exit_code == 2 and "file not found" in out.output
