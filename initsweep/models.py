@@ -25,6 +25,7 @@ the probe hook every layer's pre-activation and activation the same way for all 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -135,22 +136,45 @@ def build_model(
 
 def measure_shape(arch: str, *, depth: int | None, width: int | None, norm: str = "none",
                   padding: str = "zeros", head: str = "gap") -> ModelShape:
-    """Count layers, parameters and forward MACs on the meta device (no memory is allocated)."""
+    """Count layers, parameters and forward MACs without allocating a weight or running a
+    forward pass: the model is built on the meta device and its shapes are walked by
+    :func:`_output_shape`. (A meta-device forward would also work, but its first ``Linear``
+    imports ``torch._dynamo``: 2-3 s that ``plan`` and ``run`` would pay up front.)"""
     with torch.device("meta"):
         model = build_model(arch, depth=depth, width=width, activation=nn.Identity, norm=norm,
                             padding=padding, head=head)
+    shape: tuple[int, ...] = IMAGE_SHAPE
     macs = 0
-
-    def count(module: nn.Module, inputs, output) -> None:
-        nonlocal macs
+    for block in model.blocks:
+        if block.flatten_input:
+            shape = (math.prod(shape),)
+        shape = _output_shape(block.layer, shape)
         # one MAC per weight feeding each output element; weight[0] is one output's weights
-        macs += output[0].numel() * module.weight[0].numel()
-
+        macs += math.prod(shape) * block.layer.weight[0].numel()
+        shape = _output_shape(block.pool, shape)  # norm and activation keep the shape
+    macs += model.head.out_features * model.head.in_features
     layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    handles = [m.register_forward_hook(count) for m in layers]
-    with torch.no_grad():
-        model(torch.empty((1, *IMAGE_SHAPE), device="meta"))
-    for h in handles:
-        h.remove()
     n_params = sum(p.numel() for p in model.parameters())
     return ModelShape(n_weight_layers=len(layers), n_params=n_params, macs_per_sample=macs)
+
+
+def _output_shape(module: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The per-sample output shape of the layers a ``Block`` can hold (PyTorch's formulas);
+    ``tests/test_models.py`` checks the walk against real forward passes."""
+    if isinstance(module, nn.Identity):
+        return shape
+    if isinstance(module, nn.Linear):
+        return (module.out_features,)
+    if isinstance(module, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+        pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
+        kernel = pair(module.kernel_size)
+        stride = pair(module.stride or module.kernel_size)
+        padding = pair(getattr(module, "padding", 0))
+        dilation = pair(getattr(module, "dilation", 1))
+        if isinstance(module.padding, str) or getattr(module, "ceil_mode", False):
+            raise NotImplementedError(f"measure_shape: {module} (add its output-size rule here)")
+        spatial = tuple((size + 2 * p - d * (k - 1) - 1) // s + 1
+                        for size, k, s, p, d in zip(shape[1:], kernel, stride, padding, dilation))
+        channels = module.out_channels if isinstance(module, nn.Conv2d) else shape[0]
+        return (channels, *spatial)
+    raise NotImplementedError(f"measure_shape: no output-size rule for {type(module).__name__}")

@@ -49,7 +49,10 @@ from .inits import initialize
 from .models import build_model
 from .probe import probe_for_run
 
-EVAL_BATCH = 2048  # evaluation has no backward pass: large batches are fastest
+EVAL_BATCH = 2048  # evaluation has no backward pass: on an accelerator, large batches are fastest
+# on the CPU cache-sized ones are: 1,000 test images through the tutorial CNN (channels_last,
+# one thread) took 0.135 s in batches of 256 against 0.279 s in one batch
+EVAL_BATCH_CPU = 256
 _SYNC_EVERY_ACCEL = 32
 
 Progress = Callable[[int, int, int], None]  # (epoch, step within epoch, steps per epoch)
@@ -181,7 +184,8 @@ def make_optimizer(spec: RunSpec, params) -> torch.optim.Optimizer:
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over a whole split, in large batches, in eval mode."""
+    """Mean cross-entropy and accuracy over a whole split, in eval mode, in batches sized for
+    the device (``EVAL_BATCH``/``EVAL_BATCH_CPU``)."""
     if len(x) == 0:
         return float("nan"), float("nan")
     was_training = model.training
@@ -189,7 +193,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
     loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
     correct = torch.zeros((), dtype=torch.int64, device=x.device)
     with torch.no_grad():
-        for xb, yb in iterate_batches(x, y, EVAL_BATCH, shuffle=False):
+        batch = EVAL_BATCH_CPU if x.device.type == "cpu" else EVAL_BATCH
+        for xb, yb in iterate_batches(x, y, batch, shuffle=False):
             logits = model(xb)
             loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum").double()
             correct += (logits.argmax(1) == yb).sum()

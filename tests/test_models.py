@@ -65,10 +65,15 @@ def test_mlp(depth):
     assert model(x).shape == (3, 10)
 
 
-@pytest.mark.parametrize("arch,depth,width", [("plain", 6, 12), ("tutorial", None, None), ("mlp", 3, 50)])
-def test_measure_shape_counts_without_allocating(arch, depth, width):
-    real = build_model(arch, depth=depth, width=width, activation=nn.ReLU)
-    shape = measure_shape(arch, depth=depth, width=width)
+@pytest.mark.parametrize("arch,depth,width,options", [
+    ("plain", 6, 12, {}), ("plain", 1, 8, {"head": "flatten"}), ("plain", 9, 8, {"head": "flatten", "padding": "circular"}),
+    ("plain", 5, 8, {"norm": "batch"}), ("tutorial", None, None, {}), ("tutorial", None, None, {"norm": "batch"}),
+    ("mlp", 3, 50, {}),
+])
+def test_measure_shape_counts_without_allocating(arch, depth, width, options):
+    """The shape walk (no forward pass) against hooks on a real forward pass."""
+    real = build_model(arch, depth=depth, width=width, activation=nn.ReLU, **options)
+    shape = measure_shape(arch, depth=depth, width=width, **options)
     assert shape.n_params == sum(p.numel() for p in real.parameters())
     assert shape.n_weight_layers == len([m for m in real.modules() if isinstance(m, (nn.Conv2d, nn.Linear))])
     # MACs counted independently from each layer's output size
