@@ -144,10 +144,16 @@ def study(args) -> dict:
     workers = df.worker.nunique()
     # a batched group shares one training time among its runs: count it once
     trained = df.drop_duplicates(["worker", "train_seconds"]) if df.batched.any() else df
-    training = trained.train_seconds.sum() / workers
+    per_worker = {column: trained[column].sum() / workers for column in ("train_seconds", "eval_seconds", "wall_seconds")}
+    training = per_worker["train_seconds"]
     return {"config": args.study, "runs": len(df), "workers": workers, "wall": wall,
             "samples_per_s": float((df.n_train * df.epochs).sum() / wall),
             "training_per_worker": training, "non_training_pct": 100 * (1 - training / wall),
+            # where the rest goes: evaluation; the rest of each run (model build, probe, data
+            # order); outside any run (start-up, data load, store, summary, idle workers)
+            "eval_pct": 100 * per_worker["eval_seconds"] / wall,
+            "in_run_other_pct": 100 * (per_worker["wall_seconds"] - training - per_worker["eval_seconds"]) / wall,
+            "outside_runs_pct": 100 * (1 - per_worker["wall_seconds"] / wall),
             "peak_mb": float(df.peak_rss_mb.max())}
 
 

@@ -1,6 +1,6 @@
 """From an expanded config to the work to do: counts and cost estimates (``initsweep plan``).
 
-Costs are counted, not guessed: each distinct model shape is measured on the meta device
+Costs are counted, not guessed: each distinct model shape is built on the meta device and walked
 (layers, parameters, forward multiply-accumulates), and training is taken as 3x the
 forward pass (forward + backward for activations and weights), 2 FLOPs per MAC.
 """

@@ -359,6 +359,9 @@ def build_report(runs: pd.DataFrame, metric: str = "test_acc", by: list[str] | N
     check_metric(runs, metric)
     keys = resolve_by(runs, by)
     axes = None
+    if pivot and (sort or top):
+        raise InitsweepError("--pivot shows every cell; --sort and --top order the flat table "
+                             "(drop --pivot), and --where narrows a pivot")
     if pivot:
         rows, cols = (resolve_by(runs, side, "--pivot") for side in parse_pivot(pivot))
         keys += [col for col in (*rows, *cols) if col not in keys]

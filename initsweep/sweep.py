@@ -154,6 +154,9 @@ def run_sweep(config: str | Path | SweepConfig, *, results_dir: str | Path = "re
         done = store.finished_run_ids(cfg.name, fresh_since)
         todo = [spec for spec in planned if spec.run_id not in done][:max_runs]
         groups = group_specs(todo) if execution.vmap else [[spec] for spec in todo]
+        # longest first (a stable sort: plan order among equals), so that the workers run out
+        # of work together instead of one training a deep net while the others idle
+        groups.sort(key=lambda specs: -estimate_work(specs).train_flops)
         tasks = [Task(i, specs, source) for i, specs in enumerate(groups)]
         if workers is None and execution.executor == "local" and execution.device.type == "cpu":
             execution = _fit_workers(execution, tasks, todo, threads)

@@ -25,3 +25,29 @@ def test_bench_sweep_tiny_counts_the_same_work_in_every_mode():
     assert modes[2]["vs_naive"] == modes[0]["wall"] / modes[2]["wall"]
     # the tutorial CNN: 2,794,240 forward MACs -> 6 FLOPs per MAC per training sample
     assert info["flops_per_sample"] == 6 * 2_794_240 and info["gemm_gflops"] > 0
+
+
+def test_bench_sweep_study_accounts_for_the_whole_wall_time(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text("name: tiny\ndata: {dataset: mnist-sample, train_limit: 256, test_limit: 256}\n"
+                      "model: {arch: plain, depth: 2, width: 4}\ntrain: {epochs: 1, seeds: [0, 1]}\n")
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/bench_sweep.py"), "--study", str(config), "--json"],
+                         capture_output=True, text=True, check=True, cwd=ROOT)
+    study = json.loads(out.stdout.strip().splitlines()[-1])
+    assert study["runs"] == 2 and study["workers"] == 1  # a tiny sweep trains in-process
+    # each part of the non-training time is a real share: no run counted longer than it ran,
+    # and start-up (outside any run) is never free
+    assert study["eval_pct"] > 0 and study["in_run_other_pct"] > 0 and study["outside_runs_pct"] > 0
+    assert 0 < study["training_per_worker"] < study["wall"]
+
+
+def test_bench_workers_measures_every_layout():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/bench_workers.py"), "--seconds", "0.2", "--cores", "2"],
+                         capture_output=True, text=True, check=True, cwd=ROOT)
+    lines = out.stdout.strip().splitlines()
+    assert lines[0].startswith("tutorial CNN") and len(lines) == 5
+    layouts = [line.rsplit(None, 1) for line in lines[1:]]
+    assert [name.strip() for name, _ in layouts] == [
+        "1 process x 2 threads, NCHW", "1 process x 2 threads, channels_last",
+        "1 process x 1 thread, channels_last", "2 processes x 1 thread, channels_last"]
+    assert all(float(rate) > 0 for _, rate in layouts)

@@ -236,7 +236,9 @@ def test_unknown_metric_by_sort_and_pivot_exit_2(store):
                           (["--metric", "init"], "not numeric"),
                           (["--by", "init,dpeth"], "--by: unknown column 'dpeth'"),
                           (["--sort", "maen"], "--sort: unknown column 'maen'"),
-                          (["--pivot", "init"], "--pivot: expected ROWS:COLS")):
+                          (["--pivot", "init"], "--pivot: expected ROWS:COLS"),
+                          (["--pivot", "init:activation", "--top", "3", "-f", "csv"],
+                           "--pivot shows every cell; --sort and --top order the flat table")):
         out = invoke("report", "--results", str(store), *args)
         assert out.exit_code == 2 and len(out.stderr.strip().splitlines()) == 1, (args, out.output)
         assert message in out.stderr, out.stderr
