@@ -149,3 +149,19 @@ def test_default_execution_is_one_single_threaded_worker_per_core():
     assert execution.workers == len(os.sched_getaffinity(0)) and execution.threads == 1 and not execution.vmap
     assert plan_execution("cpu", workers=1).threads == len(os.sched_getaffinity(0))
     assert plan_execution("cpu", vmap="on").vmap
+
+
+class StartOrder(Observer):
+    def __init__(self):
+        self.depths: list[int] = []
+
+    def run_started(self, spec) -> None:
+        self.depths.append(spec.model.depth)
+
+
+def test_runs_are_handed_out_longest_first(tmp_path):
+    """The deepest (costliest) runs start first, so that workers run out of work together."""
+    config = write_config(tmp_path / "c.yaml", n_depths=4, train_limit=64)
+    order = StartOrder()
+    run_sweep(config, results_dir=tmp_path / "r", device="cpu", workers=1, threads=1, observer=order)
+    assert order.depths == [4, 3, 2, 1]  # the plan lists them 1, 2, 3, 4
