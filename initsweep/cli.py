@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -189,5 +190,29 @@ from . import cli_probe  # noqa: E402,F401
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point.
+
+    Click's own usage errors (a bad option value, a missing argument) become one line on
+    stderr and exit 2, like every other bad input, instead of a multi-line box.
+    """
+    try:  # typer >= 0.20 carries its own copy of click; older ones use click itself
+        from typer._click.exceptions import ClickException, UsageError
+    except ImportError:  # pragma: no cover - depends on the installed typer
+        from click.exceptions import ClickException, UsageError
+
+    try:
+        code = app(standalone_mode=False)
+    except UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `initsweep`: the help text is the message
+            exc.show()
+            sys.exit(exc.exit_code)
+        command = exc.ctx.command_path if exc.ctx is not None else "initsweep"
+        err_console.print(f"error: {command}: {exc.format_message().rstrip('.')} (see {command} -h)",
+                          highlight=False, markup=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -146,3 +146,17 @@ def test_usage_error_exits_2():
     assert result.exit_code == 2
     result = runner.invoke(app, ["list-inits", "--format", "xml"])
     assert result.exit_code == 2
+
+
+@pytest.mark.parametrize("args,message", [
+    (["run", "configs/smoke.yaml", "--workers", "0"], "error: python -m initsweep run: Invalid value for '--workers'"),
+    (["run"], "error: python -m initsweep run: Missing argument 'config'"),
+    (["nosuchcommand"], "error: python -m initsweep: No such command 'nosuchcommand'"),
+])
+def test_usage_errors_are_one_line_and_exit_2(args, message):
+    """Click's own usage errors, through the real entry point: one line, no box, exit 2."""
+    proc = subprocess.run([sys.executable, "-m", "initsweep", *args], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and proc.stderr.startswith(message), proc.stderr
+    assert proc.stdout == ""
