@@ -59,6 +59,12 @@ def _new_figure(nrows: int, ncols: int, width: float, height: float, **kwargs) -
     return fig, [ax for row in axes for ax in row]
 
 
+def _panel_per_activation(n: int) -> tuple["Figure", list]:
+    """One panel per activation, four to a row, sharing the y axis."""
+    ncols = min(n, 4)
+    return _new_figure(-(-n // ncols), ncols, 3.6, 3.0, sharey=True)
+
+
 def _slices(runs: pd.DataFrame) -> Iterator[tuple[str, pd.DataFrame]]:
     """One set of figures per value of the axes other than init/activation/depth (e.g. lr),
     so no plot silently averages over a setting."""
@@ -150,8 +156,7 @@ def metric_vs_depth(runs: pd.DataFrame, metric: str, note: str = "",
     stats = summarize(runs, metric, list(CORE_AXES))
     inits, acts = _ordered(stats["init"]), _ordered(stats["activation"])
     styles = styles or init_styles(inits)
-    ncols = min(len(acts), 4)
-    fig, axes = _new_figure(-(-len(acts) // ncols), ncols, 3.6, 3.0, sharey=True)
+    fig, axes = _panel_per_activation(len(acts))
     for ax, act in zip(axes, acts):
         for init in inits:
             line = stats[(stats["activation"] == act) & (stats["init"] == init)].sort_values("depth")
@@ -228,8 +233,7 @@ def activation_std(runs: pd.DataFrame, layers: pd.DataFrame | None, note: str = 
     data = data[data["depth"] == depth]
     inits, acts = _ordered(runs["init_label"]), _ordered(data["activation_label"])
     styles = styles or init_styles(inits)
-    ncols = min(len(acts), 4)
-    fig, axes = _new_figure(-(-len(acts) // ncols), ncols, 3.6, 3.0, sharey=True)
+    fig, axes = _panel_per_activation(len(acts))
     for ax, act in zip(axes, acts):
         for init in inits:
             for phase, style in (("init", "-"), ("final", "--")):

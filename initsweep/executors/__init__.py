@@ -7,9 +7,13 @@ to the process that owns the store, which records it the moment it arrives.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Generator
 
 from ..config import RunSpec
 from ..data import DataSource
+
+if TYPE_CHECKING:
+    from ..store import Store
 
 
 @dataclass
@@ -22,3 +26,21 @@ class Task:
     attempts: int = 0
     row_ids: dict[str, int] = field(default_factory=dict)  # run_id -> claimed row
     done: set[str] = field(default_factory=set)  # run_ids whose result came back
+
+
+def claim_runs(specs: list[RunSpec], store: "Store",
+               claim_kwargs: dict) -> Generator[tuple[RunSpec, None], None, dict[str, int]]:
+    """Claim each run in the store before it is trained; every executor does this.
+
+    Yields ``(spec, None)`` for a run that another process finished or holds (the
+    executors pass it on as skipped) and returns ``run_id -> row id`` of the runs claimed:
+    ``rows = yield from claim_runs(...)``.
+    """
+    rows = {}
+    for spec in specs:
+        row_id = store.claim(spec, **claim_kwargs)
+        if row_id is None:
+            yield spec, None
+        else:
+            rows[spec.run_id] = row_id
+    return rows

@@ -10,7 +10,7 @@ from ..batched import run_group
 from ..config import RunSpec
 from ..store import Store
 from ..train import RunResult
-from . import Task
+from . import Task, claim_runs
 
 
 def execute_in_process(tasks: list[Task], *, store: Store, device: torch.device, observer, claim_kwargs: dict,
@@ -26,13 +26,7 @@ def execute_in_process(tasks: list[Task], *, store: Store, device: torch.device,
     for task in tasks:
         if not may_start():
             return
-        rows = {}
-        for spec in task.specs:
-            row_id = store.claim(spec, **claim_kwargs)
-            if row_id is None:
-                yield spec, None
-            else:
-                rows[spec.run_id] = row_id
+        rows = yield from claim_runs(task.specs, store, claim_kwargs)
         specs = [s for s in task.specs if s.run_id in rows]
         if not specs:
             continue

@@ -31,7 +31,7 @@ import torch
 from ..config import RunSpec
 from ..store import Store
 from ..train import RunResult, environment
-from . import Task
+from . import Task, claim_runs
 
 _PROGRESS_EVERY_S = 0.2
 
@@ -171,15 +171,9 @@ class WorkerPool:
         for worker_id, worker in self.workers.items():
             while worker_id not in inflight and pending:
                 task = pending.popleft()
-                for spec in task.specs:
-                    if spec.run_id in task.row_ids:
-                        continue  # a retry keeps its claim
-                    row_id = store.claim(spec, **claim_kwargs)
-                    if row_id is None:
-                        task.done.add(spec.run_id)
-                        yield spec, None
-                    else:
-                        task.row_ids[spec.run_id] = row_id
+                unclaimed = [s for s in task.specs if s.run_id not in task.row_ids]  # a retry keeps its claim
+                task.row_ids.update((yield from claim_runs(unclaimed, store, claim_kwargs)))
+                task.done.update(s.run_id for s in unclaimed if s.run_id not in task.row_ids)
                 todo = [s for s in task.specs if s.run_id not in task.done]
                 if todo:
                     worker.tasks.send((task.task_id, todo, task.source))

@@ -22,7 +22,7 @@ from ..config import RunSpec
 from ..errors import InitsweepError
 from ..store import Store
 from ..train import RunResult, environment
-from . import Task
+from . import Task, claim_runs
 
 
 def _import_ray():
@@ -87,13 +87,7 @@ def execute_ray(tasks: list[Task], *, store: Store, observer, claim_kwargs: dict
                 pending.clear()  # budget spent: let the tasks in flight finish, submit nothing new
             while pending and len(inflight) < room:
                 task = pending.pop(0)
-                rows = {}
-                for spec in task.specs:
-                    row_id = store.claim(spec, **claim_kwargs)
-                    if row_id is None:
-                        yield spec, None
-                    else:
-                        rows[spec.run_id] = row_id
+                rows = yield from claim_runs(task.specs, store, claim_kwargs)
                 specs = [s for s in task.specs if s.run_id in rows]
                 if specs:
                     for spec in specs:
