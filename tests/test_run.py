@@ -21,6 +21,7 @@ from initsweep.config import expand, load_config, validate
 from initsweep.store import Store, load_results
 from initsweep.sweep import run_sweep
 from initsweep.train import run
+from tolerances import assert_differ, assert_same_rows
 
 runner = CliRunner()
 TINY = {"dataset": "mnist-sample", "train_limit": 256, "test_limit": 256, "val_fraction": 0.1}
@@ -97,7 +98,7 @@ def test_cpu_runs_are_bit_for_bit_reproducible():
     assert (a.test_loss, a.test_acc) == (b.test_loss, b.test_acc)
     other = expand(validate({"name": "r", "data": TINY, "model": {"arch": "plain", "width": 8, "depth": 4},
                              "train": {"epochs": 2, "batch_size": 32, "seeds": [4]}})).runs[0]
-    assert run(other, "cpu").epochs[0].train_loss != a.epochs[0].train_loss
+    assert_differ(run(other, "cpu").epochs[0].train_loss, a.epochs[0].train_loss)
 
 
 def test_resume_runs_nothing_the_second_time_and_fresh_keeps_history(tmp_path):
@@ -110,8 +111,10 @@ def test_resume_runs_nothing_the_second_time_and_fresh_keeps_history(tmp_path):
     assert len(fresh.results) == 4
     history = load_results(tmp_path / "res", history=True)
     assert len(history) == 8 and len(load_results(tmp_path / "res")) == 4
-    # reruns of the same spec on the CPU reproduce the stored numbers exactly
-    assert (history.groupby("run_id").test_loss.nunique() == 1).all()
+    # reruns of the same spec reproduce the stored numbers (to float tolerance: the sweep may
+    # train them in other processes; tests/tolerances.py)
+    attempts = history.sort_values("row_id")
+    assert_same_rows(attempts.iloc[:4], attempts.iloc[4:])
 
 
 def test_max_runs_and_failed_runs_are_retried(tmp_path):
