@@ -96,7 +96,8 @@ class DataConfig(_Section):
     dataset: Literal["mnist", "fashion-mnist", "mnist-sample"] = "mnist"
     root: str | None = None  # None: $INITSWEEP_DATA, else ~/.cache/initsweep
     download: Bool = True
-    fallback: Literal["sample", "none"] = "sample"
+    # sample: the dataset's own shipped sample (mnist only); mnist-sample: MNIST digits for any dataset
+    fallback: Literal["sample", "mnist-sample", "none"] = "sample"
     val_fraction: Float = Field(0.1, ge=0.0, le=0.9)
     split_seed: Int = Field(0, ge=0, le=2**31 - 1)
     train_limit: Int | None = Field(None, ge=1, le=10_000_000)

@@ -19,7 +19,7 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
-from .export import LEGEND, ColourScale, display_table, fmt_value, pivot_cell
+from .export import LEGEND, ColourScale, display_table, fallback_note, fmt_value, pivot_cell
 from .report import Report, lower_is_better, pivot_blocks
 
 _BARS = "▁▂▃▄▅▆▇█"
@@ -49,6 +49,9 @@ def render_report(console: Console, report: Report) -> None:
         render_pivot(console, report)
     else:
         render_table(console, report)
+    note = fallback_note(report.summary)
+    if note:
+        console.print(note, style="bold yellow", highlight=False)
     for title, runs in (("new runs (not in the baseline)", report.new_runs),
                         ("missing runs (only in the baseline)", report.missing_runs)):
         if runs is not None and len(runs):

@@ -11,6 +11,10 @@ in ``unfinished`` and left out of the statistics. ``n`` is the number of finishe
 metric is a number (a diverged run's loss may be NaN); ``std`` is the sample standard
 deviation (ddof=1) over those, NaN for a single run, never a made-up 0. A run stored by two
 sweeps (same ``run_id``: same resolved settings) counts once.
+
+Runs trained on other data than their config asked for (``data.fallback``) are never
+silent: the summary then has a ``data_fallback`` column, ``fashion-mnist→mnist-sample``
+on each affected group, and every view marks those groups.
 """
 
 from __future__ import annotations
@@ -139,6 +143,25 @@ def _sorted_like(frame: pd.DataFrame, reference: pd.DataFrame, keys: list[str]) 
     return frame.sort_values(keys, key=key, kind="stable", na_position="last").reset_index(drop=True)
 
 
+def fallback_labels(runs: pd.DataFrame) -> pd.Series:
+    """Per run, ``requested→used`` when it trained on other data than its config asked for
+    (the store's ``dataset_requested`` vs ``dataset``), else None."""
+    if "dataset_requested" not in runs or "dataset" not in runs:
+        return pd.Series(None, index=runs.index, dtype=object)
+    swapped = runs["dataset_requested"].notna() & (runs["dataset_requested"] != runs["dataset"])
+    labels = runs["dataset_requested"].astype(str) + "→" + runs["dataset"].astype(str)
+    return labels.where(swapped, None).astype(object)
+
+
+def _fallback_cell(labels: pd.Series) -> str | None:
+    """A group's fallback mark: its runs' ``requested→used`` pairs, with the share when not all."""
+    hit = labels.dropna()
+    if hit.empty:
+        return None
+    text = ", ".join(pd.unique(hit))
+    return text if len(hit) == len(labels) else f"{text} ({len(hit)}/{len(labels)} runs)"
+
+
 def summarize(df: pd.DataFrame, metric: str = "test_acc", by: list[str] | None = None) -> pd.DataFrame:
     """Seed statistics of ``metric`` per group of runs (see the module docstring for the rules).
 
@@ -157,19 +180,24 @@ def summarize(df: pd.DataFrame, metric: str = "test_acc", by: list[str] | None =
         return out
     status = runs["status"] if "status" in runs else pd.Series("ok", index=runs.index)
     done = status.isin(FINISHED)
+    fallback = fallback_labels(runs)
     frame = runs[keys].assign(
         _value=pd.to_numeric(runs[metric], errors="coerce").where(done), _done=done,
-        _diverged=status.eq("diverged"), _verdict=runs["verdict"] if "verdict" in runs else None)
+        _diverged=status.eq("diverged"), _verdict=runs["verdict"] if "verdict" in runs else None,
+        _fallback=fallback)
     grouped = frame.groupby(keys, dropna=False, sort=False)
     out = grouped.agg(n=("_value", "count"), mean=("_value", "mean"), std=("_value", "std"),
                       min=("_value", "min"), max=("_value", "max"), runs=("_done", "size"),
                       finished=("_done", "sum"), diverged=("_diverged", "sum"))
     if "verdict" not in keys:  # grouped by verdict, the key already is the verdict
         out["verdict"] = grouped["_verdict"].agg(_consensus)
+    marked = fallback.notna().any()
+    if marked:
+        out["data_fallback"] = grouped["_fallback"].agg(_fallback_cell)
     out = out.reset_index()
     out["diverged_rate"] = (out["diverged"] / out["finished"]).where(out["finished"] > 0)
     out["unfinished"] = out["runs"] - out["finished"]
-    stats = [c for c in STAT_COLUMNS if c not in keys]
+    stats = [c for c in STAT_COLUMNS if c not in keys] + (["data_fallback"] if marked else [])
     out = _sorted_like(out[[*keys, *stats]], runs, keys).rename(columns=friendly)
     out.attrs.update(metric=metric, keys=[friendly(k) for k in keys])
     return out
@@ -244,7 +272,12 @@ def pivot_frame(summary: pd.DataFrame, rows: list[str], cols: list[str], value: 
     wide = wide.reindex(columns=[c for c in col_order if c in wide.columns])
     wide.columns.name = None
     row_order = _sorted_like(frame[[*split, *rows]].drop_duplicates(), summary, split)
-    return row_order.merge(wide.reset_index(), on=[*split, *rows], how="left")
+    wide = row_order.merge(wide.reset_index(), on=[*split, *rows], how="left")
+    if "data_fallback" in summary:  # a wide row is marked when any of its cells is
+        marks = summary.groupby([*split, *rows], dropna=False, sort=False)["data_fallback"].agg(
+            lambda v: ", ".join(pd.unique(v.dropna())) or None)
+        wide = wide.merge(marks.reset_index(), on=[*split, *rows], how="left")
+    return wide
 
 
 def pivot_split(summary: pd.DataFrame, rows: list[str], cols: list[str]) -> list[str]:

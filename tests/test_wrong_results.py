@@ -5,12 +5,16 @@ another, report groups of sweeps that share run ids, and baselines that differ i
 from __future__ import annotations
 
 import json
+import sqlite3
+from io import StringIO
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from typer.testing import CliRunner
 
+from initsweep import data
 from initsweep.cli import app
 
 runner = CliRunner()
@@ -67,3 +71,101 @@ def test_numbers_written_the_usual_ways_still_plan(tmp_path):
     result = invoke("plan", config, "-f", "json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["axes"]["lr"] == [0.001, 2.0]
+
+
+# ---------------------------------------------------------------------- data: plan == run, no silent swap
+
+
+@pytest.fixture
+def no_data(tmp_path, monkeypatch) -> Path:
+    """An empty data root, and no system-wide dataset folder (Debian's fashion-mnist), so the
+    data is missing on any machine; configs here set ``download: false``: no network."""
+    monkeypatch.setattr(data, "SYSTEM_DIRS", {"mnist": (), "fashion-mnist": ()})
+    root = tmp_path / "no-data"
+    monkeypatch.setenv(data.ROOT_ENV, str(root))
+    return root
+
+
+def stored(results: Path, sql: str) -> list[tuple]:
+    with sqlite3.connect(results / "initsweep.db") as conn:
+        return conn.execute(sql).fetchall()
+
+
+def test_plan_lists_the_run_ids_run_stores_when_mnist_falls_back(tmp_path, no_data):
+    config = write_config(tmp_path / "c.yaml", data={"dataset": "mnist", "download": False}, grid={"depth": [1, 2]})
+    planned = invoke("plan", config, "-f", "json")
+    assert planned.exit_code == 0, planned.output
+    summary = json.loads(planned.stdout)
+    assert (summary["dataset"], summary["dataset_requested"]) == ("mnist-sample", "mnist")
+    assert summary["data_location"].endswith("mnist_5k.npz")
+    assert str(no_data / "MNIST" / "raw") in summary["data_fallback"] and "data.download is false" in summary["data_fallback"]
+    table = invoke("plan", config)
+    assert table.exit_code == 0 and "data fallback:" in table.stdout and "5,000-digit MNIST sample" in table.stdout
+
+    results = tmp_path / "res"
+    ran = invoke("run", config, "--results", results, "--device", "cpu")
+    assert ran.exit_code == 0, ran.output
+    ids = {row[0] for row in stored(results, "SELECT run_id FROM runs")}
+    assert ids == {run["run_id"] for run in summary["runs"]} and len(ids) == 2
+    shown = invoke("show", summary["runs"][0]["run_id"], "--results", results)
+    assert shown.exit_code == 0, shown.output
+    # --offline never substitutes: plan refuses exactly as run does
+    lines = [one_error_line(invoke(cmd, config, *extra, "--offline"))
+             for cmd, extra in (("plan", ()), ("run", ("--results", tmp_path / "other")))]
+    assert lines[0] == lines[1] and "offline: no download attempted" in lines[0]
+
+
+def test_a_different_dataset_is_never_substituted_silently(tmp_path, no_data):
+    config = write_config(tmp_path / "c.yaml", data={"dataset": "fashion-mnist", "download": False})
+    results = tmp_path / "res"
+    for args in (("plan", config), ("run", config, "--results", results, "--device", "cpu")):
+        line = one_error_line(invoke(*args))
+        assert line.startswith(f"error: fashion-mnist IDX files not found in {no_data / 'FashionMNIST' / 'raw'}, "
+                               f"{no_data / 'fashion-mnist'}; data.download is false"), line
+        assert line.endswith("set data.fallback: mnist-sample)"), line
+    assert not (results / "initsweep.db").exists() or stored(results, "SELECT COUNT(*) FROM runs") == [(0,)]
+
+
+@pytest.fixture
+def fashion_on_digits(tmp_path, no_data) -> Path:
+    """A results folder whose runs asked for Fashion-MNIST and, as their config allowed, trained
+    on the MNIST sample: 2 inits x 2 depths, one seed."""
+    config = write_config(tmp_path / "c.yaml", name="fm",
+                          data={"dataset": "fashion-mnist", "download": False, "fallback": "mnist-sample"},
+                          grid={"init": ["he", "std_normal"], "depth": [1, 2]})
+    results = tmp_path / "res"
+    ran = invoke("run", config, "--results", results, "--device", "cpu")
+    assert ran.exit_code == 0, ran.output
+    assert "instead of fashion-mnist" in ran.stderr and "data fallback" in ran.stdout
+    rows = stored(results, "SELECT dataset, dataset_requested FROM runs WHERE status = 'ok'")
+    assert rows == [("mnist-sample", "fashion-mnist")] * 4
+    return results
+
+
+MARK = "fashion-mnist→mnist-sample"
+
+
+def test_every_report_format_marks_runs_on_substitute_data(fashion_on_digits, tmp_path):
+    res = fashion_on_digits
+    for view in ((), ("--by", "init,depth")):  # the pivot, then the flat table
+        out = invoke("report", "--results", res, *view)
+        assert out.exit_code == 0, out.output
+        assert f"§ trained on other data than the config asked for (data.fallback): {MARK}" in out.stdout
+    pivot = invoke("report", "--results", res).stdout
+    assert sum(line.count("§") for line in pivot.splitlines() if line.startswith("│")) == 4
+    flat = invoke("report", "--results", res, "--by", "init,depth").stdout
+    assert flat.count(f"§ {MARK}") == 4
+    for fmt in ("csv", "json"):
+        frame = pd.read_csv(StringIO(invoke("report", "-r", res, "-f", fmt).stdout)) if fmt == "csv" else \
+            pd.DataFrame(json.loads(invoke("report", "-r", res, "-f", fmt).stdout))
+        assert frame["data_fallback"].tolist() == [MARK] * 4
+    wide = pd.read_csv(StringIO(invoke("report", "-r", res, "--pivot", "init:depth", "-f", "csv").stdout))
+    assert wide["data_fallback"].tolist() == [MARK] * 2
+    markdown = invoke("report", "-r", res, "-f", "markdown").stdout
+    assert markdown.count("§") == 4 + 4 + 1  # pivot cells, table rows, the footnote
+    page = invoke("report", "-r", res, "-o", tmp_path / "r.html")
+    assert page.exit_code == 0, page.output
+    html = (tmp_path / "r.html").read_text()
+    assert html.count(f"§ {MARK}") == 4 and "trained on other data than the config asked for" in html
+    exported = pd.read_csv(StringIO(invoke("export", "-r", res).stdout))
+    assert set(exported["dataset_requested"]) == {"fashion-mnist"} and exported["data_fallback"].notna().all()
