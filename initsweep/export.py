@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from .errors import InitsweepError, StoreError
-from .report import filter_runs
+from .report import count_runs, filter_runs
 from .store import _RESULT_COLUMNS, _SETTING_COLUMNS, DB_NAME, Store
 
 _SUFFIXES = {".csv": "csv", ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
@@ -368,9 +368,9 @@ def _bold(text: str, row: pd.Series | None) -> str:
 def report_markdown(report: Any) -> str:
     """Markdown for a pull request: the pivot (when the view has one), the full table, and
     the baseline's new and missing runs."""
-    n_runs = len(report.runs)
+    counted = count_runs(report.runs, report.summary.attrs.get("keys", []))
     lines = [f"## initsweep report: {report.metric}", "",
-             f"{n_runs} runs in {len(report.summary)} groups; statistics over seeds.", ""]
+             f"{counted} in {len(report.summary)} groups; statistics over seeds.", ""]
     if report.pivot:
         lines += _pivot_markdown(report)
     shown = display_table(report.table, report.metric)
@@ -462,8 +462,9 @@ def report_html(report: Any, figures: dict[str, bytes], source: str) -> str:
     from . import __version__
 
     keys = len(report.table.attrs.get("keys", []))
+    counted = count_runs(report.runs, report.summary.attrs.get("keys", []))
     parts = [f"<h1>initsweep report: {escape(report.metric)}</h1>",
-             f'<p class="note">{escape(source)} · {len(report.runs)} runs in {len(report.summary)} groups · '
+             f'<p class="note">{escape(source)} · {escape(counted)} in {len(report.summary)} groups · '
              f"initsweep {escape(__version__)} · statistics over seeds</p>"]
     if report.pivot:
         parts += _pivot_html(report)

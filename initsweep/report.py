@@ -10,7 +10,9 @@ a divergent setting should pay for. ``failed``/``interrupted``/``running`` rows 
 in ``unfinished`` and left out of the statistics. ``n`` is the number of finished runs whose
 metric is a number (a diverged run's loss may be NaN); ``std`` is the sample standard
 deviation (ddof=1) over those, NaN for a single run, never a made-up 0. A run stored by two
-sweeps (same ``run_id``: same resolved settings) counts once.
+sweeps (same ``run_id``: same resolved settings) counts once, unless the groups keep the
+sweeps apart (grouped by ``sweep``): then runs are keyed by (sweep, run_id), the store's key,
+and it counts in each of its sweeps.
 
 Runs trained on other data than their config asked for (``data.fallback``) are never
 silent: the summary then has a ``data_fallback`` column, ``fashion-mnist→mnist-sample``
@@ -112,14 +114,34 @@ def friendly(col: str) -> str:
     return _FRIENDLY.get(col, col)
 
 
-def distinct_runs(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per ``run_id``: its latest finished row if any, else its latest row."""
+def run_key(df: pd.DataFrame, keys: list[str]) -> list[str]:
+    """What makes a row one run: ``(sweep, run_id)`` when the groups keep sweeps apart (a run
+    stored by two sweeps then counts in each), else ``run_id`` (the same experiment in every
+    sweep, so it counts once)."""
+    return ["sweep", "run_id"] if "sweep" in keys and "sweep" in df else ["run_id"]
+
+
+def distinct_runs(df: pd.DataFrame, key: list[str] | None = None) -> pd.DataFrame:
+    """One row per run (``key``, default ``run_id``): its latest finished row if any, else its latest row."""
     if "run_id" not in df or df.empty:
         return df
     finished = df["status"].isin(FINISHED) if "status" in df else pd.Series(True, index=df.index)
     order = df.assign(_finished=finished, _pos=range(len(df)))
     order = order.sort_values(["_finished", "row_id" if "row_id" in df else "_pos"], kind="stable")
-    return order.drop_duplicates("run_id", keep="last").sort_values("_pos").drop(columns=["_finished", "_pos"])
+    return (order.drop_duplicates(key or ["run_id"], keep="last").sort_values("_pos")
+            .drop(columns=["_finished", "_pos"]))
+
+
+def count_runs(runs: pd.DataFrame, keys: list[str]) -> str:
+    """``32 runs``: what a report's statistics count, said without ambiguity when sweeps
+    share run ids (the same config stored under two sweep names)."""
+    ids = runs["run_id"].nunique() if "run_id" in runs else len(runs)
+    pairs = len(runs.drop_duplicates(["sweep", "run_id"])) if {"sweep", "run_id"} <= set(runs.columns) else ids
+    if pairs == ids:
+        return f"{ids} runs"
+    if run_key(runs, keys) == ["run_id"]:
+        return f"{ids} runs ({pairs} stored: a run id in several sweeps counts once)"
+    return f"{pairs} runs ({ids} distinct ids: a run id in several sweeps counts in each)"
 
 
 def _consensus(verdicts: pd.Series) -> Any:
@@ -173,7 +195,7 @@ def summarize(df: pd.DataFrame, metric: str = "test_acc", by: list[str] | None =
     """
     check_metric(df, metric)
     keys = resolve_by(df, by)
-    runs = distinct_runs(df)
+    runs = distinct_runs(df, run_key(df, keys))
     if runs.empty:
         out = pd.DataFrame(columns=[*map(friendly, keys), *(c for c in STAT_COLUMNS if c not in keys)])
         out.attrs.update(metric=metric, keys=[friendly(k) for k in keys])
@@ -349,11 +371,12 @@ def compare(current: pd.DataFrame, baseline: pd.DataFrame, metric: str = "test_a
     table["change"] = change
     table = table.drop(columns="_merge")
     table.attrs.update(metric=metric, keys=names)
-    ids_now, ids_then = set(distinct_runs(current)["run_id"]), set(distinct_runs(baseline)["run_id"])
+    key = run_key(current, keys) if run_key(baseline, keys) == run_key(current, keys) else ["run_id"]
+    now_runs, then_runs = distinct_runs(current, key), distinct_runs(baseline, key)
+    ids_now, ids_then = (pd.MultiIndex.from_frame(d[key]) for d in (now_runs, then_runs))
     run_cols = [c for c in ["run_id", "sweep", *keys, "seed", "status", metric] if c in current]
-    new_runs = distinct_runs(current).loc[lambda d: ~d["run_id"].isin(ids_then), run_cols]
-    missing_runs = distinct_runs(baseline).loc[lambda d: ~d["run_id"].isin(ids_now),
-                                              [c for c in run_cols if c in baseline]]
+    new_runs = now_runs.loc[~ids_now.isin(ids_then), run_cols]
+    missing_runs = then_runs.loc[~ids_then.isin(ids_now), [c for c in run_cols if c in baseline]]
     return table, new_runs.rename(columns=friendly), missing_runs.rename(columns=friendly)
 
 

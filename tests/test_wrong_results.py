@@ -169,3 +169,49 @@ def test_every_report_format_marks_runs_on_substitute_data(fashion_on_digits, tm
     assert html.count(f"§ {MARK}") == 4 and "trained on other data than the config asked for" in html
     exported = pd.read_csv(StringIO(invoke("export", "-r", res).stdout))
     assert set(exported["dataset_requested"]) == {"fashion-mnist"} and exported["data_fallback"].notna().all()
+
+
+# ---------------------------------------------------------------------- sweeps that share run ids
+
+
+@pytest.fixture(scope="module")
+def two_sweeps(tmp_path_factory) -> Path:
+    """One results folder, one config run under two sweep names: ``a`` with depths 1 and 2,
+    ``b`` with depth 2 only, so b's 2 runs have the same ids as 2 of a's 4 (6 rows, 4 ids)."""
+    root = tmp_path_factory.mktemp("shared")
+    results = root / "res"
+    for name, depths in (("a", [1, 2]), ("b", [2])):
+        config = write_config(root / f"{name}.yaml", name=name, grid={"init": ["he", "std_normal"], "depth": depths})
+        ran = invoke("run", config, "--results", results, "--device", "cpu")
+        assert ran.exit_code == 0, ran.output
+    assert stored(results, "SELECT COUNT(*), COUNT(DISTINCT run_id) FROM runs") == [(6, 4)]
+    return results
+
+
+def test_grouping_by_sweep_keeps_every_sweeps_runs(two_sweeps):
+    out = invoke("report", "--results", two_sweeps, "--by", "sweep,init,activation", "-f", "json")
+    assert out.exit_code == 0, out.output
+    groups = {(r["sweep"], r["init"]): (r["runs"], r["n"]) for r in json.loads(out.stdout)}
+    assert groups == {("a", "he"): (2, 2), ("a", "std_normal"): (2, 2), ("b", "he"): (1, 1), ("b", "std_normal"): (1, 1)}
+    # b's he group is b's own depth-2 he run
+    (acc,), = stored(two_sweeps, "SELECT test_acc FROM runs WHERE sweep = 'b' AND init = 'he'")
+    b_he = next(r for r in json.loads(out.stdout) if (r["sweep"], r["init"]) == ("b", "he"))
+    assert b_he["mean"] == acc
+
+
+def test_report_headers_say_what_they_count_when_sweeps_share_ids(two_sweeps, tmp_path):
+    per_sweep = "6 runs (4 distinct ids: a run id in several sweeps counts in each)"
+    once = "4 runs (6 stored: a run id in several sweeps counts once)"
+    for by, header in (("sweep,init,activation", per_sweep), ("init,activation", once)):
+        table = invoke("report", "--results", two_sweeps, "--by", by)
+        title = " ".join(table.stdout.split("┏")[0].split())  # rich wraps a long title
+        assert table.exit_code == 0 and title == f"test_acc per group — {header}, statistics over seeds", \
+            table.output
+        groups = 4 if by.startswith("sweep") else 2
+        markdown = invoke("report", "--results", two_sweeps, "--by", by, "-f", "markdown").stdout
+        assert f"{header} in {groups} groups; statistics over seeds." in markdown
+        page = tmp_path / f"{groups}.html"
+        assert invoke("report", "--results", two_sweeps, "--by", by, "-o", page).exit_code == 0
+        assert f"{header} in {groups} groups" in page.read_text()
+    counted = json.loads(invoke("report", "--results", two_sweeps, "--by", "init,activation", "-f", "json").stdout)
+    assert [r["runs"] for r in counted] == [2, 2]  # a run in both sweeps counts once
