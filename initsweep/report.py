@@ -339,9 +339,44 @@ def pivot_blocks(summary: pd.DataFrame, rows: list[str], cols: list[str]) -> lis
 # ---------------------------------------------------------------------- baseline
 
 
+def _setting_values(values: pd.Series) -> frozenset:
+    """The distinct values of a setting, NULL as None (NaN != NaN would make every set differ)."""
+    return frozenset(None if pd.isna(v) else (v.item() if hasattr(v, "item") else v) for v in values)
+
+
+def _show_values(values: frozenset) -> str:
+    return ", ".join(sorted(map(str, values)))
+
+
+def check_like_with_like(current: pd.DataFrame, baseline: pd.DataFrame, keys: list[str]) -> None:
+    """Refuse a comparison in which a group would average over a setting the two sides ran
+    differently: a baseline with two learning rates against runs with one would compare
+    each group with a mean over both lrs. Settings that are grouping keys are matched by
+    the groups themselves; a group on one side only is new/missing, not averaged."""
+    settings = [c for c in _SETTING_COLUMNS
+                if c not in keys and c not in _NOT_GROUPED and c in current and c in baseline]
+    if not settings or not keys or current.empty or baseline.empty:
+        return
+    sides = [df.groupby(keys, dropna=False)[settings].agg(_setting_values).reset_index() for df in (current, baseline)]
+    both = sides[0].merge(sides[1], on=keys, suffixes=("_now", "_then"))  # groups on both sides
+    for col in settings:
+        differs = both[both[f"{col}_now"] != both[f"{col}_then"]]
+        if differs.empty:
+            continue
+        now, then = (frozenset().union(*differs[f"{col}_{side}"]) for side in ("now", "then"))
+        name = friendly(col)
+        raise InitsweepError(
+            f"--baseline: {name} differs: the runs have {name} {_show_values(now)}, the baseline "
+            f"{_show_values(then)}, and {name} is not a grouping column, so a group would average over it "
+            f"(narrow both sides with --where, or group by it: --by {','.join(map(friendly, [*keys, col]))})")
+
+
 def compare(current: pd.DataFrame, baseline: pd.DataFrame, metric: str = "test_acc",
             by: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Compare two run tables group by group, and list the runs only one of them has.
+
+    A setting that is not a grouping key must take the same values on both sides in every
+    group they share (:func:`check_like_with_like`), else the comparison is refused.
 
     Returns ``(table, new_runs, missing_runs)``: ``table`` has the current statistics, the
     baseline's as ``base_n``/``base_mean``/``base_std``, ``delta = mean - base_mean`` and
@@ -354,6 +389,7 @@ def compare(current: pd.DataFrame, baseline: pd.DataFrame, metric: str = "test_a
     if absent:
         raise InitsweepError(f"--baseline: it has no column {absent[0]!r} (is it an initsweep export?)")
     check_metric(baseline, metric)
+    check_like_with_like(current, baseline, keys)
     now, then = summarize(current, metric, keys), summarize(baseline, metric, keys)
     names = now.attrs["keys"]
     base = then[[*names, "n", "mean", "std"]].rename(columns={"n": "base_n", "mean": "base_mean", "std": "base_std"})

@@ -215,3 +215,46 @@ def test_report_headers_say_what_they_count_when_sweeps_share_ids(two_sweeps, tm
         assert f"{header} in {groups} groups" in page.read_text()
     counted = json.loads(invoke("report", "--results", two_sweeps, "--by", "init,activation", "-f", "json").stdout)
     assert [r["runs"] for r in counted] == [2, 2]  # a run in both sweeps counts once
+
+
+# ---------------------------------------------------------------------- baselines that differ in a setting
+
+
+@pytest.fixture(scope="module")
+def lr_stores(tmp_path_factory) -> tuple[Path, Path]:
+    """Current runs at one lr (0.001), and a baseline folder that ran the same grid at two."""
+    root = tmp_path_factory.mktemp("baseline")
+    grid = {"init": ["he", "std_normal"]}
+    current = write_config(root / "cur.yaml", name="cur", train={"lr": 0.001}, grid=grid)
+    base = write_config(root / "base.yaml", name="base", grid={**grid, "lr": [0.001, 0.003]})
+    for config, results in ((current, root / "cur"), (base, root / "base")):
+        ran = invoke("run", config, "--results", results, "--device", "cpu")
+        assert ran.exit_code == 0, ran.output
+    return root / "cur", root / "base"
+
+
+def test_a_baseline_that_differs_in_lr_is_refused_naming_it(lr_stores):
+    current, base = lr_stores
+    line = one_error_line(invoke("report", "--results", current, "--baseline", base))
+    assert line == ("error: --baseline: lr differs: the runs have lr 0.001, the baseline 0.001, 0.003, and lr is "
+                    "not a grouping column, so a group would average over it (narrow both sides with --where, "
+                    "or group by it: --by init,activation,depth,lr)")
+    exported = base.parent / "base.csv"
+    assert invoke("export", "--results", base, "--output", exported).exit_code == 0
+    assert one_error_line(invoke("report", "--results", current, "--baseline", exported)) == line
+
+
+def test_a_baseline_matched_on_every_setting_compares(lr_stores):
+    current, base = lr_stores
+    means = dict(stored(base, "SELECT init, test_acc FROM runs WHERE lr = 0.001"))
+    narrowed = invoke("report", "--results", current, "--baseline", base, "--where", "lr == 0.001", "-f", "json")
+    assert narrowed.exit_code == 0, narrowed.output
+    rows = json.loads(narrowed.stdout)
+    assert [(r["init"], r["n"], r["base_n"]) for r in rows] == [("he", 1, 1), ("std_normal", 1, 1)]
+    assert {r["init"]: r["base_mean"] for r in rows} == means  # each group against its own lr's run
+    grouped = invoke("report", "--results", current, "--baseline", base, "--by", "init,lr", "-f", "json")
+    assert grouped.exit_code == 0, grouped.output
+    changes = {(r["init"], r["lr"]): r["change"] for r in json.loads(grouped.stdout)}
+    assert {k: v for k, v in changes.items() if k[1] == 0.003} == {("he", 0.003): "missing",
+                                                                      ("std_normal", 0.003): "missing"}
+    assert all(v != "missing" for k, v in changes.items() if k[1] == 0.001) and len(changes) == 4
