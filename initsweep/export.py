@@ -226,6 +226,8 @@ def fallback_note(summary: pd.DataFrame) -> str | None:
     pairs = ", ".join(pd.unique(summary["data_fallback"].dropna()))
     return (f"{FALLBACK} trained on other data than the config asked for (data.fallback): {pairs}; "
             "not comparable with runs on the requested dataset")
+
+
 # cividis at 9 even steps: readable with every common colour-vision deficiency, and in greyscale.
 _CIVIDIS = ["#00224e", "#1a386f", "#434e6c", "#61656f", "#7d7c78", "#9b9476", "#bcae6c", "#dec958", "#fee838"]
 
