@@ -27,12 +27,15 @@ def plan(
     config: ConfigArg,
     fmt: FormatOpt = Format.table,
     show_all: Annotated[bool, typer.Option("--all", help="List every run, not only the first 40.")] = False,
+    offline: Annotated[bool, typer.Option("--offline", help="Plan as run --offline: no download, no substitute.")] = False,
 ) -> None:
-    """Show the runs a config expands to, its axes, exclusions and the work it will take."""
-    from .config import expand, load_config
-    from .planner import plan_summary
+    """Show the runs a config expands to, its axes, exclusions, the work it will take, and
+    the data they will use (found, downloaded, or the fallback: the same run ids as run)."""
+    from .config import load_config
+    from .planner import plan_summary, resolve_plan
 
-    summary = plan_summary(expand(load_config(config)))
+    source, runs = resolve_plan(load_config(config), offline=offline)
+    summary = plan_summary(runs, source)
     if fmt is Format.json:
         print_json(summary)
         return

@@ -19,10 +19,10 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
 from .activations import resolve_activation_params
 from .errors import ConfigError
@@ -35,6 +35,23 @@ SPEC_VERSION = 1
 MAX_RUNS = 100_000
 MAX_PARAMS = 200_000_000
 MAX_SEEDS = 1_000
+
+# YAML 1.2's float syntax without a dot (1e-3), which PyYAML (YAML 1.1) reads as a string.
+_SCIENTIFIC = re.compile(r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+
+
+def _yaml11_float(value: Any) -> Any:
+    """``'1e-3'`` -> 0.001: what ``yaml.safe_load`` makes of an unquoted ``1e-3``, so a dict
+    loaded that way validates like one from :func:`load_yaml` (which reads it as a number)."""
+    return float(value) if isinstance(value, str) and _SCIENTIFIC.match(value) else value
+
+
+# Numbers and switches are strict: pydantic's lax mode reads YAML's `true` as 1 and "4" as
+# 4, so a typo would silently become a different run. A strict float still takes an int
+# (`lr: 1`), and 1e-3 in YAML 1.1's string form (above).
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict(), BeforeValidator(_yaml11_float)]
+Bool = Annotated[bool, Strict()]
 
 
 class _Section(BaseModel):
@@ -78,18 +95,19 @@ def _choice(value: Any, resolve) -> Choice:
 class DataConfig(_Section):
     dataset: Literal["mnist", "fashion-mnist", "mnist-sample"] = "mnist"
     root: str | None = None  # None: $INITSWEEP_DATA, else ~/.cache/initsweep
-    download: bool = True
-    fallback: Literal["sample", "none"] = "sample"
-    val_fraction: float = Field(0.1, ge=0.0, le=0.9)
-    split_seed: int = Field(0, ge=0, le=2**31 - 1)
-    train_limit: int | None = Field(None, ge=1, le=10_000_000)
-    test_limit: int | None = Field(None, ge=1, le=10_000_000)
+    download: Bool = True
+    # sample: the dataset's own shipped sample (mnist only); mnist-sample: MNIST digits for any dataset
+    fallback: Literal["sample", "mnist-sample", "none"] = "sample"
+    val_fraction: Float = Field(0.1, ge=0.0, le=0.9)
+    split_seed: Int = Field(0, ge=0, le=2**31 - 1)
+    train_limit: Int | None = Field(None, ge=1, le=10_000_000)
+    test_limit: Int | None = Field(None, ge=1, le=10_000_000)
 
 
 class ModelConfig(_Section):
     arch: Literal["plain", "tutorial", "mlp"] = "plain"
-    depth: int = Field(4, ge=1, le=1000)
-    width: int = Field(32, ge=1, le=4096)
+    depth: Int = Field(4, ge=1, le=1000)
+    width: Int = Field(32, ge=1, le=4096)
     norm: Literal["none", "batch"] = "none"
     padding: Literal["zeros", "circular"] = "zeros"
     head: Literal["gap", "flatten"] = "gap"
@@ -117,16 +135,16 @@ class ModelConfig(_Section):
 
 class TrainConfig(_Section):
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = Field(1e-3, gt=0.0, le=100.0)
-    momentum: float = Field(0.0, ge=0.0, lt=1.0)
-    nesterov: bool = False
-    weight_decay: float = Field(0.0, ge=0.0, le=10.0)
-    batch_size: int = Field(128, ge=1, le=65536)
-    epochs: int = Field(1, ge=1, le=10_000)
-    max_steps: int | None = Field(None, ge=1, le=10**9)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, max_length=MAX_SEEDS)
+    lr: Float = Field(1e-3, gt=0.0, le=100.0)
+    momentum: Float = Field(0.0, ge=0.0, lt=1.0)
+    nesterov: Bool = False
+    weight_decay: Float = Field(0.0, ge=0.0, le=10.0)
+    batch_size: Int = Field(128, ge=1, le=65536)
+    epochs: Int = Field(1, ge=1, le=10_000)
+    max_steps: Int | None = Field(None, ge=1, le=10**9)
+    seeds: list[Int] = Field(default_factory=lambda: [0], min_length=1, max_length=MAX_SEEDS)
     # a training loss above diverge_factor x the first step's loss (or NaN/inf) stops the run as diverged
-    diverge_factor: float = Field(1e3, gt=1.0, le=1e30)
+    diverge_factor: Float = Field(1e3, gt=1.0, le=1e30)
     # bf16 autocast (CUDA only) changes the numbers, so it is a setting, hashed into the run id
     precision: Literal["fp32", "bf16"] = "fp32"
 
@@ -152,8 +170,8 @@ class TrainConfig(_Section):
 class DiagnosticsConfig(_Section):
     """Per-layer diagnostics of every run (``probe.py``); they never change a result."""
 
-    enabled: bool = True
-    batch_size: int = Field(64, ge=1, le=4096)  # the first N training examples, probed at each phase
+    enabled: Bool = True
+    batch_size: Int = Field(64, ge=1, le=4096)  # the first N training examples, probed at each phase
     phases: tuple[Literal["init", "final"], ...] = ("init", "final")
 
 
@@ -277,11 +295,7 @@ def _mapping_no_duplicates(loader: _Loader, node: yaml.MappingNode) -> dict:
 
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_no_duplicates)
 # YAML 1.1 (PyYAML) reads 1e-3 as a string; YAML 1.2 and every user reads it as a number.
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789."),
-)
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _SCIENTIFIC, list("-+0123456789."))
 
 
 def _yaml_error_line(exc: yaml.YAMLError) -> str:
@@ -333,6 +347,30 @@ def _split_param(message: str, given: Any) -> tuple[str, str]:
     return "", message
 
 
+# pydantic's strict type errors, said as what the key takes
+_EXPECTED = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false"}
+
+
+def _yaml_value(value: Any) -> str:
+    """A value as it was written in YAML, and its type when that is the surprise:
+    ``true (a boolean)``, ``'4' (a string: write it without quotes)``, ``2.5 (a float)``."""
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (a boolean)"
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return f"{value!r} (a string)"
+        return f"{value!r} (a string: write it without quotes)"
+    if isinstance(value, float):
+        return f"{value!r} (a float)"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return "null" if value is None else repr(value)
+
+
 def _pydantic_problems(exc: ValidationError, prefix: tuple = (), model: type[BaseModel] | None = None) -> list[str]:
     problems = []
     for err in exc.errors(include_url=False):
@@ -346,6 +384,9 @@ def _pydantic_problems(exc: ValidationError, prefix: tuple = (), model: type[Bas
             continue
         if kind == "missing":
             problems.append(f"{_path(loc)}: required key is missing")
+            continue
+        if kind in _EXPECTED:
+            problems.append(f"{_path(loc)}: expected {_EXPECTED[kind]}, got {_yaml_value(given)}")
             continue
         message = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
         extra_path = ""

@@ -17,9 +17,14 @@ Where the bytes come from (``resolve_source``):
   allowed, torchvision downloads into ``<root>`` (it verifies MD5 checksums).
 * ``mnist-sample``: 5,000 real MNIST digits shipped in the package
   (``sample_data/mnist_5k.npz``; see ``PROVENANCE.md`` there), 4,000 train / 1,000 test.
-* Otherwise, with ``fallback: sample``, the sample is used and the ``DataSource`` says
-  why; with ``fallback: none``, or ``offline`` (the CLI's ``--offline``: no download and no
-  substitute data), a ``DataError`` names every place looked at.
+* Otherwise ``fallback`` decides. ``sample`` (the default) takes the dataset's own sample:
+  ``mnist-sample`` stands in for ``mnist`` (the same digits, fewer of them); Fashion-MNIST
+  has none, so it is an error, never MNIST digits trained under a Fashion-MNIST name.
+  ``mnist-sample`` takes the MNIST sample for any dataset, a different one for
+  Fashion-MNIST, which the user asked for by name (and every report marks). ``none``, or
+  ``offline`` (the CLI's ``--offline``: no download, no substitute data), is an error. The
+  ``DataSource`` of a fallback says why; a ``DataError`` names every place looked at and
+  how to allow the substitution.
 
 ``root`` is ``data.root``, else ``$INITSWEEP_DATA``, else ``~/.cache/initsweep``.
 
@@ -35,10 +40,12 @@ the ``DataSource`` to workers; they only call ``load_splits``, which never downl
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import os
 import socket
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,7 +192,9 @@ def _download(dataset: str, root: Path) -> Path:
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
-        cls(str(root), train=True, download=True)
+        # torchvision prints its progress to stdout, where `plan -f json` writes its JSON
+        with contextlib.redirect_stdout(sys.stderr):
+            cls(str(root), train=True, download=True)
     finally:
         socket.setdefaulttimeout(previous)
     return root / _TORCHVISION_CLASS[dataset] / "raw"
@@ -199,8 +208,9 @@ def _one_line(err: BaseException) -> str:
 def resolve_source(cfg: DataSettings, *, offline: bool = False) -> DataSource:
     """Find (or download, unless ``offline`` or ``download: false``) the requested data.
 
-    Falls back to the shipped sample when ``cfg.fallback == 'sample'`` (and not ``offline``)
-    and records why; otherwise raises ``DataError`` with one line naming every directory looked at.
+    Falls back to the shipped sample as ``cfg.fallback`` allows (see the module docstring;
+    never when ``offline``) and records why; otherwise raises ``DataError`` with one line
+    naming every directory looked at. ``run`` and ``plan`` both resolve through here.
     """
     requested = cfg.dataset
     if requested == SAMPLE:
@@ -230,9 +240,15 @@ def resolve_source(cfg: DataSettings, *, offline: bool = False) -> DataSource:
             why = f"torchvision's download left no IDX files in {downloaded}"
     looked = ", ".join(str(d) for d in dirs)
     reason = f"{requested} IDX files not found in {looked}; {why}"
-    if cfg.fallback == "sample" and not offline:
+    substitute = cfg.fallback == SAMPLE or (cfg.fallback == "sample" and requested == "mnist")
+    if substitute and not offline:
         return DataSource(SAMPLE, requested, str(SAMPLE_PATH), fallback_reason=reason)
-    remedy = "set data.root or $" + ROOT_ENV + ("" if offline else ", or data.fallback: sample")
+    remedy = "put them there, or set data.root or $" + ROOT_ENV
+    if not offline and requested == "mnist":  # --offline never substitutes: nothing to allow
+        remedy += "; data.fallback: sample trains on the shipped 5,000-digit MNIST sample"
+    elif not offline:
+        remedy += (f"; to train on MNIST digits instead of {requested}, a different dataset that every "
+                   f"report then marks, set data.fallback: {SAMPLE}")
     raise DataError(f"{reason} ({remedy})")
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from .errors import InitsweepError, StoreError
-from .report import filter_runs
+from .report import count_runs, filter_runs
 from .store import _RESULT_COLUMNS, _SETTING_COLUMNS, DB_NAME, Store
 
 _SUFFIXES = {".csv": "csv", ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
@@ -214,9 +214,20 @@ def markdown_table(df: pd.DataFrame, right: set[str] = frozenset()) -> str:
 
 # ---------------------------------------------------------------------- cells people read
 
-DIVERGED_ALL, DIVERGED_SOME, BEST = "†", "‡", "★"
+DIVERGED_ALL, DIVERGED_SOME, BEST, FALLBACK = "†", "‡", "★", "§"
 LEGEND = (f"{DIVERGED_ALL} every seed diverged · {DIVERGED_SOME} some seeds diverged · "
           f"{BEST} best of its table · mean ± sample std over seeds (no ± for a single seed)")
+
+
+def fallback_note(summary: pd.DataFrame) -> str | None:
+    """The footnote every view prints when some group trained on substitute data."""
+    if "data_fallback" not in summary or summary["data_fallback"].isna().all():
+        return None
+    pairs = ", ".join(pd.unique(summary["data_fallback"].dropna()))
+    return (f"{FALLBACK} trained on other data than the config asked for (data.fallback): {pairs}; "
+            "not comparable with runs on the requested dataset")
+
+
 # cividis at 9 even steps: readable with every common colour-vision deficiency, and in greyscale.
 _CIVIDIS = ["#00224e", "#1a386f", "#434e6c", "#61656f", "#7d7c78", "#9b9476", "#bcae6c", "#dec958", "#fee838"]
 
@@ -266,6 +277,8 @@ def pivot_cell(row: pd.Series | None, verdict: bool = False) -> str:
         text += DIVERGED_ALL
     elif row["diverged"]:
         text += DIVERGED_SOME
+    if isinstance(row.get("data_fallback"), str):
+        text += FALLBACK
     return text + (BEST if row.get("best") else "")
 
 
@@ -283,6 +296,8 @@ def display_table(table: pd.DataFrame, metric: str) -> pd.DataFrame:
         out["unfinished"] = table["unfinished"].map(lambda v: "—" if pd.isna(v) else str(int(v)))
     if table["verdict"].notna().any():
         out["verdict"] = table["verdict"].map(lambda v: "—" if v is None or pd.isna(v) else str(v))
+    if "data_fallback" in table:
+        out["data fallback"] = table["data_fallback"].map(lambda v: f"{FALLBACK} {v}" if isinstance(v, str) else "—")
     if "change" in table:
         out["baseline"] = [fmt_stat(r["base_mean"], r["base_std"], r["base_n"]) for _, r in table.iterrows()]
         out["Δ"] = [fmt_change(r["delta"], r["change"]) for _, r in table.iterrows()]
@@ -355,13 +370,16 @@ def _bold(text: str, row: pd.Series | None) -> str:
 def report_markdown(report: Any) -> str:
     """Markdown for a pull request: the pivot (when the view has one), the full table, and
     the baseline's new and missing runs."""
-    n_runs = len(report.runs)
+    counted = count_runs(report.runs, report.summary.attrs.get("keys", []))
     lines = [f"## initsweep report: {report.metric}", "",
-             f"{n_runs} runs in {len(report.summary)} groups; statistics over seeds.", ""]
+             f"{counted} in {len(report.summary)} groups; statistics over seeds.", ""]
     if report.pivot:
         lines += _pivot_markdown(report)
     shown = display_table(report.table, report.metric)
     lines += [markdown_table(shown, right=set(shown.columns[len(report.table.attrs.get('keys', [])):])), ""]
+    note = fallback_note(report.summary)
+    if note:
+        lines += [f"_{note}_", ""]
     for title, runs in (("New runs (not in the baseline)", report.new_runs),
                         ("Missing runs (only in the baseline)", report.missing_runs)):
         if runs is not None and len(runs):
@@ -446,12 +464,16 @@ def report_html(report: Any, figures: dict[str, bytes], source: str) -> str:
     from . import __version__
 
     keys = len(report.table.attrs.get("keys", []))
+    counted = count_runs(report.runs, report.summary.attrs.get("keys", []))
     parts = [f"<h1>initsweep report: {escape(report.metric)}</h1>",
-             f'<p class="note">{escape(source)} · {len(report.runs)} runs in {len(report.summary)} groups · '
+             f'<p class="note">{escape(source)} · {escape(counted)} in {len(report.summary)} groups · '
              f"initsweep {escape(__version__)} · statistics over seeds</p>"]
     if report.pivot:
         parts += _pivot_html(report)
     parts += ["<h2>All groups</h2>", _html_table(display_table(report.table, report.metric), keys)]
+    note = fallback_note(report.summary)
+    if note:
+        parts.append(f'<p class="note"><strong>{escape(note)}</strong></p>')
     for title, runs in (("New runs (not in the baseline)", report.new_runs),
                         ("Missing runs (only in the baseline)", report.missing_runs)):
         if runs is not None and len(runs):

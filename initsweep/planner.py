@@ -11,9 +11,20 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from .config import Plan, RunSpec
-from .data import dataset_sizes, split_sizes
+from .config import Plan, RunSpec, SweepConfig, expand
+from .data import DataSource, dataset_sizes, resolve_source, split_sizes
 from .models import ModelShape, measure_shape
+
+
+def resolve_plan(cfg: SweepConfig, *, offline: bool = False) -> tuple[DataSource, Plan]:
+    """The data a config's runs will use, and the runs, as ``run`` trains them.
+
+    The source is resolved first (found, downloaded, or the fallback the config allows) and
+    the grid expanded on the dataset actually used, so a run's id says what it trains on.
+    ``run_sweep`` and ``initsweep plan`` both call this, so they list the same run ids.
+    """
+    source = resolve_source(cfg.data, offline=offline)
+    return source, expand(cfg, dataset=source.dataset)
 
 
 @lru_cache(maxsize=256)
@@ -64,8 +75,9 @@ def estimate_work(runs: list[RunSpec]) -> WorkEstimate:
     return WorkEstimate(len(runs), int(samples), flops, largest_params, largest_macs)
 
 
-def plan_summary(plan: Plan) -> dict[str, Any]:
-    """Everything ``initsweep plan`` shows, as plain data (also its ``--format json``)."""
+def plan_summary(plan: Plan, source: DataSource) -> dict[str, Any]:
+    """Everything ``initsweep plan`` shows, as plain data (also its ``--format json``); the
+    data fields are named like the store's columns (``dataset`` is the data used)."""
     work = estimate_work(plan.runs)
     runs = []
     for spec in plan.runs:
@@ -76,7 +88,10 @@ def plan_summary(plan: Plan) -> dict[str, Any]:
         runs.append(row)
     return {
         "sweep": plan.config.name,
-        "dataset": plan.config.data.dataset,
+        "dataset": source.dataset,
+        "dataset_requested": source.requested,
+        "data_location": source.location,
+        "data_fallback": source.fallback_reason,
         "axes": plan.axes,
         "seeds": plan.config.train.seeds,
         "n_points": plan.n_points,

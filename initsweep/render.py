@@ -19,9 +19,22 @@ def _si(n: float) -> str:
     return f"{n:.0f}"
 
 
+def substitute_text(requested: str, used: str) -> str:
+    """What a data fallback means for the runs, said the same way by ``plan`` and ``run``."""
+    if requested == "mnist":
+        return "training on the shipped 5,000-digit MNIST sample instead"
+    return (f"training on MNIST digits (the shipped 5,000-digit sample) instead of {requested}: "
+            f"another dataset, as data.fallback: {used} allows; every report marks these runs")
+
+
 def render_plan(console: Console, summary: dict[str, Any], limit: int | None = 40) -> None:
-    """Print what ``plan_summary`` returns: header, axes, counts, work, then the runs."""
+    """Print what ``plan_summary`` returns: header, data, axes, counts, work, then the runs."""
     console.print(f"[bold]{summary['sweep']}[/] on {summary['dataset']}", highlight=False)
+    if summary["data_fallback"]:
+        console.print(f"  [bold yellow]data fallback[/]: {escape(summary['data_fallback'])}; "
+                      f"{substitute_text(summary['dataset_requested'], summary['dataset'])}", highlight=False)
+    else:
+        console.print(f"  data: {escape(summary['data_location'])}", highlight=False)
     for axis, values in summary["axes"].items():
         console.print(f"  {axis:>12}: {', '.join(map(str, values))}  ({len(values)})", highlight=False)
     console.print(f"  {'seeds':>12}: {', '.join(map(str, summary['seeds']))}", highlight=False)
@@ -88,7 +101,7 @@ class SweepDisplay:
         if source.fallback_reason:
             self.err.print(
                 f"[bold yellow]WARNING[/]: {escape(source.fallback_reason)}\n"
-                f"[bold yellow]WARNING[/]: training on the shipped 5,000-digit MNIST sample instead "
+                f"[bold yellow]WARNING[/]: {substitute_text(source.requested, source.dataset)} "
                 f"(recorded in every run row; --offline or data.fallback: none makes this an error)",
                 highlight=False)
 
@@ -147,6 +160,10 @@ def render_sweep_summary(console: Console, outcome, best: "pd.DataFrame", totals
         for _, row in best.iterrows():
             table.add_row(str(row["depth"]), str(row["setting"]), f"{row['mean']:.4f}", str(row["n"]))
         console.print(table)
+    source = outcome.source
+    if source.fallback_reason:
+        console.print(f"[bold yellow]data fallback[/]: trained on {source.dataset}, not {source.requested} "
+                      "(data.fallback; every report marks these runs)", highlight=False)
     console.print(f"results: {outcome.results_dir / 'initsweep.db'} (initsweep report --results {outcome.results_dir})",
                   highlight=False)
 

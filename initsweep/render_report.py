@@ -19,8 +19,8 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
-from .export import LEGEND, ColourScale, display_table, fmt_value, pivot_cell
-from .report import Report, lower_is_better, pivot_blocks
+from .export import LEGEND, ColourScale, display_table, fallback_note, fmt_value, pivot_cell
+from .report import Report, count_runs, lower_is_better, pivot_blocks
 
 _BARS = "▁▂▃▄▅▆▇█"
 _CHANGE_STYLE = {"better": "bold #0072B2", "worse": "bold #D55E00", "new": "italic", "missing": "italic"}
@@ -49,6 +49,9 @@ def render_report(console: Console, report: Report) -> None:
         render_pivot(console, report)
     else:
         render_table(console, report)
+    note = fallback_note(report.summary)
+    if note:
+        console.print(note, style="bold yellow", highlight=False)
     for title, runs in (("new runs (not in the baseline)", report.new_runs),
                         ("missing runs (only in the baseline)", report.missing_runs)):
         if runs is not None and len(runs):
@@ -67,7 +70,8 @@ def render_report(console: Console, report: Report) -> None:
 def render_table(console: Console, report: Report) -> None:
     shown = display_table(report.table, report.metric)
     keys = len(report.table.attrs.get("keys", []))
-    table = Table(title=f"{report.metric} per group — {len(report.runs)} runs, statistics over seeds",
+    counted = count_runs(report.runs, report.summary.attrs.get("keys", []))
+    table = Table(title=f"{report.metric} per group — {counted}, statistics over seeds",
                   caption="diverged: diverged / finished runs; failed or interrupted runs are left out")
     for j, col in enumerate(shown.columns):
         table.add_column(Text(col), justify="left" if j < keys or col == "verdict" else "right", overflow="fold")

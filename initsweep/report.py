@@ -10,7 +10,13 @@ a divergent setting should pay for. ``failed``/``interrupted``/``running`` rows 
 in ``unfinished`` and left out of the statistics. ``n`` is the number of finished runs whose
 metric is a number (a diverged run's loss may be NaN); ``std`` is the sample standard
 deviation (ddof=1) over those, NaN for a single run, never a made-up 0. A run stored by two
-sweeps (same ``run_id``: same resolved settings) counts once.
+sweeps (same ``run_id``: same resolved settings) counts once, unless the groups keep the
+sweeps apart (grouped by ``sweep``): then runs are keyed by (sweep, run_id), the store's key,
+and it counts in each of its sweeps.
+
+Runs trained on other data than their config asked for (``data.fallback``) are never
+silent: the summary then has a ``data_fallback`` column, ``fashion-mnist→mnist-sample``
+on each affected group, and every view marks those groups.
 """
 
 from __future__ import annotations
@@ -108,14 +114,34 @@ def friendly(col: str) -> str:
     return _FRIENDLY.get(col, col)
 
 
-def distinct_runs(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per ``run_id``: its latest finished row if any, else its latest row."""
+def run_key(df: pd.DataFrame, keys: list[str]) -> list[str]:
+    """What makes a row one run: ``(sweep, run_id)`` when the groups keep sweeps apart (a run
+    stored by two sweeps then counts in each), else ``run_id`` (the same experiment in every
+    sweep, so it counts once)."""
+    return ["sweep", "run_id"] if "sweep" in keys and "sweep" in df else ["run_id"]
+
+
+def distinct_runs(df: pd.DataFrame, key: list[str] | None = None) -> pd.DataFrame:
+    """One row per run (``key``, default ``run_id``): its latest finished row if any, else its latest row."""
     if "run_id" not in df or df.empty:
         return df
     finished = df["status"].isin(FINISHED) if "status" in df else pd.Series(True, index=df.index)
     order = df.assign(_finished=finished, _pos=range(len(df)))
     order = order.sort_values(["_finished", "row_id" if "row_id" in df else "_pos"], kind="stable")
-    return order.drop_duplicates("run_id", keep="last").sort_values("_pos").drop(columns=["_finished", "_pos"])
+    return (order.drop_duplicates(key or ["run_id"], keep="last").sort_values("_pos")
+            .drop(columns=["_finished", "_pos"]))
+
+
+def count_runs(runs: pd.DataFrame, keys: list[str]) -> str:
+    """``32 runs``: what a report's statistics count, said without ambiguity when sweeps
+    share run ids (the same config stored under two sweep names)."""
+    ids = runs["run_id"].nunique() if "run_id" in runs else len(runs)
+    pairs = len(runs.drop_duplicates(["sweep", "run_id"])) if {"sweep", "run_id"} <= set(runs.columns) else ids
+    if pairs == ids:
+        return f"{ids} runs"
+    if run_key(runs, keys) == ["run_id"]:
+        return f"{ids} runs ({pairs} stored: a run id in several sweeps counts once)"
+    return f"{pairs} runs ({ids} distinct ids: a run id in several sweeps counts in each)"
 
 
 def _consensus(verdicts: pd.Series) -> Any:
@@ -139,6 +165,25 @@ def _sorted_like(frame: pd.DataFrame, reference: pd.DataFrame, keys: list[str]) 
     return frame.sort_values(keys, key=key, kind="stable", na_position="last").reset_index(drop=True)
 
 
+def fallback_labels(runs: pd.DataFrame) -> pd.Series:
+    """Per run, ``requested→used`` when it trained on other data than its config asked for
+    (the store's ``dataset_requested`` vs ``dataset``), else None."""
+    if "dataset_requested" not in runs or "dataset" not in runs:
+        return pd.Series(None, index=runs.index, dtype=object)
+    swapped = runs["dataset_requested"].notna() & (runs["dataset_requested"] != runs["dataset"])
+    labels = runs["dataset_requested"].astype(str) + "→" + runs["dataset"].astype(str)
+    return labels.where(swapped, None).astype(object)
+
+
+def _fallback_cell(labels: pd.Series) -> str | None:
+    """A group's fallback mark: its runs' ``requested→used`` pairs, with the share when not all."""
+    hit = labels.dropna()
+    if hit.empty:
+        return None
+    text = ", ".join(pd.unique(hit))
+    return text if len(hit) == len(labels) else f"{text} ({len(hit)}/{len(labels)} runs)"
+
+
 def summarize(df: pd.DataFrame, metric: str = "test_acc", by: list[str] | None = None) -> pd.DataFrame:
     """Seed statistics of ``metric`` per group of runs (see the module docstring for the rules).
 
@@ -150,26 +195,31 @@ def summarize(df: pd.DataFrame, metric: str = "test_acc", by: list[str] | None =
     """
     check_metric(df, metric)
     keys = resolve_by(df, by)
-    runs = distinct_runs(df)
+    runs = distinct_runs(df, run_key(df, keys))
     if runs.empty:
         out = pd.DataFrame(columns=[*map(friendly, keys), *(c for c in STAT_COLUMNS if c not in keys)])
         out.attrs.update(metric=metric, keys=[friendly(k) for k in keys])
         return out
     status = runs["status"] if "status" in runs else pd.Series("ok", index=runs.index)
     done = status.isin(FINISHED)
+    fallback = fallback_labels(runs)
     frame = runs[keys].assign(
         _value=pd.to_numeric(runs[metric], errors="coerce").where(done), _done=done,
-        _diverged=status.eq("diverged"), _verdict=runs["verdict"] if "verdict" in runs else None)
+        _diverged=status.eq("diverged"), _verdict=runs["verdict"] if "verdict" in runs else None,
+        _fallback=fallback)
     grouped = frame.groupby(keys, dropna=False, sort=False)
     out = grouped.agg(n=("_value", "count"), mean=("_value", "mean"), std=("_value", "std"),
                       min=("_value", "min"), max=("_value", "max"), runs=("_done", "size"),
                       finished=("_done", "sum"), diverged=("_diverged", "sum"))
     if "verdict" not in keys:  # grouped by verdict, the key already is the verdict
         out["verdict"] = grouped["_verdict"].agg(_consensus)
+    marked = fallback.notna().any()
+    if marked:
+        out["data_fallback"] = grouped["_fallback"].agg(_fallback_cell)
     out = out.reset_index()
     out["diverged_rate"] = (out["diverged"] / out["finished"]).where(out["finished"] > 0)
     out["unfinished"] = out["runs"] - out["finished"]
-    stats = [c for c in STAT_COLUMNS if c not in keys]
+    stats = [c for c in STAT_COLUMNS if c not in keys] + (["data_fallback"] if marked else [])
     out = _sorted_like(out[[*keys, *stats]], runs, keys).rename(columns=friendly)
     out.attrs.update(metric=metric, keys=[friendly(k) for k in keys])
     return out
@@ -244,7 +294,12 @@ def pivot_frame(summary: pd.DataFrame, rows: list[str], cols: list[str], value: 
     wide = wide.reindex(columns=[c for c in col_order if c in wide.columns])
     wide.columns.name = None
     row_order = _sorted_like(frame[[*split, *rows]].drop_duplicates(), summary, split)
-    return row_order.merge(wide.reset_index(), on=[*split, *rows], how="left")
+    wide = row_order.merge(wide.reset_index(), on=[*split, *rows], how="left")
+    if "data_fallback" in summary:  # a wide row is marked when any of its cells is
+        marks = summary.groupby([*split, *rows], dropna=False, sort=False)["data_fallback"].agg(
+            lambda v: ", ".join(pd.unique(v.dropna())) or None)
+        wide = wide.merge(marks.reset_index(), on=[*split, *rows], how="left")
+    return wide
 
 
 def pivot_split(summary: pd.DataFrame, rows: list[str], cols: list[str]) -> list[str]:
@@ -284,9 +339,44 @@ def pivot_blocks(summary: pd.DataFrame, rows: list[str], cols: list[str]) -> lis
 # ---------------------------------------------------------------------- baseline
 
 
+def _setting_values(values: pd.Series) -> frozenset:
+    """The distinct values of a setting, NULL as None (NaN != NaN would make every set differ)."""
+    return frozenset(None if pd.isna(v) else (v.item() if hasattr(v, "item") else v) for v in values)
+
+
+def _show_values(values: frozenset) -> str:
+    return ", ".join(sorted(map(str, values)))
+
+
+def check_like_with_like(current: pd.DataFrame, baseline: pd.DataFrame, keys: list[str]) -> None:
+    """Refuse a comparison in which a group would average over a setting the two sides ran
+    differently: a baseline with two learning rates against runs with one would compare
+    each group with a mean over both lrs. Settings that are grouping keys are matched by
+    the groups themselves; a group on one side only is new/missing, not averaged."""
+    settings = [c for c in _SETTING_COLUMNS
+                if c not in keys and c not in _NOT_GROUPED and c in current and c in baseline]
+    if not settings or not keys or current.empty or baseline.empty:
+        return
+    sides = [df.groupby(keys, dropna=False)[settings].agg(_setting_values).reset_index() for df in (current, baseline)]
+    both = sides[0].merge(sides[1], on=keys, suffixes=("_now", "_then"))  # groups on both sides
+    for col in settings:
+        differs = both[both[f"{col}_now"] != both[f"{col}_then"]]
+        if differs.empty:
+            continue
+        now, then = (frozenset().union(*differs[f"{col}_{side}"]) for side in ("now", "then"))
+        name = friendly(col)
+        raise InitsweepError(
+            f"--baseline: {name} differs: the runs have {name} {_show_values(now)}, the baseline "
+            f"{_show_values(then)}, and {name} is not a grouping column, so a group would average over it "
+            f"(narrow both sides with --where, or group by it: --by {','.join(map(friendly, [*keys, col]))})")
+
+
 def compare(current: pd.DataFrame, baseline: pd.DataFrame, metric: str = "test_acc",
             by: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Compare two run tables group by group, and list the runs only one of them has.
+
+    A setting that is not a grouping key must take the same values on both sides in every
+    group they share (:func:`check_like_with_like`), else the comparison is refused.
 
     Returns ``(table, new_runs, missing_runs)``: ``table`` has the current statistics, the
     baseline's as ``base_n``/``base_mean``/``base_std``, ``delta = mean - base_mean`` and
@@ -299,6 +389,7 @@ def compare(current: pd.DataFrame, baseline: pd.DataFrame, metric: str = "test_a
     if absent:
         raise InitsweepError(f"--baseline: it has no column {absent[0]!r} (is it an initsweep export?)")
     check_metric(baseline, metric)
+    check_like_with_like(current, baseline, keys)
     now, then = summarize(current, metric, keys), summarize(baseline, metric, keys)
     names = now.attrs["keys"]
     base = then[[*names, "n", "mean", "std"]].rename(columns={"n": "base_n", "mean": "base_mean", "std": "base_std"})
@@ -316,11 +407,12 @@ def compare(current: pd.DataFrame, baseline: pd.DataFrame, metric: str = "test_a
     table["change"] = change
     table = table.drop(columns="_merge")
     table.attrs.update(metric=metric, keys=names)
-    ids_now, ids_then = set(distinct_runs(current)["run_id"]), set(distinct_runs(baseline)["run_id"])
+    key = run_key(current, keys) if run_key(baseline, keys) == run_key(current, keys) else ["run_id"]
+    now_runs, then_runs = distinct_runs(current, key), distinct_runs(baseline, key)
+    ids_now, ids_then = (pd.MultiIndex.from_frame(d[key]) for d in (now_runs, then_runs))
     run_cols = [c for c in ["run_id", "sweep", *keys, "seed", "status", metric] if c in current]
-    new_runs = distinct_runs(current).loc[lambda d: ~d["run_id"].isin(ids_then), run_cols]
-    missing_runs = distinct_runs(baseline).loc[lambda d: ~d["run_id"].isin(ids_now),
-                                              [c for c in run_cols if c in baseline]]
+    new_runs = now_runs.loc[~ids_now.isin(ids_then), run_cols]
+    missing_runs = then_runs.loc[~ids_then.isin(ids_now), [c for c in run_cols if c in baseline]]
     return table, new_runs.rename(columns=friendly), missing_runs.rename(columns=friendly)
 
 

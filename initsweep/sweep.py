@@ -18,13 +18,13 @@ import torch
 
 from .batched import group_specs
 from .ci import in_shard
-from .config import RunSpec, SweepConfig, expand, load_config
-from .data import DataSource, resolve_source
+from .config import RunSpec, SweepConfig, load_config
+from .data import DataSource
 from .errors import InitsweepError
 from .executors import Task
 from .executors.local import execute_in_process
 from .executors.pool import WorkerPool
-from .planner import estimate_work
+from .planner import estimate_work, resolve_plan
 from .store import Store
 from .train import RunResult, resolve_device
 
@@ -146,9 +146,8 @@ def run_sweep(config: str | Path | SweepConfig, *, results_dir: str | Path = "re
         raise InitsweepError(f"precision bf16 needs a CUDA device (running on {execution.device})")
     observer = observer or Observer()
     with Store(results_dir) as store:
-        source = resolve_source(cfg.data, offline=offline)
+        source, plan = resolve_plan(cfg, offline=offline)
         observer.data_resolved(source)
-        plan = expand(cfg, dataset=source.dataset)
         planned = [s for s in plan.runs if shard is None or in_shard(s.run_id, *shard)]
         fresh_since = datetime.now(timezone.utc).isoformat(timespec="milliseconds") if fresh else None
         done = store.finished_run_ids(cfg.name, fresh_since)

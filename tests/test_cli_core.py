@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from initsweep import __version__
@@ -106,8 +107,12 @@ def test_plan_json_counts(tmp_path):
     assert data["work"]["train_gflop"] > 0
 
 
-def test_plan_table_for_the_default_study():
-    result = runner.invoke(app, ["plan", str(REPO / "configs/grid.yaml")])
+def test_plan_table_for_the_default_study(tmp_path):
+    # plan resolves the data as run does: with download off and an empty root, no network
+    cfg = yaml.safe_load((REPO / "configs/grid.yaml").read_text())
+    cfg["data"].update(root=str(tmp_path), download=False)
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(cfg))
+    result = runner.invoke(app, ["plan", str(tmp_path / "grid.yaml")])
     assert result.exit_code == 0, result.output
     assert "init-activation-depth" in result.stdout
     assert "144 runs" in result.stdout  # 6 inits x 4 activations x 3 depths x 2 seeds
