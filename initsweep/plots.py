@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import pandas as pd
 
 from .errors import InitsweepError
-from .report import CORE_AXES, lower_is_better, summarize, varying_settings
+from .report import CORE_AXES, lower_is_better, setting_text, summarize, varying_settings
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -67,14 +67,14 @@ def _panel_per_activation(n: int) -> tuple["Figure", list]:
 
 def _slices(runs: pd.DataFrame) -> Iterator[tuple[str, pd.DataFrame]]:
     """One set of figures per value of the axes other than init/activation/depth (e.g. lr),
-    so no plot silently averages over a setting."""
+    so no plot silently averages over a setting; named by the settings as the user wrote
+    them (a sweep that left one unset, say ``test_limit``, names it not at all)."""
     extra = varying_settings(runs, exclude=CORE_AXES)
     if not extra:
         yield "", runs
         return
     for values, part in runs.groupby(extra, sort=True, dropna=False):
-        values = values if isinstance(values, tuple) else (values,)
-        yield ", ".join(f"{k}={v}" for k, v in zip(extra, values)), part
+        yield setting_text(extra, values if isinstance(values, tuple) else (values,), sep=", "), part
 
 
 def _ordered(values: pd.Series) -> list:

@@ -1,5 +1,6 @@
-"""What `initsweep run` shows while it works: every finished run's line on a real 80-column
-terminal (replayed from the bytes the display wrote, cursor movements and all)."""
+"""What `initsweep run` shows while it works and when it ends: every finished run's line on a
+real 80-column terminal (replayed from the bytes the display wrote, cursor movements and
+all), and the end-of-run summary naming its settings."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ from pathlib import Path
 
 import yaml
 from rich.console import Console
+from typer.testing import CliRunner
 
+from initsweep.cli import app
 from initsweep.config import expand, validate
 from initsweep.render import SweepDisplay
 from initsweep.train import RunResult
@@ -30,6 +33,7 @@ TINY = {"dataset": "mnist-sample", "train_limit": 256, "test_limit": 256, "val_f
 GRID = {"init": ["he", "std_normal", "lecun_normal"], "activation": ["relu", {"name": "leaky_relu",
                                                                              "negative_slope": 0.2}],
         "depth": [1, 2]}
+runner = CliRunner()
 _CSI = re.compile(r"\x1b\[(\??)([0-9;]*)([A-Za-z])")
 
 
@@ -183,3 +187,18 @@ def test_run_on_an_80_column_terminal_shows_each_finished_run_exactly_once(tmp_p
     assert_each_run_once(text, 12)
     assert "this run: 12 ok; skipped 0" in text
 
+
+def test_end_of_run_summary_names_the_settings_that_vary(tmp_path):
+    """``init=he width=6``, not ``he 6``: only what varies (not the activation), as written."""
+    config = tmp_path / "grid.yaml"
+    config.write_text(yaml.safe_dump({"name": "named", "data": TINY, "model": {"arch": "plain", "activation": "relu"},
+                                      "train": {"epochs": 1, "batch_size": 64, "seeds": [0]},
+                                      "diagnostics": {"enabled": False},
+                                      "grid": {"init": ["he", "std_normal"], "width": [4, 6], "depth": [1, 2]}}))
+    out = runner.invoke(app, ["run", str(config), "--results", str(tmp_path / "res"), "--device", "cpu", "-q"],
+                        env={"NO_COLOR": "1", "COLUMNS": "160"})
+    assert out.exit_code == 0, out.output
+    rows = [line.split("│")[1:3] for line in out.stdout.splitlines() if re.match(r"^│ +[12] │", line)]
+    assert [depth.strip() for depth, _ in rows] == ["1", "2"]
+    for _, setting in rows:
+        assert re.fullmatch(r"init=(he|std_normal) width=(4|6)", setting.strip()), setting

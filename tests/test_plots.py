@@ -4,6 +4,7 @@ report computes, a colour-blind-safe palette, no pyplot, and a clear error witho
 from __future__ import annotations
 
 import math
+import re
 import sqlite3
 import subprocess
 import sys
@@ -164,3 +165,32 @@ def test_html_is_self_contained_and_escapes_text(store, tmp_path):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script" not in page
     assert page.count('<img src="data:image/png;base64,') == len(STEMS)
     assert "http://" not in page and "https://" not in page and "<link" not in page
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory) -> Path:
+    """Two 1-epoch sweeps of one depth-1 run each in one folder, one leaving ``test_limit``
+    unset: in the frame they share, test_limit is 256.0 and NaN."""
+    from initsweep.sweep import run_sweep
+
+    root = tmp_path_factory.mktemp("mixed")
+    for name, data in (("full", {"train_limit": 256}), ("limited", {"train_limit": 256, "test_limit": 256})):
+        config = root / f"{name}.yaml"
+        config.write_text(yaml.safe_dump({
+            "name": name, "data": {"dataset": "mnist-sample", **data},
+            "model": {"arch": "plain", "width": 4, "head": "flatten", "depth": 1, "init": "he", "activation": "relu"},
+            "train": {"epochs": 1, "batch_size": 64, "seeds": [0]}}))
+        run_sweep(config, results_dir=root / "res", device="cpu")
+    return root / "res"
+
+
+def test_figures_of_mixed_sweeps_name_settings_as_the_user_wrote_them(mixed, tmp_path):
+    out = runner.invoke(app, ["report", "--results", str(mixed), "--plot", str(tmp_path / "plots")])
+    assert out.exit_code == 0, out.output
+    stems = [f"{stem}{suffix}" for stem in STEMS for suffix in ("", "_test_limit=256")]
+    assert sorted(p.name for p in (tmp_path / "plots").glob("*.png")) == sorted(f"{s}.png" for s in stems)
+    page = runner.invoke(app, ["report", "--results", str(mixed), "-f", "html"]).stdout
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", page)
+    assert len(captions) == 2 * len(STEMS)
+    assert sum(caption.endswith(" · test_limit=256") for caption in captions) == len(STEMS)
+    assert not [caption for caption in captions if "nan" in caption or "256.0" in caption]
