@@ -97,6 +97,14 @@ def _short(value: float) -> str:
     return f"{value:.3f}" if 1e-3 <= abs(value) < 1e4 else f"{value:.2g}"
 
 
+def _integer_ticks(ax) -> None:
+    """Whole-number x ticks (epochs, layers), also for a single value: by default the locator
+    wants two integers in view and ticks a lone epoch 1 at 0.945, 0.96, ..., 1.05."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+
+
 def _wrap(label: str, width: int = 18) -> str:
     """``leaky_relu(negative_slope=0.2)`` on two lines, so long labels do not overlap."""
     if len(label) <= width or "(" not in label:
@@ -188,8 +196,6 @@ def learning_curves(runs: pd.DataFrame, epochs: pd.DataFrame, note: str = "",
     data = epochs.merge(runs[["row_id", *CORE_AXES]], on="row_id")
     if data.empty or data[curve].isna().all():
         return None
-    from matplotlib.ticker import MaxNLocator
-
     inits, acts = _ordered(runs["init_label"]), _ordered(runs["activation_label"])
     styles = styles or init_styles(inits)
     depths = sorted(data["depth"].unique())
@@ -206,7 +212,7 @@ def learning_curves(runs: pd.DataFrame, epochs: pd.DataFrame, note: str = "",
                 ax.fill_between(stats.index, stats["mean"] - stats["std"].fillna(0),
                                 stats["mean"] + stats["std"].fillna(0), color=styles[init]["color"], alpha=0.15)
             ax.set_title(f"{_wrap(act)}, depth {depth}", fontsize=9)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            _integer_ticks(ax)
             ax.grid(alpha=0.3)
             if r == len(acts) - 1:
                 ax.set_xlabel("epoch")
@@ -227,8 +233,6 @@ def activation_std(runs: pd.DataFrame, layers: pd.DataFrame | None, note: str = 
     data = data[data["act_std"] > 0]
     if data.empty:
         return None
-    from matplotlib.ticker import MaxNLocator
-
     depth = data["depth"].max()
     data = data[data["depth"] == depth]
     inits, acts = _ordered(runs["init_label"]), _ordered(data["activation_label"])
@@ -245,7 +249,7 @@ def activation_std(runs: pd.DataFrame, layers: pd.DataFrame | None, note: str = 
                 ax.plot(profile.index, 10 ** profile, linestyle=style, markersize=4, **styles[init])
         ax.set_yscale("log")
         ax.set_title(f"activation: {_wrap(act)}", fontsize=9)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _integer_ticks(ax)
         ax.set_xlabel("layer (0 = first)")
         ax.grid(alpha=0.3, which="both")
     for ax in axes[len(acts):]:

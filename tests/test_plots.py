@@ -184,6 +184,19 @@ def mixed(tmp_path_factory) -> Path:
     return root / "res"
 
 
+def test_one_epoch_and_one_layer_are_ticked_in_whole_numbers(mixed):
+    runs = load_results(mixed)
+    epochs, layers = read_curves(mixed, runs["row_id"].tolist())
+    assert set(epochs["epoch"]) == {1} and set(layers["layer"]) == {0}
+    for fig, value in ((plots.learning_curves(runs, epochs), 1), (plots.activation_std(runs, layers), 0)):
+        fig.draw_without_rendering()
+        for ax in [ax for ax in fig.axes if ax.get_visible() and ax.get_lines()]:
+            lo, hi = ax.get_xlim()
+            ticks = [float(t) for t in ax.get_xticks()]
+            assert ticks and all(t.is_integer() for t in ticks), ticks
+            assert [t for t in ticks if lo <= t <= hi] == [value]
+
+
 def test_figures_of_mixed_sweeps_name_settings_as_the_user_wrote_them(mixed, tmp_path):
     out = runner.invoke(app, ["report", "--results", str(mixed), "--plot", str(tmp_path / "plots")])
     assert out.exit_code == 0, out.output
