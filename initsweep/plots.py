@@ -48,12 +48,21 @@ def _matplotlib() -> Any:
     return matplotlib
 
 
+# The HTML report embeds figures at EMBED_DPI in a page column 1168 px wide (export.py's CSS).
+# No figure is wider than MAX_WIDTH_IN, so none is scaled down there and text keeps its size:
+# 1 pt = 110/72 px, the smallest text (8 pt) 12 px. Before this cap, a 16-inch heatmap was
+# shrunk to 66% and its 8 pt cell values read at 8 px.
+EMBED_DPI = 110
+MAX_WIDTH_IN = 10.5
+
+
 def _new_figure(nrows: int, ncols: int, width: float, height: float, **kwargs) -> tuple["Figure", list]:
-    """A figure on an Agg canvas (headless) and its axes as a flat list."""
+    """A figure on an Agg canvas (headless) and its axes as a flat list; ``width`` per panel,
+    narrowed to fit :data:`MAX_WIDTH_IN` in all."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(max(width * ncols, 6.0), height * nrows), layout="constrained")
+    fig = Figure(figsize=(min(max(width * ncols, 6.0), MAX_WIDTH_IN), height * nrows), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False, **kwargs)
     return fig, [ax for row in axes for ax in row]
@@ -124,11 +133,15 @@ def heatmap(runs: pd.DataFrame, metric: str, note: str = "") -> "Figure":
     lo, hi = (finite.min(), finite.max()) if len(finite) else (0.0, 1.0)
     norm = (LogNorm if log else Normalize)(vmin=lo, vmax=hi)
     cmap = "cividis_r" if lower_is_better(metric) else "cividis"
-    ncols = min(len(depths), 3)
+    # As many depth panels to a row as fit MAX_WIDTH_IN with cells at least 0.55 in wide (room
+    # for "0.912‡" at 9 pt); the init labels (shared by a row) and the colour bar need ~2.5 in.
+    margin = 2.5
+    ncols = max(1, min(len(depths), int((MAX_WIDTH_IN - margin) // (0.55 * len(acts) + 0.3))))
     nrows = -(-len(depths) // ncols)
-    fig, axes = _new_figure(nrows, ncols, 1.8 + 0.9 * len(acts), 2.0 + 0.45 * len(inits))
+    panel = min(0.8 * len(acts) + 0.3 + margin / ncols, MAX_WIDTH_IN / ncols)
+    fig, axes = _new_figure(nrows, ncols, panel, 1.3 + 0.4 * len(inits), sharey=True)
     image = None
-    for ax, depth in zip(axes, depths):
+    for k, (ax, depth) in enumerate(zip(axes, depths)):
         grid = stats[stats["depth"] == depth].set_index(["init", "activation"])
         values = [[grid["mean"].get((i, a), float("nan")) for a in acts] for i in inits]
         image = ax.imshow(values, cmap=cmap, norm=norm, aspect="auto")
@@ -142,19 +155,20 @@ def heatmap(runs: pd.DataFrame, metric: str, note: str = "") -> "Figure":
                 text = "—" if pd.isna(row["mean"]) else _short(row["mean"])
                 shade = norm(row["mean"]) if not pd.isna(row["mean"]) else 0.5
                 shade = 1 - shade if lower_is_better(metric) else shade
-                ax.text(x, y, text + mark, ha="center", va="center", fontsize=8,
+                ax.text(x, y, text + mark, ha="center", va="center", fontsize=9,
                         color="black" if shade > 0.55 else "white")
-        ax.set_xticks(range(len(acts)), [_wrap(a) for a in acts], rotation=30, ha="right", fontsize=8)
-        ax.set_yticks(range(len(inits)), [_wrap(i) for i in inits], fontsize=8)
+        ax.set_xticks(range(len(acts)), [_wrap(a) for a in acts], rotation=30, ha="right", fontsize=9)
+        ax.set_yticks(range(len(inits)), [_wrap(i) for i in inits], fontsize=9)
         ax.set_xlabel("activation")
-        ax.set_ylabel("init")
+        if k % ncols == 0:
+            ax.set_ylabel("init")
         ax.set_title(f"depth {depth}")
     for ax in axes[len(depths):]:
         ax.set_visible(False)
     if image is not None:
         fig.colorbar(image, ax=axes[:len(depths)], label=f"{metric}, mean over seeds", shrink=0.9)
     fig.suptitle(_title(f"{metric_label(metric)} by init × activation, per depth — mean over seeds\n"
-                        "† every seed diverged · ‡ some seeds diverged", note), fontsize=9)
+                        "† every seed diverged · ‡ some seeds diverged", note), fontsize=10)
     return fig
 
 
@@ -319,5 +333,5 @@ def save_figures(figures: dict[str, "Figure"], out_dir: Path) -> list[Path]:
 def png_bytes(fig: "Figure") -> bytes:
     """A figure as PNG bytes (for embedding in the HTML report)."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
+    fig.savefig(buffer, format="png", dpi=EMBED_DPI)
     return buffer.getvalue()

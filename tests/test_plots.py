@@ -3,6 +3,8 @@ report computes, a colour-blind-safe palette, no pyplot, and a clear error witho
 
 from __future__ import annotations
 
+import base64
+import io
 import math
 import re
 import sqlite3
@@ -19,7 +21,8 @@ from initsweep.cli import app
 from initsweep.export import load_results, read_curves
 from initsweep.report import summarize
 
-pytest.importorskip("matplotlib")
+matplotlib = pytest.importorskip("matplotlib")
+import matplotlib.text  # noqa: E402
 from PIL import Image  # noqa: E402  (matplotlib depends on pillow)
 
 from initsweep import plots  # noqa: E402
@@ -84,7 +87,11 @@ def test_heatmap_shows_the_report_means_on_one_scale(store):
                 assert shown[y, x] == pytest.approx(table.loc[(init, act, depth), "mean"], rel=1e-12)
         assert image.get_cmap().name == "cividis"
         assert (image.norm.vmin, image.norm.vmax) == (table["mean"].min(), table["mean"].max())
-        assert ax.get_xlabel() == "activation" and ax.get_ylabel() == "init"
+        assert ax.get_xlabel() == "activation"
+    # one row of panels sharing the init axis: named and labelled once, at the left
+    assert [ax.get_ylabel() for ax in panels] == ["init", ""]
+    assert [[t.get_text() for t in ax.get_yticklabels() if t.get_visible()] for ax in panels] == [
+        ["he", "std_normal"], []]
     loss = plots.heatmap(runs, "test_loss")
     assert loss.axes[0].images[0].get_cmap().name == "cividis_r"  # brighter = better for a loss too
 
@@ -207,3 +214,43 @@ def test_figures_of_mixed_sweeps_name_settings_as_the_user_wrote_them(mixed, tmp
     assert len(captions) == 2 * len(STEMS)
     assert sum(caption.endswith(" · test_limit=256") for caption in captions) == len(STEMS)
     assert not [caption for caption in captions if "nan" in caption or "256.0" in caption]
+
+
+@pytest.fixture
+def wide_store(store, tmp_path) -> Path:
+    """The grid's store widened to the default study's shape, 4 activations x 3 depths, by
+    storing copies of its runs under two more activation names and a third depth (figures
+    read only the labels and the numbers)."""
+    res = tmp_path / "wide"
+    res.mkdir()
+    with sqlite3.connect(store / "initsweep.db") as src, sqlite3.connect(res / "initsweep.db") as dst:
+        src.backup(dst)
+        cols = [row[1] for row in dst.execute("PRAGMA table_info(runs)") if row[1] != "row_id"]
+        for k, (act, depth) in enumerate((("sigmoid", None), ("leaky_relu", None), (None, 20))):
+            values = [f"'{act}'" if act and c in ("activation", "activation_label") else
+                      str(depth) if depth and c == "depth" else f"run_id || '-{k}'" if c == "run_id" else c
+                      for c in cols]
+            dst.execute(f"INSERT INTO runs ({', '.join(cols)}) SELECT {', '.join(values)} FROM runs "
+                        + ("WHERE activation = 'relu'" if act else ""))
+    return res
+
+
+def test_html_figures_are_shown_at_their_own_size_with_text_of_12_px(wide_store):
+    """The page's column (CSS) holds every embedded PNG without scaling it down, so a point
+    of text is EMBED_DPI/72 px on screen; the smallest text is then 12 px or more."""
+    runs = load_results(wide_store)
+    assert runs["activation_label"].nunique() == 4 and runs["depth"].nunique() == 3
+    page = runner.invoke(app, ["report", "-r", str(wide_store), "-f", "html"]).stdout
+    body = re.search(r"body\{[^}]*max-width:(\d+)px;[^}]*padding:0 1rem", page)
+    column = int(body.group(1)) - 2 * 16  # 1rem of padding on each side
+    images = re.findall(r'<img src="data:image/png;base64,([^"]+)"', page)
+    assert len(images) == len(STEMS)
+    for data in images:
+        with Image.open(io.BytesIO(base64.b64decode(data))) as image:
+            assert 600 <= image.width <= column, image.size
+    epochs, layers = read_curves(wide_store, runs["row_id"].tolist())
+    for name, fig in plots.make_figures(runs, "test_acc", epochs, layers).items():
+        assert fig.get_figwidth() * plots.EMBED_DPI <= column, name
+        texts = [t for t in fig.findobj(matplotlib.text.Text) if t.get_visible() and t.get_text().strip()
+                 and (t.axes is None or t.axes.get_visible())]
+        assert min(t.get_fontsize() for t in texts) * plots.EMBED_DPI / 72 >= 12, name
