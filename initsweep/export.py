@@ -253,20 +253,39 @@ def fmt_diverged(row: pd.Series) -> str:
     return "—" if pd.isna(finished) else f"{int(row['diverged'])}/{int(finished)}"
 
 
-def pivot_cell(row: pd.Series | None, verdict: bool = False) -> str:
-    """``0.9123±0.0041†★``: the cell's statistic and its marks (see :data:`LEGEND`); with
+def usual_n(summary: pd.DataFrame) -> int | None:
+    """The n most groups have (the larger on a tie); a pivot cell with another n says so."""
+    counts = summary["n"].dropna().astype(int).value_counts()
+    return None if counts.empty else int(max(counts.index, key=lambda n: (counts[n], n)))
+
+
+def n_note(summary: pd.DataFrame) -> str:
+    """What a pivot's legend says about n: ``n = 2 per cell``, and whether some cells differ."""
+    usual = usual_n(summary)
+    if usual is None:
+        return "no cell has a value"
+    differs = (summary["n"].dropna().astype(int) != usual).any()
+    return f"n = {usual} per cell" + (", other n marked (n=k)" if differs else "")
+
+
+def pivot_cell(row: pd.Series | None, verdict: bool = False, usual: int | None = None) -> str:
+    """``0.9123±0.0041†★``: the cell's statistic and its marks (see :data:`LEGEND`), then
+    ``(n=1)`` where its n is not the ``usual`` one (a seed missing or failed); with
     ``verdict``, the group's diagnosis on a second line."""
     if row is None:
         return "·"
     if verdict and isinstance(row.get("verdict"), str):
-        return pivot_cell(row) + "\n" + row["verdict"]
+        return pivot_cell(row, usual=usual) + "\n" + row["verdict"]
     text = fmt_stat(row["mean"], row["std"], row["n"], sep="±")
     finished = row["runs"] - row["unfinished"]
     if row["diverged"] and row["diverged"] == finished:
         text += DIVERGED_ALL
     elif row["diverged"]:
         text += DIVERGED_SOME
-    return text + (BEST if row.get("best") else "")
+    text += BEST if row.get("best") else ""
+    if usual is not None and not pd.isna(row["n"]) and int(row["n"]) != usual:
+        text += f" (n={int(row['n'])})"
+    return text
 
 
 def display_table(table: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -336,16 +355,17 @@ def _pivot_markdown(report: Any) -> list[str]:
 
     rows, cols = report.pivot
     verdict = report.summary["verdict"].notna().any()
+    usual = usual_n(report.summary)
     lines = [f"### {report.metric} by {' / '.join(rows)} × {' / '.join(cols)}", ""]
     for block in pivot_blocks(report.summary, rows, cols):
         if block.title:
             lines += [f"**{block.title}**", ""]
         grid = pd.DataFrame(
-            [[label, *(_bold(pivot_cell(block.cells.get((label, col)), verdict), block.cells.get((label, col)))
+            [[label, *(_bold(pivot_cell(block.cells.get((label, col)), verdict, usual), block.cells.get((label, col)))
                        for col in block.col_labels)] for label in block.row_labels],
             columns=[" / ".join(rows), *block.col_labels])
         lines += [markdown_table(grid, right=set(block.col_labels)), ""]
-    return lines + [f"_{LEGEND}_", ""]
+    return lines + [f"_{LEGEND}; {n_note(report.summary)}_", ""]
 
 
 def _bold(text: str, row: pd.Series | None) -> str:
@@ -415,16 +435,18 @@ def _pivot_html(report: Any) -> list[str]:
 
     rows, cols = report.pivot
     verdict = report.summary["verdict"].notna().any()
+    usual = usual_n(report.summary)
     scale = ColourScale(report.summary["mean"], lower_is_better(report.metric))
     parts = [f"<h2>{escape(report.metric)} by {escape(' / '.join(rows))} × {escape(' / '.join(cols))}</h2>",
-             f'<p class="note">{escape(LEGEND)}; brighter = better, one colour scale for every table.</p>']
+             f'<p class="note">{escape(LEGEND)}; {escape(n_note(report.summary))}; brighter = better, '
+             "one colour scale for every table.</p>"]
     for block in pivot_blocks(report.summary, rows, cols):
         grid, styles, classes = [], {}, {}
         for i, label in enumerate(block.row_labels):
             grid.append([label])
             for j, col in enumerate(block.col_labels, start=1):
                 row = block.cells.get((label, col))
-                grid[-1].append(pivot_cell(row, verdict))
+                grid[-1].append(pivot_cell(row, verdict, usual))
                 colours = scale(row["mean"]) if row is not None else None
                 if colours:
                     styles[(i, j)] = f"background:{colours[0]};color:{colours[1]}"
