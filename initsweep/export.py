@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 
@@ -372,12 +373,31 @@ def _bold(text: str, row: pd.Series | None) -> str:
     return f"**{text}**" if row is not None and row.get("best") else text
 
 
+def _selection_note(report: Any, code: Callable[[str], str]) -> str:
+    """``Runs: --sweep grid · --where depth >= 8``: the options the runs were picked by, as
+    typed, each through ``code`` (a code span), so a file read later says what it covers."""
+    where = " ".join((report.where or "").split("\n")).strip()
+    picked = [f"--sweep {name}" for name in report.sweeps or []] + ([f"--where {where}"] if where else [])
+    if not picked:
+        return "Runs: every run in the results (no --sweep, no --where)"
+    same = " (the baseline filtered by the same --where)" if report.compared and where else ""
+    return "Runs: " + " · ".join(map(code, picked)) + same
+
+
+def _code_span(text: str) -> str:
+    """``text`` as a markdown code span, whatever backticks it holds."""
+    fence = "`" * (max(map(len, re.findall("`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def report_markdown(report: Any) -> str:
-    """Markdown for a pull request: the pivot (when the view has one), the full table, and
-    the baseline's new and missing runs."""
+    """Markdown for a pull request: which runs it covers, the pivot (when the view has one),
+    the full table, and the baseline's new and missing runs."""
     n_runs = len(report.runs)
     lines = [f"## initsweep report: {report.metric}", "",
-             f"{n_runs} runs in {len(report.summary)} groups; statistics over seeds.", ""]
+             f"{n_runs} runs in {len(report.summary)} groups; statistics over seeds.", "",
+             _selection_note(report, _code_span), ""]
     if report.pivot:
         lines += _pivot_markdown(report)
     shown = display_table(report.table, report.metric)
@@ -470,7 +490,8 @@ def report_html(report: Any, figures: dict[str, bytes], source: str) -> str:
     keys = len(report.table.attrs.get("keys", []))
     parts = [f"<h1>initsweep report: {escape(report.metric)}</h1>",
              f'<p class="note">{escape(source)} · {len(report.runs)} runs in {len(report.summary)} groups · '
-             f"initsweep {escape(__version__)} · statistics over seeds</p>"]
+             f"initsweep {escape(__version__)} · statistics over seeds</p>",
+             f"<p>{_selection_note(report, lambda text: f'<code>{escape(text)}</code>')}</p>"]
     if report.pivot:
         parts += _pivot_html(report)
     parts += ["<h2>All groups</h2>", _html_table(display_table(report.table, report.metric), keys)]

@@ -356,7 +356,8 @@ class Report:
     ``table`` is the flat view (the summary, or the baseline comparison), sorted and cut as
     asked; ``summary`` every group in sweep order; ``pivot`` the (rows, cols) axes when the
     view is a pivot, ``pivot_asked`` whether the user asked for it (csv/json then export the
-    wide table instead of the flat one).
+    wide table instead of the flat one); ``sweeps`` and ``where`` what the runs were picked
+    by (--sweep, --where), which the markdown and HTML reports state.
     """
 
     metric: str
@@ -367,6 +368,8 @@ class Report:
     pivot_asked: bool = False
     new_runs: pd.DataFrame | None = None
     missing_runs: pd.DataFrame | None = None
+    sweeps: list[str] | None = None
+    where: str | None = None
 
     @property
     def compared(self) -> bool:

@@ -407,3 +407,21 @@ def test_a_cell_with_a_missing_seed_shows_its_n_in_every_format(store):
     full = invoke("report", "-r", str(store), "--sweep", "grid", "-f", "markdown").stdout
     assert not re.search(r"\(n=\d", full) and "; n = 2 per cell_" in full
 
+
+def test_markdown_and_html_say_which_runs_they_cover(store, tmp_path):
+    where = 'depth >= 4 and activation == "relu"'
+    md = invoke("report", "-r", str(store), "--sweep", "grid", "--sweep", "edge", "--where", where,
+                "-f", "markdown").stdout
+    top = md.split("###")[0].splitlines()  # before the first table
+    assert f"Runs: `--sweep grid` · `--sweep edge` · `--where {where}`" in top
+    assert "Runs: every run in the results (no --sweep, no --where)" in invoke(
+        "report", "-r", str(store), "-f", "markdown").stdout.split("###")[0]
+    out = invoke("report", "-r", str(store), "--where", where, "-o", str(tmp_path / "r.html"))
+    assert out.exit_code == 0, out.output
+    page = (tmp_path / "r.html").read_text()
+    assert page.index("<p>Runs: <code>--where depth &gt;= 4 and activation == &quot;relu&quot;</code></p>") \
+        < page.index("<table>")
+    base = tmp_path / "base.csv"
+    assert invoke("export", "-r", str(store), "-o", str(base)).exit_code == 0
+    compared = invoke("report", "-r", str(store), "--where", where, "--baseline", str(base), "-f", "markdown").stdout
+    assert f"Runs: `--where {where}` (the baseline filtered by the same --where)" in compared
