@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from contextlib import contextmanager
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -116,7 +117,8 @@ def report(
     if runs is None:
         return
     base = filter_runs(read_runs(baseline), where) if baseline is not None else None
-    rep = build_report(runs, metric, by.split(",") if by else None, pivot, sort, top, base)
+    rep = replace(build_report(runs, metric, by.split(",") if by else None, pivot, sort, top, base),
+                  sweeps=sweep, where=where)
     figures = None
     if plot is not None:
         from .plots import save_figures

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 
@@ -264,13 +265,29 @@ def fmt_diverged(row: pd.Series) -> str:
     return "—" if pd.isna(finished) else f"{int(row['diverged'])}/{int(finished)}"
 
 
-def pivot_cell(row: pd.Series | None, verdict: bool = False) -> str:
-    """``0.9123±0.0041†★``: the cell's statistic and its marks (see :data:`LEGEND`); with
+def usual_n(summary: pd.DataFrame) -> int | None:
+    """The n most groups have (the larger on a tie); a pivot cell with another n says so."""
+    counts = summary["n"].dropna().astype(int).value_counts()
+    return None if counts.empty else int(max(counts.index, key=lambda n: (counts[n], n)))
+
+
+def n_note(summary: pd.DataFrame) -> str:
+    """What a pivot's legend says about n: ``n = 2 per cell``, and whether some cells differ."""
+    usual = usual_n(summary)
+    if usual is None:
+        return "no cell has a value"
+    differs = (summary["n"].dropna().astype(int) != usual).any()
+    return f"n = {usual} per cell" + (", other n marked (n=k)" if differs else "")
+
+
+def pivot_cell(row: pd.Series | None, verdict: bool = False, usual: int | None = None) -> str:
+    """``0.9123±0.0041†★``: the cell's statistic and its marks (see :data:`LEGEND`), then
+    ``(n=1)`` where its n is not the ``usual`` one (a seed missing or failed); with
     ``verdict``, the group's diagnosis on a second line."""
     if row is None:
         return "·"
     if verdict and isinstance(row.get("verdict"), str):
-        return pivot_cell(row) + "\n" + row["verdict"]
+        return pivot_cell(row, usual=usual) + "\n" + row["verdict"]
     text = fmt_stat(row["mean"], row["std"], row["n"], sep="±")
     finished = row["runs"] - row["unfinished"]
     if row["diverged"] and row["diverged"] == finished:
@@ -279,7 +296,10 @@ def pivot_cell(row: pd.Series | None, verdict: bool = False) -> str:
         text += DIVERGED_SOME
     if isinstance(row.get("data_fallback"), str):
         text += FALLBACK
-    return text + (BEST if row.get("best") else "")
+    text += BEST if row.get("best") else ""
+    if usual is not None and not pd.isna(row["n"]) and int(row["n"]) != usual:
+        text += f" (n={int(row['n'])})"
+    return text
 
 
 def display_table(table: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -351,28 +371,48 @@ def _pivot_markdown(report: Any) -> list[str]:
 
     rows, cols = report.pivot
     verdict = report.summary["verdict"].notna().any()
+    usual = usual_n(report.summary)
     lines = [f"### {report.metric} by {' / '.join(rows)} × {' / '.join(cols)}", ""]
     for block in pivot_blocks(report.summary, rows, cols):
         if block.title:
             lines += [f"**{block.title}**", ""]
         grid = pd.DataFrame(
-            [[label, *(_bold(pivot_cell(block.cells.get((label, col)), verdict), block.cells.get((label, col)))
+            [[label, *(_bold(pivot_cell(block.cells.get((label, col)), verdict, usual), block.cells.get((label, col)))
                        for col in block.col_labels)] for label in block.row_labels],
             columns=[" / ".join(rows), *block.col_labels])
         lines += [markdown_table(grid, right=set(block.col_labels)), ""]
-    return lines + [f"_{LEGEND}_", ""]
+    return lines + [f"_{LEGEND}; {n_note(report.summary)}_", ""]
 
 
 def _bold(text: str, row: pd.Series | None) -> str:
     return f"**{text}**" if row is not None and row.get("best") else text
 
 
+def _selection_note(report: Any, code: Callable[[str], str]) -> str:
+    """``Runs: --sweep grid · --where depth >= 8``: the options the runs were picked by, as
+    typed, each through ``code`` (a code span), so a file read later says what it covers."""
+    where = " ".join((report.where or "").split("\n")).strip()
+    picked = [f"--sweep {name}" for name in report.sweeps or []] + ([f"--where {where}"] if where else [])
+    if not picked:
+        return "Runs: every run in the results (no --sweep, no --where)"
+    same = " (the baseline filtered by the same --where)" if report.compared and where else ""
+    return "Runs: " + " · ".join(map(code, picked)) + same
+
+
+def _code_span(text: str) -> str:
+    """``text`` as a markdown code span, whatever backticks it holds."""
+    fence = "`" * (max(map(len, re.findall("`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def report_markdown(report: Any) -> str:
-    """Markdown for a pull request: the pivot (when the view has one), the full table, and
-    the baseline's new and missing runs."""
+    """Markdown for a pull request: which runs it covers, the pivot (when the view has one),
+    the full table, and the baseline's new and missing runs."""
     counted = count_runs(report.runs, report.summary.attrs.get("keys", []))
     lines = [f"## initsweep report: {report.metric}", "",
-             f"{counted} in {len(report.summary)} groups; statistics over seeds.", ""]
+             f"{counted} in {len(report.summary)} groups; statistics over seeds.", "",
+             _selection_note(report, _code_span), ""]
     if report.pivot:
         lines += _pivot_markdown(report)
     shown = display_table(report.table, report.metric)
@@ -433,16 +473,18 @@ def _pivot_html(report: Any) -> list[str]:
 
     rows, cols = report.pivot
     verdict = report.summary["verdict"].notna().any()
+    usual = usual_n(report.summary)
     scale = ColourScale(report.summary["mean"], lower_is_better(report.metric))
     parts = [f"<h2>{escape(report.metric)} by {escape(' / '.join(rows))} × {escape(' / '.join(cols))}</h2>",
-             f'<p class="note">{escape(LEGEND)}; brighter = better, one colour scale for every table.</p>']
+             f'<p class="note">{escape(LEGEND)}; {escape(n_note(report.summary))}; brighter = better, '
+             "one colour scale for every table.</p>"]
     for block in pivot_blocks(report.summary, rows, cols):
         grid, styles, classes = [], {}, {}
         for i, label in enumerate(block.row_labels):
             grid.append([label])
             for j, col in enumerate(block.col_labels, start=1):
                 row = block.cells.get((label, col))
-                grid[-1].append(pivot_cell(row, verdict))
+                grid[-1].append(pivot_cell(row, verdict, usual))
                 colours = scale(row["mean"]) if row is not None else None
                 if colours:
                     styles[(i, j)] = f"background:{colours[0]};color:{colours[1]}"
@@ -467,7 +509,8 @@ def report_html(report: Any, figures: dict[str, bytes], source: str) -> str:
     counted = count_runs(report.runs, report.summary.attrs.get("keys", []))
     parts = [f"<h1>initsweep report: {escape(report.metric)}</h1>",
              f'<p class="note">{escape(source)} · {escape(counted)} in {len(report.summary)} groups · '
-             f"initsweep {escape(__version__)} · statistics over seeds</p>"]
+             f"initsweep {escape(__version__)} · statistics over seeds</p>",
+             f"<p>{_selection_note(report, lambda text: f'<code>{escape(text)}</code>')}</p>"]
     if report.pivot:
         parts += _pivot_html(report)
     parts += ["<h2>All groups</h2>", _html_table(display_table(report.table, report.metric), keys)]

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import pandas as pd
 
 from .errors import InitsweepError
-from .report import CORE_AXES, lower_is_better, summarize, varying_settings
+from .report import CORE_AXES, lower_is_better, setting_text, summarize, varying_settings
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -48,12 +48,21 @@ def _matplotlib() -> Any:
     return matplotlib
 
 
+# The HTML report embeds figures at EMBED_DPI in a page column 1168 px wide (export.py's CSS).
+# No figure is wider than MAX_WIDTH_IN, so none is scaled down there and text keeps its size:
+# 1 pt = 110/72 px, the smallest text (8 pt) 12 px. Before this cap, a 16-inch heatmap was
+# shrunk to 66% and its 8 pt cell values read at 8 px.
+EMBED_DPI = 110
+MAX_WIDTH_IN = 10.5
+
+
 def _new_figure(nrows: int, ncols: int, width: float, height: float, **kwargs) -> tuple["Figure", list]:
-    """A figure on an Agg canvas (headless) and its axes as a flat list."""
+    """A figure on an Agg canvas (headless) and its axes as a flat list; ``width`` per panel,
+    narrowed to fit :data:`MAX_WIDTH_IN` in all."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(max(width * ncols, 6.0), height * nrows), layout="constrained")
+    fig = Figure(figsize=(min(max(width * ncols, 6.0), MAX_WIDTH_IN), height * nrows), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False, **kwargs)
     return fig, [ax for row in axes for ax in row]
@@ -67,14 +76,14 @@ def _panel_per_activation(n: int) -> tuple["Figure", list]:
 
 def _slices(runs: pd.DataFrame) -> Iterator[tuple[str, pd.DataFrame]]:
     """One set of figures per value of the axes other than init/activation/depth (e.g. lr),
-    so no plot silently averages over a setting."""
+    so no plot silently averages over a setting; named by the settings as the user wrote
+    them (a sweep that left one unset, say ``test_limit``, names it not at all)."""
     extra = varying_settings(runs, exclude=CORE_AXES)
     if not extra:
         yield "", runs
         return
     for values, part in runs.groupby(extra, sort=True, dropna=False):
-        values = values if isinstance(values, tuple) else (values,)
-        yield ", ".join(f"{k}={v}" for k, v in zip(extra, values)), part
+        yield setting_text(extra, values if isinstance(values, tuple) else (values,), sep=", "), part
 
 
 def _ordered(values: pd.Series) -> list:
@@ -97,6 +106,14 @@ def _short(value: float) -> str:
     return f"{value:.3f}" if 1e-3 <= abs(value) < 1e4 else f"{value:.2g}"
 
 
+def _integer_ticks(ax) -> None:
+    """Whole-number x ticks (epochs, layers), also for a single value: by default the locator
+    wants two integers in view and ticks a lone epoch 1 at 0.945, 0.96, ..., 1.05."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+
+
 def _wrap(label: str, width: int = 18) -> str:
     """``leaky_relu(negative_slope=0.2)`` on two lines, so long labels do not overlap."""
     if len(label) <= width or "(" not in label:
@@ -116,11 +133,15 @@ def heatmap(runs: pd.DataFrame, metric: str, note: str = "") -> "Figure":
     lo, hi = (finite.min(), finite.max()) if len(finite) else (0.0, 1.0)
     norm = (LogNorm if log else Normalize)(vmin=lo, vmax=hi)
     cmap = "cividis_r" if lower_is_better(metric) else "cividis"
-    ncols = min(len(depths), 3)
+    # As many depth panels to a row as fit MAX_WIDTH_IN with cells at least 0.55 in wide (room
+    # for "0.912‡" at 9 pt); the init labels (shared by a row) and the colour bar need ~2.5 in.
+    margin = 2.5
+    ncols = max(1, min(len(depths), int((MAX_WIDTH_IN - margin) // (0.55 * len(acts) + 0.3))))
     nrows = -(-len(depths) // ncols)
-    fig, axes = _new_figure(nrows, ncols, 1.8 + 0.9 * len(acts), 2.0 + 0.45 * len(inits))
+    panel = min(0.8 * len(acts) + 0.3 + margin / ncols, MAX_WIDTH_IN / ncols)
+    fig, axes = _new_figure(nrows, ncols, panel, 1.3 + 0.4 * len(inits), sharey=True)
     image = None
-    for ax, depth in zip(axes, depths):
+    for k, (ax, depth) in enumerate(zip(axes, depths)):
         grid = stats[stats["depth"] == depth].set_index(["init", "activation"])
         values = [[grid["mean"].get((i, a), float("nan")) for a in acts] for i in inits]
         image = ax.imshow(values, cmap=cmap, norm=norm, aspect="auto")
@@ -134,19 +155,20 @@ def heatmap(runs: pd.DataFrame, metric: str, note: str = "") -> "Figure":
                 text = "—" if pd.isna(row["mean"]) else _short(row["mean"])
                 shade = norm(row["mean"]) if not pd.isna(row["mean"]) else 0.5
                 shade = 1 - shade if lower_is_better(metric) else shade
-                ax.text(x, y, text + mark, ha="center", va="center", fontsize=8,
+                ax.text(x, y, text + mark, ha="center", va="center", fontsize=9,
                         color="black" if shade > 0.55 else "white")
-        ax.set_xticks(range(len(acts)), [_wrap(a) for a in acts], rotation=30, ha="right", fontsize=8)
-        ax.set_yticks(range(len(inits)), [_wrap(i) for i in inits], fontsize=8)
+        ax.set_xticks(range(len(acts)), [_wrap(a) for a in acts], rotation=30, ha="right", fontsize=9)
+        ax.set_yticks(range(len(inits)), [_wrap(i) for i in inits], fontsize=9)
         ax.set_xlabel("activation")
-        ax.set_ylabel("init")
+        if k % ncols == 0:
+            ax.set_ylabel("init")
         ax.set_title(f"depth {depth}")
     for ax in axes[len(depths):]:
         ax.set_visible(False)
     if image is not None:
         fig.colorbar(image, ax=axes[:len(depths)], label=f"{metric}, mean over seeds", shrink=0.9)
     fig.suptitle(_title(f"{metric_label(metric)} by init × activation, per depth — mean over seeds\n"
-                        "† every seed diverged · ‡ some seeds diverged", note), fontsize=9)
+                        "† every seed diverged · ‡ some seeds diverged", note), fontsize=10)
     return fig
 
 
@@ -188,8 +210,6 @@ def learning_curves(runs: pd.DataFrame, epochs: pd.DataFrame, note: str = "",
     data = epochs.merge(runs[["row_id", *CORE_AXES]], on="row_id")
     if data.empty or data[curve].isna().all():
         return None
-    from matplotlib.ticker import MaxNLocator
-
     inits, acts = _ordered(runs["init_label"]), _ordered(runs["activation_label"])
     styles = styles or init_styles(inits)
     depths = sorted(data["depth"].unique())
@@ -206,7 +226,7 @@ def learning_curves(runs: pd.DataFrame, epochs: pd.DataFrame, note: str = "",
                 ax.fill_between(stats.index, stats["mean"] - stats["std"].fillna(0),
                                 stats["mean"] + stats["std"].fillna(0), color=styles[init]["color"], alpha=0.15)
             ax.set_title(f"{_wrap(act)}, depth {depth}", fontsize=9)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            _integer_ticks(ax)
             ax.grid(alpha=0.3)
             if r == len(acts) - 1:
                 ax.set_xlabel("epoch")
@@ -227,8 +247,6 @@ def activation_std(runs: pd.DataFrame, layers: pd.DataFrame | None, note: str = 
     data = data[data["act_std"] > 0]
     if data.empty:
         return None
-    from matplotlib.ticker import MaxNLocator
-
     depth = data["depth"].max()
     data = data[data["depth"] == depth]
     inits, acts = _ordered(runs["init_label"]), _ordered(data["activation_label"])
@@ -245,7 +263,7 @@ def activation_std(runs: pd.DataFrame, layers: pd.DataFrame | None, note: str = 
                 ax.plot(profile.index, 10 ** profile, linestyle=style, markersize=4, **styles[init])
         ax.set_yscale("log")
         ax.set_title(f"activation: {_wrap(act)}", fontsize=9)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _integer_ticks(ax)
         ax.set_xlabel("layer (0 = first)")
         ax.grid(alpha=0.3, which="both")
     for ax in axes[len(acts):]:
@@ -315,5 +333,5 @@ def save_figures(figures: dict[str, "Figure"], out_dir: Path) -> list[Path]:
 def png_bytes(fig: "Figure") -> bytes:
     """A figure as PNG bytes (for embedding in the HTML report)."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
+    fig.savefig(buffer, format="png", dpi=EMBED_DPI)
     return buffer.getvalue()

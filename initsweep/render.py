@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -90,12 +91,20 @@ class SweepDisplay:
     per run in flight (epoch and batches); ``quiet`` prints nothing per run.
     """
 
+    # Bars are drawn only by the thread that reports the events (rich's auto-refresh is off),
+    # at most this often. Rich's refresh thread raced the result lines: printing a line first
+    # erases as many lines as the last drawing had, and a drawing by that thread in between
+    # (just after a finished run's bar was removed) made that count wrong by one, so a result
+    # line was overwritten, lost from screen and scrollback (reproduced in an 80x24 tmux pane).
+    REDRAW_EVERY_S = 0.1
+
     def __init__(self, console: Console, err_console: Console, quiet: bool = False):
         self.console, self.err, self.quiet = console, err_console, quiet
         self.live = console.is_terminal and not quiet
         self.progress = None
         self.run_tasks: dict[str, Any] = {}
         self.done = self.total = 0
+        self.drawn_at = 0.0
 
     def data_resolved(self, source) -> None:
         if source.fallback_reason:
@@ -111,11 +120,23 @@ class SweepDisplay:
                            highlight=False)
         if self.live and n_todo:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from rich.table import Column
 
-            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TimeRemainingColumn(), console=self.console, transient=True)
+            # One line per bar: a long run label is cut (its result line shows it whole) rather
+            # than squeezing the bar, counts and ETA out of an 80-column terminal.
+            label = Column(no_wrap=True, overflow="ellipsis", max_width=max(20, self.console.width - 36))
+            self.progress = Progress(TextColumn("{task.description}", table_column=label), BarColumn(),
+                                     MofNCompleteColumn(table_column=Column(no_wrap=True)),
+                                     TimeRemainingColumn(table_column=Column(no_wrap=True)),
+                                     console=self.console, transient=True, auto_refresh=False)
             self.sweep_task = self.progress.add_task("sweep", total=n_todo)
             self.progress.start()
+
+    def _redraw(self, now: bool = False) -> None:
+        """Draw the bars (and the ETA) as progress events arrive: several a second per run."""
+        if self.progress and (now or time.monotonic() - self.drawn_at >= self.REDRAW_EVERY_S):
+            self.progress.refresh()
+            self.drawn_at = time.monotonic()
 
     def run_started(self, spec) -> None:
         if self.progress and spec.run_id not in self.run_tasks:
@@ -126,6 +147,7 @@ class SweepDisplay:
         if self.progress and task is not None:
             self.progress.update(task, total=spec.train.epochs * steps, completed=(epoch - 1) * steps + step,
                                  description=f"{run_label(spec)} epoch {epoch}/{spec.train.epochs}")
+            self._redraw()
 
     def run_finished(self, spec, result) -> None:
         self.done += 1
@@ -134,6 +156,8 @@ class SweepDisplay:
             task = self.run_tasks.pop(spec.run_id, None)
             if task is not None:
                 self.progress.remove_task(task)
+            # draw the bars without this run first: printing the line redraws the last drawing
+            self._redraw(now=True)
         if not self.quiet:
             target = self.progress.console if self.progress else self.console
             target.print(result_line(self.done, self.total, spec, result), highlight=False)
@@ -141,6 +165,7 @@ class SweepDisplay:
     def run_skipped(self, spec, why: str) -> None:
         if self.progress:
             self.progress.advance(self.sweep_task)
+            self._redraw()
 
     def close(self) -> None:
         if self.progress:

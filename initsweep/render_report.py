@@ -19,7 +19,7 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
-from .export import LEGEND, ColourScale, display_table, fallback_note, fmt_value, pivot_cell
+from .export import LEGEND, ColourScale, display_table, fallback_note, fmt_value, n_note, pivot_cell, usual_n
 from .report import Report, count_runs, lower_is_better, pivot_blocks
 
 _BARS = "▁▂▃▄▅▆▇█"
@@ -88,6 +88,7 @@ def render_pivot(console: Console, report: Report) -> None:
     """One table per depth (or per value of the other keys), cells coloured on one scale."""
     rows, cols = report.pivot
     verdict = report.summary["verdict"].notna().any()
+    usual = usual_n(report.summary)
     scale = ColourScale(report.summary["mean"], lower_is_better(report.metric))
     for block in pivot_blocks(report.summary, rows, cols):
         title = f"{report.metric}" + (f" — {block.title}" if block.title else "")
@@ -103,12 +104,10 @@ def render_pivot(console: Console, report: Report) -> None:
                 style = Style(bgcolor=colours[0], color=colours[1]) if colours else Style()
                 if row is not None and row["best"]:
                     style += Style(bold=True, underline=True)
-                cells.append(Text(pivot_cell(row, verdict), style=style))
+                cells.append(Text(pivot_cell(row, verdict, usual), style=style))
             table.add_row(Text(label), *cells)
         console.print(table)
-    seeds = report.summary["n"].dropna().astype(int).unique()
-    per_cell = f"n = {seeds[0]} per cell" if len(seeds) == 1 else "n varies by cell (see --by)"
-    console.print(f"{LEGEND}; {per_cell}; brighter = better", highlight=False, style="dim")
+    console.print(f"{LEGEND}; {n_note(report.summary)}; brighter = better", highlight=False, style="dim")
     console.print("every group with n, min, max and diverged counts: initsweep report --by "
                   + ",".join(report.summary.attrs.get("keys", [])), highlight=False, style="dim")
 

@@ -54,6 +54,31 @@ def varying_settings(df: pd.DataFrame, exclude: tuple[str, ...] = ()) -> list[st
     return cols
 
 
+# Stored as 0/1 INTEGER, written true/false in a config.
+_BOOLEAN_SETTINGS = {"nesterov"}
+
+
+def setting_value(col: str, value: Any) -> str | None:
+    """A setting's value as the user wrote it, or None where the run left it unset.
+
+    A frame that mixes sweeps holds an integer setting that one sweep left unset as floats
+    with NaN (``test_limit`` 256.0 and nan): integers print as integers, unset values not.
+    """
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    if col in _BOOLEAN_SETTINGS:
+        return str(bool(value))
+    if _SETTING_COLUMNS.get(col) == "INTEGER" and float(value).is_integer():
+        return str(int(value))
+    return repr(float(value)) if _SETTING_COLUMNS.get(col) == "REAL" else str(value)
+
+
+def setting_text(names: list[str], values: Any, sep: str = " ") -> str:
+    """``init=he width=8``: settings by their friendly names, unset ones left out."""
+    pairs = ((friendly(col), setting_value(col, value)) for col, value in zip(names, values))
+    return sep.join(f"{name}={text}" for name, text in pairs if text is not None)
+
+
 def lower_is_better(metric: str) -> bool:
     """Losses and times are better small; accuracies (and everything else) large."""
     return "loss" in metric or metric.endswith("seconds")
@@ -75,7 +100,7 @@ def best_per_depth(df: pd.DataFrame, metric: str = "test_acc") -> pd.DataFrame:
     for depth, group in grouped.groupby("depth"):
         pick = group["mean"].idxmin if lower_is_better(metric) else group["mean"].idxmax
         best = group.loc[pick()] if group["mean"].notna().any() else group.iloc[0]
-        setting = " ".join(str(best[c]) for c in by) or "(single setting)"
+        setting = setting_text(by, [best[c] for c in by]) or "(single setting)"
         rows.append({"depth": depth, "setting": setting, "mean": best["mean"], "n": int(best["count"])})
     return pd.DataFrame(rows)
 
@@ -423,7 +448,8 @@ class Report:
     ``table`` is the flat view (the summary, or the baseline comparison), sorted and cut as
     asked; ``summary`` every group in sweep order; ``pivot`` the (rows, cols) axes when the
     view is a pivot, ``pivot_asked`` whether the user asked for it (csv/json then export the
-    wide table instead of the flat one).
+    wide table instead of the flat one); ``sweeps`` and ``where`` what the runs were picked
+    by (--sweep, --where), which the markdown and HTML reports state.
     """
 
     metric: str
@@ -434,6 +460,8 @@ class Report:
     pivot_asked: bool = False
     new_runs: pd.DataFrame | None = None
     missing_runs: pd.DataFrame | None = None
+    sweeps: list[str] | None = None
+    where: str | None = None
 
     @property
     def compared(self) -> bool:

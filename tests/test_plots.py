@@ -3,7 +3,10 @@ report computes, a colour-blind-safe palette, no pyplot, and a clear error witho
 
 from __future__ import annotations
 
+import base64
+import io
 import math
+import re
 import sqlite3
 import subprocess
 import sys
@@ -18,7 +21,8 @@ from initsweep.cli import app
 from initsweep.export import load_results, read_curves
 from initsweep.report import summarize
 
-pytest.importorskip("matplotlib")
+matplotlib = pytest.importorskip("matplotlib")
+import matplotlib.text  # noqa: E402
 from PIL import Image  # noqa: E402  (matplotlib depends on pillow)
 
 from initsweep import plots  # noqa: E402
@@ -83,7 +87,11 @@ def test_heatmap_shows_the_report_means_on_one_scale(store):
                 assert shown[y, x] == pytest.approx(table.loc[(init, act, depth), "mean"], rel=1e-12)
         assert image.get_cmap().name == "cividis"
         assert (image.norm.vmin, image.norm.vmax) == (table["mean"].min(), table["mean"].max())
-        assert ax.get_xlabel() == "activation" and ax.get_ylabel() == "init"
+        assert ax.get_xlabel() == "activation"
+    # one row of panels sharing the init axis: named and labelled once, at the left
+    assert [ax.get_ylabel() for ax in panels] == ["init", ""]
+    assert [[t.get_text() for t in ax.get_yticklabels() if t.get_visible()] for ax in panels] == [
+        ["he", "std_normal"], []]
     loss = plots.heatmap(runs, "test_loss")
     assert loss.axes[0].images[0].get_cmap().name == "cividis_r"  # brighter = better for a loss too
 
@@ -164,3 +172,85 @@ def test_html_is_self_contained_and_escapes_text(store, tmp_path):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script" not in page
     assert page.count('<img src="data:image/png;base64,') == len(STEMS)
     assert "http://" not in page and "https://" not in page and "<link" not in page
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory) -> Path:
+    """Two 1-epoch sweeps of one depth-1 run each in one folder, one leaving ``test_limit``
+    unset: in the frame they share, test_limit is 256.0 and NaN."""
+    from initsweep.sweep import run_sweep
+
+    root = tmp_path_factory.mktemp("mixed")
+    for name, data in (("full", {"train_limit": 256}), ("limited", {"train_limit": 256, "test_limit": 256})):
+        config = root / f"{name}.yaml"
+        config.write_text(yaml.safe_dump({
+            "name": name, "data": {"dataset": "mnist-sample", **data},
+            "model": {"arch": "plain", "width": 4, "head": "flatten", "depth": 1, "init": "he", "activation": "relu"},
+            "train": {"epochs": 1, "batch_size": 64, "seeds": [0]}}))
+        run_sweep(config, results_dir=root / "res", device="cpu")
+    return root / "res"
+
+
+def test_one_epoch_and_one_layer_are_ticked_in_whole_numbers(mixed):
+    runs = load_results(mixed)
+    epochs, layers = read_curves(mixed, runs["row_id"].tolist())
+    assert set(epochs["epoch"]) == {1} and set(layers["layer"]) == {0}
+    for fig, value in ((plots.learning_curves(runs, epochs), 1), (plots.activation_std(runs, layers), 0)):
+        fig.draw_without_rendering()
+        for ax in [ax for ax in fig.axes if ax.get_visible() and ax.get_lines()]:
+            lo, hi = ax.get_xlim()
+            ticks = [float(t) for t in ax.get_xticks()]
+            assert ticks and all(t.is_integer() for t in ticks), ticks
+            assert [t for t in ticks if lo <= t <= hi] == [value]
+
+
+def test_figures_of_mixed_sweeps_name_settings_as_the_user_wrote_them(mixed, tmp_path):
+    out = runner.invoke(app, ["report", "--results", str(mixed), "--plot", str(tmp_path / "plots")])
+    assert out.exit_code == 0, out.output
+    stems = [f"{stem}{suffix}" for stem in STEMS for suffix in ("", "_test_limit=256")]
+    assert sorted(p.name for p in (tmp_path / "plots").glob("*.png")) == sorted(f"{s}.png" for s in stems)
+    page = runner.invoke(app, ["report", "--results", str(mixed), "-f", "html"]).stdout
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", page)
+    assert len(captions) == 2 * len(STEMS)
+    assert sum(caption.endswith(" · test_limit=256") for caption in captions) == len(STEMS)
+    assert not [caption for caption in captions if "nan" in caption or "256.0" in caption]
+
+
+@pytest.fixture
+def wide_store(store, tmp_path) -> Path:
+    """The grid's store widened to the default study's shape, 4 activations x 3 depths, by
+    storing copies of its runs under two more activation names and a third depth (figures
+    read only the labels and the numbers)."""
+    res = tmp_path / "wide"
+    res.mkdir()
+    with sqlite3.connect(store / "initsweep.db") as src, sqlite3.connect(res / "initsweep.db") as dst:
+        src.backup(dst)
+        cols = [row[1] for row in dst.execute("PRAGMA table_info(runs)") if row[1] != "row_id"]
+        for k, (act, depth) in enumerate((("sigmoid", None), ("leaky_relu", None), (None, 20))):
+            values = [f"'{act}'" if act and c in ("activation", "activation_label") else
+                      str(depth) if depth and c == "depth" else f"run_id || '-{k}'" if c == "run_id" else c
+                      for c in cols]
+            dst.execute(f"INSERT INTO runs ({', '.join(cols)}) SELECT {', '.join(values)} FROM runs "
+                        + ("WHERE activation = 'relu'" if act else ""))
+    return res
+
+
+def test_html_figures_are_shown_at_their_own_size_with_text_of_12_px(wide_store):
+    """The page's column (CSS) holds every embedded PNG without scaling it down, so a point
+    of text is EMBED_DPI/72 px on screen; the smallest text is then 12 px or more."""
+    runs = load_results(wide_store)
+    assert runs["activation_label"].nunique() == 4 and runs["depth"].nunique() == 3
+    page = runner.invoke(app, ["report", "-r", str(wide_store), "-f", "html"]).stdout
+    body = re.search(r"body\{[^}]*max-width:(\d+)px;[^}]*padding:0 1rem", page)
+    column = int(body.group(1)) - 2 * 16  # 1rem of padding on each side
+    images = re.findall(r'<img src="data:image/png;base64,([^"]+)"', page)
+    assert len(images) == len(STEMS)
+    for data in images:
+        with Image.open(io.BytesIO(base64.b64decode(data))) as image:
+            assert 600 <= image.width <= column, image.size
+    epochs, layers = read_curves(wide_store, runs["row_id"].tolist())
+    for name, fig in plots.make_figures(runs, "test_acc", epochs, layers).items():
+        assert fig.get_figwidth() * plots.EMBED_DPI <= column, name
+        texts = [t for t in fig.findobj(matplotlib.text.Text) if t.get_visible() and t.get_text().strip()
+                 and (t.axes is None or t.axes.get_visible())]
+        assert min(t.get_fontsize() for t in texts) * plots.EMBED_DPI / 72 >= 12, name

@@ -5,6 +5,7 @@ empty store), every format read back, the export -> baseline round trip, and --w
 from __future__ import annotations
 
 import json
+import re
 from html.parser import HTMLParser
 from io import StringIO
 from pathlib import Path
@@ -374,3 +375,53 @@ def test_show_a_run_by_prefix(store):
     for arg, message in ((shared, "matches"), ("zz", "no run id starts with 'zz'")):
         out = invoke("show", arg, "-r", str(store))
         assert out.exit_code == 2 and message in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------- what a report states
+
+ONE_SEED_LOST = 'not (init == "he" and activation == "tanh" and depth == 2 and seed == 1)'
+
+
+def test_a_cell_with_a_missing_seed_shows_its_n_in_every_format(store):
+    """The grid has 2 seeds per cell; with one run filtered out, that cell (only) says n=1."""
+    kept = summarize(initsweep.load_results(store, sweep="grid", where=ONE_SEED_LOST))
+    assert kept["n"].tolist().count(1) == 1 and kept["n"].tolist().count(2) == 7
+    cell = kept.set_index(["init", "activation", "depth"]).loc[("he", "tanh", 2)]
+    best = cell["mean"] == kept.loc[kept["depth"] == 2, "mean"].max()
+    shown = f"{cell['mean']:.4f}{'★' if best else ''} (n=1)"  # one seed: the mean alone, then its n
+    args = ("report", "-r", str(store), "--sweep", "grid", "--where", ONE_SEED_LOST)
+    table = invoke(*args).stdout
+    he = [line for line in table.split("depth = 4")[0].splitlines() if line.startswith("│ he ")]
+    assert [line.split("│")[3].strip() for line in he] == [shown]
+    assert len(re.findall(r"\(n=\d", table)) == 1
+    assert "n = 2 per cell, other n marked (n=k)" in " ".join(table.split())  # the legend, maybe wrapped
+    md = invoke(*args, "-f", "markdown").stdout
+    assert len(re.findall(r"\(n=\d", md)) == 1
+    assert f"| he | " in md and f" | {'**' if best else ''}{shown}" in md.split("**depth = 4**")[0]
+    assert "n = 2 per cell, other n marked (n=k)_" in md
+    page = _Tables()
+    page.feed(invoke(*args, "-f", "html").stdout)
+    marked = [c for c in page.cells if re.search(r"\(n=\d", c)]
+    assert len(marked) == 1 and marked[0].startswith(shown)  # then the verdict, on its own line
+    # every cell with the same n: no cell is marked, and the legend says n once
+    full = invoke("report", "-r", str(store), "--sweep", "grid", "-f", "markdown").stdout
+    assert not re.search(r"\(n=\d", full) and "; n = 2 per cell_" in full
+
+
+def test_markdown_and_html_say_which_runs_they_cover(store, tmp_path):
+    where = 'depth >= 4 and activation == "relu"'
+    md = invoke("report", "-r", str(store), "--sweep", "grid", "--sweep", "edge", "--where", where,
+                "-f", "markdown").stdout
+    top = md.split("###")[0].splitlines()  # before the first table
+    assert f"Runs: `--sweep grid` · `--sweep edge` · `--where {where}`" in top
+    assert "Runs: every run in the results (no --sweep, no --where)" in invoke(
+        "report", "-r", str(store), "-f", "markdown").stdout.split("###")[0]
+    out = invoke("report", "-r", str(store), "--where", where, "-o", str(tmp_path / "r.html"))
+    assert out.exit_code == 0, out.output
+    page = (tmp_path / "r.html").read_text()
+    assert page.index("<p>Runs: <code>--where depth &gt;= 4 and activation == &quot;relu&quot;</code></p>") \
+        < page.index("<table>")
+    base = tmp_path / "base.csv"
+    assert invoke("export", "-r", str(store), "-o", str(base)).exit_code == 0
+    compared = invoke("report", "-r", str(store), "--where", where, "--baseline", str(base), "-f", "markdown").stdout
+    assert f"Runs: `--where {where}` (the baseline filtered by the same --where)" in compared
