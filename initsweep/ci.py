@@ -24,7 +24,7 @@ from typing import Iterable
 
 import pandas as pd
 
-from .errors import InitsweepError, StoreError
+from .errors import InitsweepError
 from .store import CURRENT_ROWS, DB_NAME, FINISHED, Store
 
 # ---------------------------------------------------------------- shards and budgets
@@ -77,15 +77,6 @@ class MergeReport:
 _SAME_RESULT = ("status", "test_acc", "test_loss", "steps", "diverged_step")
 
 
-def _db_path(source: str | Path) -> Path:
-    path = Path(source)
-    if path.is_dir():
-        path = path / DB_NAME
-    if not path.is_file():
-        raise StoreError(f"{source}: not a results folder or database (no {DB_NAME})")
-    return path
-
-
 def _same(a: sqlite3.Row, b: sqlite3.Row) -> bool:
     for col in _SAME_RESULT:
         x, y = a[col], b[col]
@@ -98,60 +89,64 @@ def _same(a: sqlite3.Row, b: sqlite3.Row) -> bool:
 
 
 def merge(sources: Iterable[str | Path], into: str | Path) -> MergeReport:
-    """Copy every source's current runs into ``into`` (created if needed); idempotent."""
+    """Copy every source's current runs into ``into`` (created if needed); idempotent.
+
+    A merge that fails creates and changes nothing: every source is opened and checked
+    (it exists, is an initsweep store, is not damaged) before the target is touched, and
+    the copy is one transaction."""
     report = MergeReport()
-    with Store(into) as target:
-        target_path = target.path.resolve()
-        run_cols = [r[1] for r in target.conn.execute("PRAGMA table_info(runs)") if r[1] != "row_id"]
+    target_path = (Path(into) / DB_NAME).resolve()
+    opened: list[tuple[str, Store]] = []
+    try:
         for source in sources:
-            path = _db_path(source)
-            if path.resolve() == target_path:
+            opened.append((str(source), Store(source, create=False)))
+            if opened[-1][1].path.resolve() == target_path:
                 raise InitsweepError(f"merge: {source} is the target folder itself")
-            report.sources += 1
-            src = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-            src.row_factory = sqlite3.Row
-            try:
-                _merge_one(src, target, run_cols, report, str(source))
-            except sqlite3.DatabaseError as exc:
-                raise StoreError(f"{source}: cannot read results: {exc}") from None
-            finally:
-                src.close()
+        with Store(into) as target, target._write() as conn:
+            run_cols = [r[1] for r in conn.execute("PRAGMA table_info(runs)") if r[1] != "row_id"]
+            for name, src in opened:
+                report.sources += 1
+                with src.guard():
+                    _merge_one(src.conn, conn, run_cols, report, name)
+    finally:
+        for _, src in opened:
+            src.close()
     return report
 
 
-def _merge_one(src: sqlite3.Connection, target: Store, run_cols: list[str], report: MergeReport, name: str) -> None:
+def _merge_one(src: sqlite3.Connection, conn: sqlite3.Connection, run_cols: list[str], report: MergeReport,
+               name: str) -> None:
     src_cols = {r[1] for r in src.execute("PRAGMA table_info(runs)")}
     rows = src.execute(f"SELECT * FROM runs WHERE row_id IN ({CURRENT_ROWS}) AND status != 'running' "
                        "ORDER BY row_id").fetchall()
     for row in rows:
-        with target._write() as conn:
-            have = conn.execute(
-                "SELECT * FROM runs WHERE sweep = ? AND run_id = ? ORDER BY row_id DESC LIMIT 1",
-                (row["sweep"], row["run_id"])).fetchone()
-            if have is not None and have["status"] in FINISHED:
-                if _same(have, row):
-                    report.identical += 1
-                else:
-                    report.conflicts.append(
-                        f"{row['sweep']}/{row['run_id']}: {name} has {row['status']} test_acc={row['test_acc']}, "
-                        f"the merged results have {have['status']} test_acc={have['test_acc']} (kept)")
-                continue
-            if have is not None and row["status"] not in FINISHED:
-                report.identical += 1  # an unfinished attempt adds nothing to what is there
-                continue
-            cols = [c for c in run_cols if c in src_cols]
-            cursor = conn.execute(f"INSERT INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-                                  [row[c] for c in cols])
-            new_id = cursor.lastrowid
-            for table in ("epochs", "layers"):
-                target_cols = [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
-                source_cols = {r[1] for r in src.execute(f"PRAGMA table_info({table})")}
-                cols_t = [c for c in target_cols if c in source_cols]
-                for child in src.execute(f"SELECT * FROM {table} WHERE row_id = ?", (row["row_id"],)):
-                    values = [new_id if c == "row_id" else child[c] for c in cols_t]
-                    conn.execute(f"INSERT INTO {table} ({', '.join(cols_t)}) VALUES ({', '.join('?' * len(cols_t))})",
-                                 values)
-            report.added += 1
+        have = conn.execute(
+            "SELECT * FROM runs WHERE sweep = ? AND run_id = ? ORDER BY row_id DESC LIMIT 1",
+            (row["sweep"], row["run_id"])).fetchone()
+        if have is not None and have["status"] in FINISHED:
+            if _same(have, row):
+                report.identical += 1
+            else:
+                report.conflicts.append(
+                    f"{row['sweep']}/{row['run_id']}: {name} has {row['status']} test_acc={row['test_acc']}, "
+                    f"the merged results have {have['status']} test_acc={have['test_acc']} (kept)")
+            continue
+        if have is not None and row["status"] not in FINISHED:
+            report.identical += 1  # an unfinished attempt adds nothing to what is there
+            continue
+        cols = [c for c in run_cols if c in src_cols]
+        cursor = conn.execute(f"INSERT INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                              [row[c] for c in cols])
+        new_id = cursor.lastrowid
+        for table in ("epochs", "layers"):
+            target_cols = [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
+            source_cols = {r[1] for r in src.execute(f"PRAGMA table_info({table})")}
+            cols_t = [c for c in target_cols if c in source_cols]
+            for child in src.execute(f"SELECT * FROM {table} WHERE row_id = ?", (row["row_id"],)):
+                values = [new_id if c == "row_id" else child[c] for c in cols_t]
+                conn.execute(f"INSERT INTO {table} ({', '.join(cols_t)}) VALUES ({', '.join('?' * len(cols_t))})",
+                             values)
+        report.added += 1
 
 
 # ---------------------------------------------------------------- JUnit XML and Markdown

@@ -107,7 +107,7 @@ def test_merge_reports_conflicts_and_keeps_what_was_there(tmp_path):
 
 def test_merge_of_something_that_is_not_results_exits_2(tmp_path):
     result = invoke("merge", str(tmp_path / "nothing"), "--into", str(tmp_path / "m"))
-    assert result.exit_code == 2 and "not a results folder" in result.stderr
+    assert result.exit_code == 2 and f"{tmp_path / 'nothing'}: does not exist" in result.stderr
 
 
 def test_junit_xml_and_markdown_summary(tmp_path):

@@ -152,10 +152,10 @@ def test_empty_store_missing_folder_and_fresh_results_dir(tmp_path):
     out = invoke("report", "--results", str(fresh))
     assert out.exit_code == 0 and "no runs in" in out.stdout
     (tmp_path / "notes.txt").write_text("not results")
-    for path in (tmp_path / "nope", tmp_path / "notes.txt"):
+    for path, why in ((tmp_path / "nope", "does not exist"), (tmp_path / "notes.txt", "not a results folder")):
         out = invoke("report", "--results", str(path))
         assert out.exit_code == 2 and len(out.stderr.strip().splitlines()) == 1, out.output
-        assert "not a results folder" in out.stderr
+        assert why in out.stderr
     machine = invoke("report", "--results", str(tmp_path / "empty"), "--format", "json")
     assert machine.exit_code == 0 and machine.stdout == "" and "no runs" in machine.stderr
 

@@ -280,7 +280,7 @@ def test_report_lists_runs_and_handles_empty_and_missing_folders(tmp_path):
     result = runner.invoke(app, ["report", "--results", str(tmp_path / "res"), "--format", "json"])
     assert result.exit_code == 0 and [r["depth"] for r in json.loads(result.stdout)] == [1, 2]
     missing = runner.invoke(app, ["report", "--results", str(tmp_path / "nope")])
-    assert missing.exit_code == 2 and "not a results folder" in missing.stderr
+    assert missing.exit_code == 2 and "does not exist" in missing.stderr
     Store(tmp_path / "empty").close()
     empty = runner.invoke(app, ["report", "--results", str(tmp_path / "empty")])
     assert empty.exit_code == 0 and "no runs" in empty.stdout
