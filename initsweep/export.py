@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from .errors import InitsweepError, StoreError
+from .jsontext import json_text
 from .report import filter_runs
 from .store import _RESULT_COLUMNS, _SETTING_COLUMNS, DB_NAME, Store
 
@@ -168,21 +169,9 @@ def find_run(source: str | Path, prefix: str, sweep: str | None = None) -> dict[
 # ---------------------------------------------------------------------- writing
 
 
-def json_value(value: Any) -> Any:
-    """A JSON value: numpy scalars as Python ones, NaN/inf/NA as null."""
-    if value is None or value is pd.NA:
-        return None
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def to_json_text(df: pd.DataFrame) -> str:
     """Records, one object per row, floats exact (shortest round-trip repr), NaN as null."""
-    records = [{k: json_value(v) for k, v in row.items()} for row in df.to_dict("records")]
-    return json.dumps(records, indent=1, allow_nan=False, default=str) + "\n"
+    return json_text(df.to_dict("records"), indent=1)
 
 
 def write_runs(df: pd.DataFrame, fmt: str, output: Path | None) -> str | None:
