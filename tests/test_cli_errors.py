@@ -1,15 +1,20 @@
 """Small CLI errors and edges: one line on stderr naming what the user typed, exit 2, and
-nothing stored lost; empty plans said plainly; the notebook API's small edges."""
+nothing stored lost; empty plans said plainly; the notebook API's small edges; and the
+scheduled workflow's shell steps, run for real."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from test_ci import invoke, write_config
 
 import initsweep
@@ -20,6 +25,7 @@ from initsweep.errors import OptionError
 from initsweep.sweep import plan_execution
 
 ROOT = Path(__file__).resolve().parents[1]
+WORKFLOW = ROOT / ".github/workflows/scheduled-sweep.yml"
 CPU = ("--device", "cpu", "--workers", "1", "--threads", "1")
 
 
@@ -201,3 +207,104 @@ def test_dir_lists_the_lazy_api_without_importing_it():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "[] False False", out.stderr
     assert {"load_results", "summarize", "run_sweep"} <= set(initsweep.__all__)
+
+
+# ---------------------------------------------------------------- the scheduled workflow
+
+
+def workflow() -> dict:
+    return yaml.safe_load(WORKFLOW.read_text())
+
+
+def step(job: str, name: str) -> dict:
+    return next(s for s in workflow()["jobs"][job]["steps"] if s.get("name", "").startswith(name))
+
+
+def test_the_workflow_caches_each_shards_results_between_runs():
+    wf = workflow()
+    steps = wf["jobs"]["sweep"]["steps"]
+    uses = [s.get("uses", "").split("@")[0] for s in steps]
+    restore, save = steps[uses.index("actions/cache/restore")], steps[uses.index("actions/cache/save")]
+    assert wf["jobs"]["sweep"]["env"]["SHARD_DIR"] == "results/shard-${{ matrix.shard }}"
+    assert restore["with"]["path"] == save["with"]["path"] == "${{ env.SHARD_DIR }}"
+    # each run saves under a new key; restore-keys, its prefix, finds the newest partial folder
+    assert restore["with"]["key"] == save["with"]["key"] and "${{ github.run_id }}" in save["with"]["key"]
+    assert save["with"]["key"].startswith(restore["with"]["restore-keys"])
+    prefix = next(s for s in steps if s.get("id") == "cache")["run"]
+    for part in ("$GITHUB_REF_NAME", "hashFiles(env.CONFIG)", "$TORCH_VERSION", "matrix.shard", "$SHARDS"):
+        assert part in prefix
+    assert save["if"].startswith("always()")  # saved after a spent budget or a failed run too
+    sweep = steps.index(step("sweep", "Sweep shard"))
+    assert steps.index(restore) < sweep < steps.index(save)
+
+
+def test_the_workflow_installs_what_the_baseline_was_made_with():
+    wf = workflow()
+    with open(ROOT / "baselines/smoke.csv", newline="") as f:
+        made_with = next(csv.DictReader(f))
+    assert made_with["torch_version"].split("+")[0] == wf["env"]["TORCH_VERSION"]
+    assert made_with["python_version"] == wf["env"]["PYTHON_VERSION"]
+    for job in wf["jobs"].values():
+        setup = next(s for s in job["steps"] if s.get("uses", "").startswith("actions/setup-python@"))
+        assert setup["with"]["python-version"] == "${{ env.PYTHON_VERSION }}"
+        install = next(s["run"] for s in job["steps"] if "pip install" in s.get("run", ""))
+        assert '"torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"' in install
+
+
+def run_step(job: str, name: str, cwd: Path, substitute: dict[str, str] | None = None, **env: str):
+    """A workflow step's script under ``bash -e`` (GitHub's default shell), with ``initsweep``
+    the real CLI of this checkout."""
+    script = re.sub(r"\$\{\{\s*matrix\.shard\s*\}\}", "1", step(job, name)["run"])
+    for old, new in (substitute or {}).items():
+        assert old in script
+        script = script.replace(old, new)
+    bin_dir = cwd / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "initsweep").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m initsweep "$@"\n')
+    (bin_dir / "initsweep").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "CUDA_VISIBLE_DEVICES": "",
+           "NO_COLOR": "1", "SHARDS": "3", "SHARD_DIR": "results/shard-1", **env}
+    env.pop("GITHUB_STEP_SUMMARY", None)
+    return subprocess.run(["bash", "-e", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_the_sweep_step_marks_a_finished_shard_and_continues_a_spent_budget_next_run(tmp_path):
+    config = write_config(tmp_path / "c.yaml", {"depth": [2]})
+    (spec,) = expand(load_config(config)).runs
+    assert in_shard(spec.run_id, 1, 3)  # shard 1/3, the one the step runs here, holds this run
+    marker = tmp_path / "results/shard-1/SWEEP_FINISHED"
+    # exit 75: the budget is spent before the first run; green, with a notice, results kept for the cache
+    spent = run_step("sweep", "Sweep shard", tmp_path, {"--time-budget 40m": "--time-budget 0.001"}, CONFIG="c.yaml")
+    assert spent.returncode == 0, spent.stderr
+    assert ("::notice title=Sweep continues next run::shard 1/3 spent its time budget; its results are cached "
+            "and the next run resumes it") in spent.stdout.splitlines()
+    assert (tmp_path / "results/shard-1/initsweep.db").is_file() and not marker.exists()
+    # exit 0: the shard finished (resuming the same folder); marked so the next run starts afresh
+    done = run_step("sweep", "Sweep shard", tmp_path, CONFIG="c.yaml")
+    assert done.returncode == 0, done.stderr
+    assert marker.is_file() and "::notice" not in done.stdout
+    assert list(load_results(tmp_path / "results/shard-1")["status"]) in (["ok"], ["diverged"])  # finished
+    # any other code fails the step
+    bad = run_step("sweep", "Sweep shard", tmp_path, CONFIG="missing.yaml")
+    assert bad.returncode == 2 and "missing.yaml: file not found" in bad.stderr
+    # the next run: a finished shard's cached folder is cleared, an unfinished one is kept
+    assert run_step("sweep", "Start afresh", tmp_path).returncode == 0
+    assert not (tmp_path / "results/shard-1").exists()
+    (tmp_path / "results/shard-1").mkdir(parents=True)
+    assert run_step("sweep", "Start afresh", tmp_path).returncode == 0
+    assert (tmp_path / "results/shard-1").is_dir()
+
+
+def test_the_gate_waits_for_every_shard_to_finish(tmp_path):
+    for k in (1, 2):
+        (tmp_path / f"shards/results-shard-{k}/shard-{k}").mkdir(parents=True)
+        (tmp_path / f"shards/results-shard-{k}/shard-{k}/SWEEP_FINISHED").write_text("done")
+    waits = run_step("report", "Regression gate", tmp_path, BASELINE="baselines/smoke.csv")
+    assert waits.returncode == 0
+    assert ("::notice title=Regression gate waits::1 of 3 shard(s) have runs left; the gate runs once the sweep "
+            "has finished") in waits.stdout.splitlines()
+    (tmp_path / "shards/results-shard-3/shard-3").mkdir(parents=True)
+    (tmp_path / "shards/results-shard-3/shard-3/SWEEP_FINISHED").write_text("done")
+    gates = run_step("report", "Regression gate", tmp_path, BASELINE=str(ROOT / "baselines/smoke.csv"))
+    # every shard finished: check runs (here on a merged folder that is not there: its own exit 2)
+    assert gates.returncode == 2 and "results/merged" in gates.stderr
