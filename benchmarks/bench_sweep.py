@@ -175,7 +175,9 @@ def main() -> None:
         args.seeds, args.inits, args.train_limit, args.test_limit = 1, 1, 256, 256
     result = study(args) if args.study else measure(args)
     if args.json:
-        print(json.dumps(result))
+        from initsweep.jsontext import json_text
+
+        print(json_text(result, indent=None), end="")
         return
     if args.study:
         print(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))

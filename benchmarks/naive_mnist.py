@@ -10,7 +10,6 @@ per point). Same data, model, init, epochs and batch size as the initsweep side 
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import time
 
@@ -24,6 +23,7 @@ from torchvision import transforms
 from initsweep.activations import get_activation
 from initsweep.data import DataSource, SAMPLE_PATH, load_raw
 from initsweep.inits import initialize, resolve_init_params
+from initsweep.jsontext import json_text
 from initsweep.models import build_model
 
 
@@ -104,9 +104,9 @@ def main() -> None:
                     x, y = x.to(device), y.to(device)
                     correct += (model(x).argmax(1) == y).sum().item()
             accs.append(correct / len(test_y))
-    print(json.dumps({"runs": len(points), "train_samples": samples, "train_seconds": train_seconds,
-                      "wall_seconds": time.perf_counter() - t0, "test_acc": accs,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(json_text({"runs": len(points), "train_samples": samples, "train_seconds": train_seconds,
+                     "wall_seconds": time.perf_counter() - t0, "test_acc": accs,
+                     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}, indent=None), end="")
 
 
 if __name__ == "__main__":

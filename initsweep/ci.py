@@ -36,8 +36,10 @@ def parse_shard(text: str) -> tuple[int, int]:
     if not match:
         raise InitsweepError(f"--shard {text}: expected K/N, e.g. 1/4")
     k, n = int(match[1]), int(match[2])
+    if n < 1:
+        raise InitsweepError(f"--shard {text}: N must be at least 1")
     if not 1 <= k <= n:
-        raise InitsweepError(f"--shard {text}: K must be between 1 and N")
+        raise InitsweepError(f"--shard {text}: K must be between 1 and {n}")
     return k, n
 
 

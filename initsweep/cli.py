@@ -109,6 +109,9 @@ def run(
                             shard=shard_kn, time_budget=budget)
     finally:
         display.close()
+    if shard_kn is not None and not outcome.n_planned:  # nothing to do is not an error: exit 0
+        console.print(f"shard {shard_kn[0]}/{shard_kn[1]} holds none of the {outcome.n_in_grid} runs: nothing to do",
+                      highlight=False)
     with Store(results) as store:
         df = store.runs_frame(outcome.sweep)
     df = df[df.run_id.isin(outcome.run_ids)]

@@ -9,7 +9,6 @@ input, 130 interrupted), so no user mistake ends in a traceback.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 from enum import Enum
@@ -22,6 +21,7 @@ from rich.markup import escape
 
 from . import __version__
 from .errors import EXIT_INTERRUPTED, InitsweepError
+from .jsontext import json_text
 
 app = typer.Typer(
     name="initsweep",
@@ -50,7 +50,7 @@ def boundary(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except InitsweepError as exc:
-            for line in exc.lines():
+            for line in exc.cli_lines():
                 err_console.print(f"[bold red]error:[/] {escape(line)}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
@@ -61,7 +61,8 @@ def boundary(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    """Every JSON a command prints is strict (non-finite numbers as null): see ``jsontext``."""
+    sys.stdout.write(json_text(data))
 
 
 def _version(value: bool) -> None:

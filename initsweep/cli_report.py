@@ -173,14 +173,18 @@ def export_cmd(
     """Write the raw per-run table (every column) for pandas, spreadsheets or report --baseline."""
     from .export import format_of, load_results, write_runs
 
-    fmt_name = fmt.value if fmt else (format_of(output) if output else None) or "csv"
+    fmt_name = fmt.value if fmt else format_of(output) if output else "csv"
+    if fmt_name is None:  # never guess: a spreadsheet app would open CSV bytes named .xlsx as garbage
+        what = f"its suffix {output.suffix!r}" if output.suffix else "a name without a suffix"
+        raise InitsweepError(f"--output {output}: export cannot tell the format from {what}; it writes "
+                             ".csv, .json and .parquet (or .pq), or give --format csv|json|parquet")
     runs = load_results(results, sweep, where, history)
     with _writing("--output", output):
         text = write_runs(runs, fmt_name, output)
     if text is not None:
         sys.stdout.write(text)
     else:
-        err_console.print(f"{len(runs)} runs -> {output}", markup=False, highlight=False)
+        err_console.print(f"{len(runs)} runs -> {output} ({fmt_name})", markup=False, highlight=False)
 
 
 @app.command()

@@ -204,8 +204,11 @@ def _axis_targets() -> dict[str, tuple[str, str]]:
 AXIS_TARGETS = _axis_targets()
 
 
+_SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
 class SweepConfig(_Section):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+    name: str
     description: str = ""
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -213,6 +216,15 @@ class SweepConfig(_Section):
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     exclude: list[dict[str, Any]] = Field(default_factory=list)
     diagnostics: DiagnosticsConfig = DiagnosticsConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        # said in words: a raw regex in an error message helps nobody
+        if not _SWEEP_NAME.fullmatch(v):
+            raise ValueError(f"{v!r} is not a valid sweep name: use letters, digits, '-', '_' and '.', "
+                             "starting with a letter or digit (at most 100 characters)")
+        return v
 
 
 @dataclass(frozen=True)
@@ -506,8 +518,10 @@ def validate(raw: Any, source: str | None = None, default_name: str | None = Non
     problems = []
     axes, grid_errs = _grid_problems(cfg)
     problems += grid_errs
-    _, exclude_errs = _exclude_problems(cfg, axes)
+    rules, exclude_errs = _exclude_problems(cfg, axes)
     problems += exclude_errs
+    if not problems and rules:
+        problems += _all_excluded_problem(axes, rules)
     if not problems:
         n = math.prod(len(v) for _, _, v in axes.values()) * len(cfg.train.seeds)
         if n > MAX_RUNS:
@@ -517,6 +531,25 @@ def validate(raw: Any, source: str | None = None, default_name: str | None = Non
     if problems:
         raise ConfigError(problems, source)
     return cfg
+
+
+def _matching_rules(point: dict[str, Any], rules: list[dict[str, list[Any]]]) -> list[int]:
+    """The indices of the ``exclude`` rules that match a grid point."""
+    return [k for k, rule in enumerate(rules)
+            if all(any(_matches(w, point[a]) for w in ws) for a, ws in rule.items())]
+
+
+def _all_excluded_problem(axes: dict, rules: list[dict[str, list[Any]]]) -> list[str]:
+    """A config whose exclusions remove every point can never run anything: say so, and by
+    which rules. Stops at the first point that survives (the usual case: the first one)."""
+    names, used = list(axes), set()
+    for combo in itertools.product(*(axes[a][2] for a in names)):
+        matched = _matching_rules(dict(zip(names, combo)), rules)
+        if not matched:
+            return []
+        used.update(matched)
+    which = ", ".join(f"exclude[{k}]" for k in sorted(used))
+    return [f"exclude: the grid expands to 0 runs: every point is excluded by {which}"]
 
 
 def _size_problems(cfg: SweepConfig, axes: dict) -> list[str]:
@@ -570,10 +603,10 @@ def expand(cfg: SweepConfig, dataset: str | None = None) -> Plan:
     runs, seen, n_excluded, n_duplicates, hits = [], set(), 0, 0, [0] * len(rules)
     for combo in itertools.product(*(axes[a][2] for a in names)):
         point = dict(zip(names, combo))
-        matched = [all(any(_matches(w, point[a]) for w in ws) for a, ws in rule.items()) for rule in rules]
-        for k, m in enumerate(matched):
-            hits[k] += m
-        if any(matched):
+        matched = _matching_rules(point, rules)
+        for k in matched:
+            hits[k] += 1
+        if matched:
             n_excluded += len(cfg.train.seeds)
             continue
         updates: dict[str, dict[str, Any]] = {"data": {}, "model": {}, "train": {}}

@@ -26,7 +26,9 @@ Where the bytes come from (``resolve_source``):
   ``DataSource`` of a fallback says why; a ``DataError`` names every place looked at and
   how to allow the substitution.
 
-``root`` is ``data.root``, else ``$INITSWEEP_DATA``, else ``~/.cache/initsweep``.
+``root`` is ``data.root``, else ``$INITSWEEP_DATA``, else ``~/.cache/initsweep``. A root
+from ``$INITSWEEP_DATA`` must exist before anything is downloaded into it (a ``DataError``
+otherwise): a mistyped variable must not create folders; reading never creates any.
 
 Splits (``load_splits``): a ``split_seed`` permutation of the full training set; its
 first ``round(val_fraction * N)`` indices are the validation set, the rest (in permutation
@@ -227,6 +229,11 @@ def resolve_source(cfg: DataSettings, *, offline: bool = False) -> DataSource:
         why = "offline: no download attempted"
     elif not cfg.download:
         why = "data.download is false"
+    elif cfg.root is None and os.environ.get(ROOT_ENV) and not root.exists():
+        # A download creates its folder; a mistyped $INITSWEEP_DATA would scatter data
+        # folders wherever it points, so the user creates the root, not the download.
+        raise DataError(f"${ROOT_ENV} is {os.environ[ROOT_ENV]}, which does not exist: create that folder "
+                        f"to download {requested} into it, or unset ${ROOT_ENV} (default {DEFAULT_ROOT})")
     else:
         try:
             downloaded = _download(requested, root)

@@ -18,7 +18,8 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from .errors import InitsweepError, StoreError
+from .errors import InitsweepError, OptionError, StoreError
+from .jsontext import json_text
 from .report import count_runs, filter_runs
 from .store import _RESULT_COLUMNS, _SETTING_COLUMNS, DB_NAME, Store
 
@@ -97,9 +98,18 @@ def _read_file(path: Path) -> pd.DataFrame:
         raise StoreError(f"{path}: cannot read it as {fmt}: {reason}") from None
 
 
+def _check_sweeps(sweep: str | list[str], stored: set[str], source: Path) -> None:
+    """A sweep name that is not stored is a typo, not an empty result: an ``OptionError``
+    listing the sweeps that are there (nothing stored yet is just that: no error)."""
+    asked = [sweep] if isinstance(sweep, str) else list(sweep)
+    unknown = [name for name in asked if name not in stored]
+    if unknown and stored:
+        raise OptionError("sweep", unknown[0], f"no such sweep in {source} (its sweeps: {', '.join(sorted(stored))})")
+
+
 def read_runs(source: str | Path, sweep: str | list[str] | None = None, history: bool = False) -> pd.DataFrame:
     """Runs from a results folder or from a file ``initsweep export`` wrote; one row per run
-    (its latest attempt) unless ``history``."""
+    (its latest attempt) unless ``history``. Naming a sweep that is not there is an error."""
     path = Path(source)
     if path.is_file():
         df = _read_file(path)
@@ -107,12 +117,19 @@ def read_runs(source: str | Path, sweep: str | list[str] | None = None, history:
         if missing and not df.empty:
             raise StoreError(f"{path}: not a run export (no {missing[0]!r} column; write one with initsweep export)")
         if sweep is not None and "sweep" in df:
+            _check_sweeps(sweep, set(df["sweep"].dropna().astype(str)), path)
             df = df[df["sweep"].isin([sweep] if isinstance(sweep, str) else list(sweep))]
         if not history:
             df = current_rows(df)
         return normalize(df.reset_index(drop=True), str(path))
     with Store(path, create=False) as store:
+        if sweep is not None:
+            _check_sweeps(sweep, _stored_sweeps(store), path)
         return normalize(store.runs_frame(sweep, history=history), str(path))
+
+
+def _stored_sweeps(store: Store) -> set[str]:
+    return {row[0] for row in store.conn.execute("SELECT DISTINCT sweep FROM runs")}
 
 
 def is_empty_folder(path: Path) -> bool:
@@ -147,6 +164,8 @@ def read_curves(source: str | Path, row_ids: list[int]) -> tuple[pd.DataFrame | 
 def find_run(source: str | Path, prefix: str, sweep: str | None = None) -> dict[str, Any]:
     """The run whose id starts with ``prefix``: its current row, attempts, epochs and layers."""
     with Store(source, create=False) as store:
+        if sweep is not None:
+            _check_sweeps(sweep, _stored_sweeps(store), Path(source))
         every = store.runs_frame(sweep, history=True)
         current = current_rows(every)
         hits = current[current["run_id"].str.startswith(prefix)] if prefix else current.head(0)
@@ -169,21 +188,9 @@ def find_run(source: str | Path, prefix: str, sweep: str | None = None) -> dict[
 # ---------------------------------------------------------------------- writing
 
 
-def json_value(value: Any) -> Any:
-    """A JSON value: numpy scalars as Python ones, NaN/inf/NA as null."""
-    if value is None or value is pd.NA:
-        return None
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def to_json_text(df: pd.DataFrame) -> str:
     """Records, one object per row, floats exact (shortest round-trip repr), NaN as null."""
-    records = [{k: json_value(v) for k, v in row.items()} for row in df.to_dict("records")]
-    return json.dumps(records, indent=1, allow_nan=False, default=str) + "\n"
+    return json_text(df.to_dict("records"), indent=1)
 
 
 def write_runs(df: pd.DataFrame, fmt: str, output: Path | None) -> str | None:

@@ -177,7 +177,8 @@ def render_sweep_summary(console: Console, outcome, best: "pd.DataFrame", totals
     counts = outcome.counts
     ran = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "nothing"
     console.print(f"this run: {ran}; skipped {outcome.n_skipped}", highlight=False)
-    console.print("sweep so far: " + ", ".join(f"{n} {s}" for s, n in sorted(totals.items())), highlight=False)
+    console.print("sweep so far: " + (", ".join(f"{n} {s}" for s, n in sorted(totals.items())) or "nothing"),
+                  highlight=False)
     if not best.empty:
         table = Table(title=f"Best setting per depth (mean test accuracy over seeds) — {outcome.sweep}")
         for col in ("depth", "setting", "test acc", "seeds"):

@@ -133,7 +133,7 @@ def _flatten(spec: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 def run_as_json(detail: dict[str, Any]) -> dict[str, Any]:
     """``initsweep show --format json``: the row, its settings, curves, layers and attempts."""
-    from .export import json_value
+    from .jsontext import json_value
 
     def records(df: pd.DataFrame) -> list[dict[str, Any]]:
         return [{k: json_value(v) for k, v in r.items()} for r in df.to_dict("records")]

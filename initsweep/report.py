@@ -118,9 +118,12 @@ def check_metric(df: pd.DataFrame, metric: str) -> str:
     return metric
 
 
-def resolve_by(df: pd.DataFrame, by: list[str] | None = None, option: str = "--by") -> list[str]:
+def resolve_by(df: pd.DataFrame, by: str | list[str] | None = None, option: str = "--by") -> list[str]:
     """The run columns to group by: the given names (``init`` meaning ``init_label``), or by
-    default init, activation and depth plus every other setting that varies except the seed."""
+    default init, activation and depth plus every other setting that varies except the seed.
+    A string is one column, or several comma-separated as on the command line."""
+    if isinstance(by, str):  # iterating a str would group by its letters
+        by = by.split(",")
     if not by:
         return [c for c in CORE_AXES if c in df] + varying_settings(df, exclude=CORE_AXES)
     keys = []
@@ -209,11 +212,12 @@ def _fallback_cell(labels: pd.Series) -> str | None:
     return text if len(hit) == len(labels) else f"{text} ({len(hit)}/{len(labels)} runs)"
 
 
-def summarize(df: pd.DataFrame, metric: str = "test_acc", by: list[str] | None = None) -> pd.DataFrame:
+def summarize(df: pd.DataFrame, metric: str = "test_acc", by: str | list[str] | None = None) -> pd.DataFrame:
     """Seed statistics of ``metric`` per group of runs (see the module docstring for the rules).
 
-    ``by`` takes run columns or the friendly ``init``/``activation``/``bias`` (their labels);
-    by default every setting that varies except the seed. One row per group, the keys named
+    ``by`` takes run columns or the friendly ``init``/``activation``/``bias`` (their labels),
+    as a list or a string (``"init"``, or ``"init,depth"`` as on the command line); by
+    default every setting that varies except the seed. One row per group, the keys named
     friendly, then ``n, mean, std, min, max, runs, diverged, diverged_rate, unfinished, verdict``.
 
     >>> summarize(load_results("results"), "test_acc", ["init", "activation", "depth"])  # doctest: +SKIP

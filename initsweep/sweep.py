@@ -20,7 +20,7 @@ from .batched import group_specs
 from .ci import in_shard
 from .config import RunSpec, SweepConfig, load_config
 from .data import DataSource
-from .errors import InitsweepError
+from .errors import InitsweepError, OptionError
 from .executors import Task
 from .executors.local import execute_in_process
 from .executors.pool import WorkerPool
@@ -53,6 +53,7 @@ class SweepOutcome:
     execution: "Execution | None" = None
     run_ids: set[str] = field(default_factory=set)  # the runs this invocation plans (its shard)
     budget_exhausted: bool = False  # the time budget stopped runs from starting
+    n_in_grid: int = 0  # runs in the whole plan, before the shard was taken
 
     @property
     def counts(self) -> Counter:
@@ -99,7 +100,7 @@ def plan_execution(device: str = "auto", devices: list[str] | None = None, worke
     two-threaded process), one per GPU on CUDA; vmapped groups only on CUDA. With Ray the
     device is where the tasks run (CUDA when they ask for GPUs), not checked here."""
     if vmap not in ("auto", "on", "off"):
-        raise InitsweepError(f"--vmap {vmap}: use auto, on or off")
+        raise OptionError("vmap", vmap, "use auto, on or off")
     if executor == "ray":
         num_gpus = num_gpus or 0.0
         kind = "cuda" if num_gpus else ("cpu" if device == "auto" else device)
@@ -107,12 +108,15 @@ def plan_execution(device: str = "auto", devices: list[str] | None = None, worke
         return Execution([torch.device(kind)], 1, max(1, int(num_cpus or 1)), use_vmap, compile, max_retries,
                          "ray", ray_address, num_cpus or 1.0, num_gpus)
     if executor != "local":
-        raise InitsweepError(f"--executor {executor}: use local or ray")
+        raise OptionError("executor", executor, "use local or ray")
     if ray_address or num_cpus or num_gpus:
         raise InitsweepError("--ray-address/--num-cpus/--num-gpus need --executor ray")
-    resolved = [resolve_device(d) for d in (devices or [device])]
-    if len({d.type for d in resolved}) != 1:
-        raise InitsweepError(f"--devices {','.join(devices or [])}: mix of device types")
+    if devices:
+        resolved = [resolve_device(d, "devices") for d in devices]
+        if len({d.type for d in resolved}) != 1:
+            raise OptionError("devices", devices, "a mix of device types (use one type, e.g. cuda:0,cuda:1)")
+    else:
+        resolved = [resolve_device(device)]
     cores = usable_cores()
     if workers is None:
         workers = len(resolved) if resolved[0].type == "cuda" else cores
@@ -161,7 +165,7 @@ def run_sweep(config: str | Path | SweepConfig, *, results_dir: str | Path = "re
             execution = _fit_workers(execution, tasks, todo, threads)
         outcome = SweepOutcome(cfg.name, Path(results_dir), source, len(planned),
                                sum(spec.run_id in done for spec in planned), execution=execution,
-                               run_ids={s.run_id for s in planned})
+                               run_ids={s.run_id for s in planned}, n_in_grid=len(plan.runs))
         observer.sweep_started(cfg.name, len(planned), len(todo), outcome.n_done_before)
         claim_kwargs = {"dataset_requested": source.requested, "data_fallback": source.fallback_reason,
                         "fresh_since": fresh_since}

@@ -44,7 +44,7 @@ from . import __version__
 from .activations import get_activation
 from .config import RunSpec
 from .data import DataSource, Splits, iterate_batches, load_splits, resolve_source
-from .errors import InitsweepError
+from .errors import OptionError
 from .inits import initialize
 from .models import build_model
 from .probe import probe_for_run
@@ -105,8 +105,12 @@ class RunResult:
         return asdict(self)
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` takes CUDA when present, then MPS, else the CPU; explicit names are checked."""
+def resolve_device(name: str, param: str = "device") -> torch.device:
+    """``auto`` takes CUDA when present, then MPS, else the CPU; explicit names are checked.
+
+    A bad name is an ``OptionError`` naming ``param``, the setting it came from (``device``,
+    or ``devices`` for one entry of a list), so the CLI names the flag the user typed.
+    """
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -117,19 +121,19 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
-        raise InitsweepError(f"--device {name}: not a device (use auto, cpu, cuda, cuda:N or mps)") from None
+        raise OptionError(param, name, "not a device (use auto, cpu, cuda, cuda:N or mps)") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise InitsweepError(f"--device {name}: CUDA is not available on this machine "
-                                 f"(torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'})")
+            raise OptionError(param, name, f"CUDA is not available on this machine "
+                                           f"(torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'})")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise InitsweepError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+            raise OptionError(param, name, f"only {torch.cuda.device_count()} CUDA device(s) here")
     elif device.type == "mps":
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
-            raise InitsweepError(f"--device {name}: MPS is not available on this machine")
+            raise OptionError(param, name, "MPS is not available on this machine")
     elif device.type != "cpu":
-        raise InitsweepError(f"--device {name}: unsupported device type (use auto, cpu, cuda, cuda:N or mps)")
+        raise OptionError(param, name, "unsupported device type (use auto, cpu, cuda, cuda:N or mps)")
     return device
 
 

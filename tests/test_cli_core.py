@@ -48,7 +48,7 @@ BAD_CONFIGS = [
     ("name: t\ndata: {val_fraction: 1.5}\n", ["data.val_fraction:"]),
     ("name: t\nmodel: {arch: resnet}\n", ["model.arch:"]),
     ("name: t\n  bad: : indent\n", ["not valid YAML"]),
-    ("name: 'bad name!'\n", ["name: string should match pattern"]),
+    ("name: 'bad name!'\n", ["name: 'bad name!' is not a valid sweep name: use letters, digits"]),
     ("name: t\ngrid: {seed: [1, 2]}\n", ["grid.seed: seeds are not a grid axis"]),
     ("name: t\ngrid: {root: [a, b]}\n", ["grid.root: unknown axis"]),
     ("name: t\nmodel: {width: 4096, depth: 1000}\n", ["parameters, over the limit"]),
