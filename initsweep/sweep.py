@@ -149,9 +149,10 @@ def run_sweep(config: str | Path | SweepConfig, *, results_dir: str | Path = "re
     if cfg.train.precision == "bf16" and execution.device.type != "cuda":
         raise InitsweepError(f"precision bf16 needs a CUDA device (running on {execution.device})")
     observer = observer or Observer()
+    # the data first: a missing dataset is refused before a results folder is created for it
+    source, plan = resolve_plan(cfg, offline=offline)
+    observer.data_resolved(source)
     with Store(results_dir) as store:
-        source, plan = resolve_plan(cfg, offline=offline)
-        observer.data_resolved(source)
         planned = [s for s in plan.runs if shard is None or in_shard(s.run_id, *shard)]
         fresh_since = datetime.now(timezone.utc).isoformat(timespec="milliseconds") if fresh else None
         done = store.finished_run_ids(cfg.name, fresh_since)

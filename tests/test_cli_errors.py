@@ -188,7 +188,7 @@ def test_a_data_root_from_the_environment_that_does_not_exist_is_never_created(t
     assert planned.exit_code == 2 and error_lines(planned) == error_lines(result)
     probe = invoke("probe", str(config), "--batch-size", "4", "--threads", "1", "--summary", env=env)
     assert probe.exit_code == 0 and "note: probing on mnist-sample" in probe.stderr
-    assert not (tmp_path / "no").exists()
+    assert not (tmp_path / "no").exists() and not (tmp_path / "res").exists()
 
 
 # ---------------------------------------------------------------- the notebook API
