@@ -3,7 +3,7 @@
 Command modules (``cli.py``, ``cli_report.py``, ...) register on :data:`app`; only they and
 the renderers they call print. :func:`boundary` turns a domain error into one line per
 problem on stderr and its exit code (0 ok, 1 runs failed / check regressed, 2 bad usage or
-input, 130 interrupted), so no user mistake ends in a traceback.
+input, 130 Ctrl-C, 143 SIGTERM), so no user mistake ends in a traceback.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from . import __version__
-from .errors import EXIT_INTERRUPTED, InitsweepError
+from .errors import EXIT_TERMINATED, InitsweepError, interrupt_exit_code
 
 app = typer.Typer(
     name="initsweep",
@@ -53,9 +53,10 @@ def boundary(fn: Callable[..., Any]) -> Callable[..., Any]:
             for line in exc.lines():
                 err_console.print(f"[bold red]error:[/] {escape(line)}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            err_console.print("interrupted", highlight=False)
-            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except KeyboardInterrupt as exc:
+            code = interrupt_exit_code(exc)
+            err_console.print("terminated (SIGTERM)" if code == EXIT_TERMINATED else "interrupted", highlight=False)
+            raise typer.Exit(code) from None
 
     return wrapper
 

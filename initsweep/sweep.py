@@ -20,7 +20,7 @@ from .batched import group_specs
 from .ci import in_shard
 from .config import RunSpec, SweepConfig, expand, load_config
 from .data import DataSource, resolve_source
-from .errors import InitsweepError
+from .errors import InitsweepError, terminated
 from .executors import Task
 from .executors.local import execute_in_process
 from .executors.pool import WorkerPool
@@ -49,7 +49,8 @@ class SweepOutcome:
     n_done_before: int  # already finished when the sweep started (resume)
     results: list[tuple[RunSpec, RunResult]] = field(default_factory=list)
     n_skipped: int = 0  # finished or claimed by another process meanwhile
-    interrupted: bool = False
+    interrupted: bool = False  # Ctrl-C or SIGTERM stopped it
+    terminated: bool = False  # ... and it was SIGTERM (the CLI exits 143 rather than 130)
     execution: "Execution | None" = None
     run_ids: set[str] = field(default_factory=set)  # the runs this invocation plans (its shard)
     budget_exhausted: bool = False  # the time budget stopped runs from starting
@@ -132,7 +133,8 @@ def run_sweep(config: str | Path | SweepConfig, *, results_dir: str | Path = "re
     """Train every run of a config that is not finished yet; return what happened.
 
     Ctrl-C (``KeyboardInterrupt``) is caught: the runs in flight are recorded as
-    ``interrupted`` and the outcome comes back with ``interrupted=True``. ``shard=(K, N)``
+    ``interrupted`` and the outcome comes back with ``interrupted=True`` (and
+    ``terminated=True`` when it was SIGTERM, see ``errors.sigterm_as_interrupt``). ``shard=(K, N)``
     keeps the K-th of N disjoint parts of the grid; with ``time_budget`` (seconds) no run
     starts after that long, and ``budget_exhausted`` tells whether runs were left.
     """
@@ -181,8 +183,9 @@ def run_sweep(config: str | Path | SweepConfig, *, results_dir: str | Path = "re
                 else:
                     outcome.results.append((spec, result))
                     observer.run_finished(spec, result)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             outcome.interrupted = True
+            outcome.terminated = terminated(exc)
     return outcome
 
 

@@ -129,7 +129,7 @@ def test_sigterm_stops_the_pool_marks_runs_interrupted_and_leaves_no_process(tmp
           len(load_results(results, history=True)) >= 3)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    assert proc.returncode == 143, err
     df = load_results(results, history=True)
     assert "running" not in set(df.status) and (df.status == "interrupted").sum() >= 1
     _wait(lambda: not _marked(mark), timeout=15)

@@ -29,6 +29,7 @@ from typing import Iterator
 import torch
 
 from ..config import RunSpec
+from ..errors import interrupt_reason
 from ..store import Store
 from ..train import RunResult, environment
 from . import Task, claim_runs
@@ -158,11 +159,11 @@ class WorkerPool:
                     if handle is self.workers[worker_id].events:
                         yield from self._read_events(worker_id, inflight, store, by_run, observer)
                 yield from self._replace_dead(inflight, pending, store, by_run, observer, max_retries)
-        except BaseException:
+        except BaseException as exc:
             for task in inflight.values():
                 for run_id, row_id in task.row_ids.items():
                     if run_id not in task.done:
-                        store.mark_interrupted(row_id, "interrupted (Ctrl-C or SIGTERM)")
+                        store.mark_interrupted(row_id, interrupt_reason(exc))
             raise
 
     def _dispatch(self, pending: deque[Task], inflight: dict[int, Task], store: Store,

@@ -19,7 +19,7 @@ import time
 from typing import Iterator
 
 from ..config import RunSpec
-from ..errors import InitsweepError
+from ..errors import InitsweepError, interrupt_reason
 from ..store import Store
 from ..train import RunResult, environment
 from . import Task, claim_runs
@@ -106,11 +106,11 @@ def execute_ray(tasks: list[Task], *, store: Store, observer, claim_kwargs: dict
                 for spec, result in zip(specs, results):
                     store.finish(rows.pop(spec.run_id), result)
                     yield spec, result
-    except BaseException:
+    except BaseException as exc:
         for ref, (specs, rows) in inflight.items():
             ray.cancel(ref, force=True)
             for row_id in rows.values():
-                store.mark_interrupted(row_id, "interrupted (Ctrl-C or SIGTERM)")
+                store.mark_interrupted(row_id, interrupt_reason(exc))
         raise
     finally:
         deadline = time.monotonic() + 10

@@ -1,0 +1,74 @@
+"""Signals and processes, through the real CLI in real processes: SIGINT/SIGTERM exit codes.
+
+Every test waits on the store (or the process table), never on a fixed sleep, and every
+wait has a generous timeout so that a regression fails instead of hanging.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from test_executors import _wait
+
+
+def _config(path: Path, depths: list[int], train_limit: int = 2048, epochs: int = 1) -> Path:
+    path.write_text(yaml.safe_dump({
+        "name": "sig", "data": {"dataset": "mnist-sample", "train_limit": train_limit, "test_limit": 256},
+        "model": {"arch": "plain", "width": 8, "head": "flatten"},
+        "train": {"epochs": epochs, "batch_size": 64}, "grid": {"depth": depths},
+        "diagnostics": {"enabled": False}}))
+    return path
+
+
+def _start(tmp_path: Path, config: Path, *args: str) -> subprocess.Popen:
+    """``initsweep run`` in its own process, stdout and stderr to files (they outlive it).
+
+    SIGINT is reset to its default in the child: a test runner started in the background
+    hands its children an ignored SIGINT, and Python keeps an ignored SIGINT ignored.
+    """
+    return subprocess.Popen(
+        [sys.executable, "-m", "initsweep", "run", str(config), "--results", str(tmp_path / "res"),
+         "--device", "cpu", *args],
+        stdout=(tmp_path / "out").open("w"), stderr=(tmp_path / "err").open("w"),
+        env={**os.environ, "NO_COLOR": "1"}, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def _statuses(results: Path) -> list[tuple[str, str, str | None, str | None]]:
+    """``(run_id, status, error, worker)`` of every row, oldest first; [] before the store exists."""
+    try:  # read-only: never create the file before the sweep does
+        with sqlite3.connect(f"file:{results / 'initsweep.db'}?mode=ro", uri=True) as conn:
+            return conn.execute("SELECT run_id, status, error, worker FROM runs ORDER BY row_id").fetchall()
+    except sqlite3.OperationalError:
+        return []
+
+
+def _count(rows, status: str) -> int:
+    return sum(r[1] == status for r in rows)
+
+
+@pytest.mark.parametrize("signum, code, reason, said", [
+    (signal.SIGINT, 130, "interrupted (Ctrl-C)", "interrupted: finished runs are stored"),
+    (signal.SIGTERM, 143, "interrupted (SIGTERM)", "terminated (SIGTERM): finished runs are stored"),
+])
+def test_ctrl_c_exits_130_and_sigterm_143_both_marking_the_run_in_flight(tmp_path, signum, code, reason, said):
+    config = _config(tmp_path / "c.yaml", depths=[1, 2, 3, 4])
+    proc = _start(tmp_path, config, "--workers", "1")
+    _wait(lambda: proc.poll() is not None or (_count(rows := _statuses(tmp_path / "res"), "ok") >= 1
+                                               and _count(rows, "running") == 1))
+    finished = _count(_statuses(tmp_path / "res"), "ok")
+    proc.send_signal(signum)
+    assert proc.wait(timeout=120) == code, (tmp_path / "err").read_text()
+    rows = _statuses(tmp_path / "res")
+    assert _count(rows, "running") == 0 and _count(rows, "ok") >= finished  # everything finished is kept
+    assert [r[2] for r in rows if r[1] == "interrupted"] == [reason]  # the one run in flight
+    assert len(rows) == _count(rows, "ok") + 1 < 5
+    assert (tmp_path / "err").read_text().splitlines()[-1].startswith(said)
+
