@@ -1,4 +1,5 @@
-"""Signals and processes, through the real CLI in real processes: SIGINT/SIGTERM exit codes.
+"""Signals and processes, through the real CLI in real processes: SIGINT/SIGTERM exit codes
+and the workers of a ``kill -9``-ed parent.
 
 Every test waits on the store (or the process table), never on a fixed sleep, and every
 wait has a generous timeout so that a regression fails instead of hanging.
@@ -6,6 +7,7 @@ wait has a generous timeout so that a regression fails instead of hanging.
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import signal
 import sqlite3
@@ -16,7 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_executors import _wait
+from initsweep.config import expand, load_config
+from initsweep.data import resolve_source
+from test_executors import _wait, _worker_pids
 
 
 def _config(path: Path, depths: list[int], train_limit: int = 2048, epochs: int = 1) -> Path:
@@ -71,4 +75,53 @@ def test_ctrl_c_exits_130_and_sigterm_143_both_marking_the_run_in_flight(tmp_pat
     assert [r[2] for r in rows if r[1] == "interrupted"] == [reason]  # the one run in flight
     assert len(rows) == _count(rows, "ok") + 1 < 5
     assert (tmp_path / "err").read_text().splitlines()[-1].startswith(said)
+
+
+def _alive(pid: int) -> bool:
+    """Still running (a zombie waiting for a reaper has exited)."""
+    try:
+        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) != "Z"
+    except OSError:
+        return False
+
+
+def test_workers_exit_at_once_and_quietly_when_the_parent_is_killed(tmp_path):
+    config = _config(tmp_path / "c.yaml", depths=[1, 2, 3, 4, 5, 6, 7, 8])
+    proc = _start(tmp_path, config, "--workers", "2")
+    # both workers warm and training: a run finished, two more handed out
+    _wait(lambda: proc.poll() is not None or (len(_worker_pids(proc.pid)) == 2 and
+                                              _count(rows := _statuses(tmp_path / "res"), "ok") >= 1
+                                              and _count(rows, "running") == 2))
+    workers = _worker_pids(proc.pid)
+    assert len(workers) == 2 and proc.poll() is None
+    proc.kill()
+    proc.wait()
+    _wait(lambda: not any(_alive(pid) for pid in workers), timeout=60)
+    # their stderr is the parent's: no BrokenPipeError traceback, nothing at all
+    assert (tmp_path / "err").read_text() == ""
+
+
+def test_a_worker_whose_parent_closed_its_pipe_exits_quietly(tmp_path, capfd):
+    """The portable path (no prctl, parent still there): a broken pipe on send means nobody
+    will store the result, so the worker exits at once, code 0, without a traceback."""
+    from initsweep.executors.pool import _worker_main
+
+    cfg = load_config(_config(tmp_path / "c.yaml", depths=[1]))
+    source = resolve_source(cfg.data)
+    spec = expand(cfg, dataset=source.dataset).runs[0]
+    ctx = mp.get_context("spawn")
+    task_recv, task_send = ctx.Pipe(duplex=False)
+    event_recv, event_send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_worker_main, args=(0, "cpu", 1, False, task_recv, event_send, os.getpid()),
+                       daemon=True)
+    proc.start()
+    task_recv.close()
+    event_send.close()
+    event_recv.close()  # as if the parent were gone: the worker's first event cannot be sent
+    task_send.send((0, [spec], source))
+    proc.join(timeout=120)
+    if proc.exitcode is None:
+        proc.kill()
+    assert proc.exitcode == 0
+    assert "Traceback" not in capfd.readouterr().err
 

@@ -9,17 +9,19 @@ scale across cores), and a process that crashes takes only its own run with it.
 Workers are started with ``spawn`` (forking a parent that already ran OpenMP kernels can
 deadlock). They ignore SIGINT: Ctrl-C reaches the parent, which marks the runs in flight
 ``interrupted`` and stops the pool. A worker whose parent disappears (``kill -9``) exits
-on its own within a second. A worker that dies mid-task is replaced, and the task's
-unfinished runs are retried up to ``max_retries`` times, then recorded ``failed`` — never
-lost.
+at once and quietly, even mid-run: nobody is left to store what it trains. A worker that
+dies mid-task is replaced, and the task's unfinished runs are retried up to
+``max_retries`` times, then recorded ``failed`` — never lost.
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
 import os
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -35,25 +37,55 @@ from ..train import RunResult, environment
 from . import Task, claim_runs
 
 _PROGRESS_EVERY_S = 0.2
+_PARENT_CHECK_S = 0.5
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """End this worker as soon as its parent is gone (``kill -9``, the OOM killer).
+
+    Nobody is left to store what it trains, so it must not finish its run, keep a core
+    busy, or print a ``BrokenPipeError`` traceback into the terminal. On Linux the kernel
+    does it (``PR_SET_PDEATHSIG``: SIGKILL when the parent exits); on every system a
+    thread watches ``os.getppid()``, which also catches a parent that died before
+    ``prctl`` took effect.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # a libc without prctl: the watcher still works
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(_PARENT_CHECK_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="initsweep-parent-watch", daemon=True).start()
+
+
+def _send(events: Connection, message: tuple) -> None:
+    """Send an event to the parent; a broken pipe means the parent is gone: exit quietly."""
+    try:
+        events.send(message)
+    except (BrokenPipeError, ConnectionResetError):
+        os._exit(0)
 
 
 def _worker_main(worker_id: int, device: str, threads: int, compile: bool, tasks: Connection,
                  events: Connection, parent_pid: int) -> None:
     """Worker loop: take a task, train it, send back every result; exit with the parent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent(parent_pid)
     torch.set_num_threads(threads)
     from ..batched import run_group
     from ..train import run_safely
 
     while True:
-        if not tasks.poll(1.0):
-            if os.getppid() != parent_pid:
-                return
-            continue
         try:
             task = tasks.recv()
-        except EOFError:
-            return
+        except EOFError:  # the parent closed this worker's pipe, or is gone
+            task = None
         if task is None:
             # Every result already went over the pipe and the worker writes no file: skip the
             # interpreter's teardown of torch, which the parent would otherwise wait for.
@@ -68,20 +100,20 @@ def _worker_main(worker_id: int, device: str, threads: int, compile: bool, tasks
             now = time.monotonic()
             if now - last.get(spec.run_id, 0.0) >= _PROGRESS_EVERY_S or step == steps:
                 last[spec.run_id] = now
-                events.send(("progress", spec.run_id, epoch, step, steps))
+                _send(events, ("progress", spec.run_id, epoch, step, steps))
 
         if len(specs) == 1:
             spec = specs[0]
-            events.send(("started", spec.run_id))
+            _send(events, ("started", spec.run_id))
             result = run_safely(spec, device, source=source, compile=compile,
                                 progress=lambda e, s, n: progress(spec, e, s, n))
-            events.send(("result", spec.run_id, result))
+            _send(events, ("result", spec.run_id, result))
         else:
             for spec in specs:
-                events.send(("started", spec.run_id))
+                _send(events, ("started", spec.run_id))
             for spec, result in zip(specs, run_group(specs, device, source=source, progress=progress)):
-                events.send(("result", spec.run_id, result))
-        events.send(("idle", task_id))
+                _send(events, ("result", spec.run_id, result))
+        _send(events, ("idle", task_id))
 
 
 @dataclass
