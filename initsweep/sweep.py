@@ -38,6 +38,9 @@ class Observer:
     def run_progress(self, spec: RunSpec, epoch: int, step: int, steps: int) -> None: ...
     def run_finished(self, spec: RunSpec, result: RunResult) -> None: ...
     def run_skipped(self, spec: RunSpec, why: str) -> None: ...
+    def worker_died(self, worker: int, pid: int, cause: str, spec: RunSpec, attempt: int, max_retries: int) -> None:
+        """A worker process died (``cause``: "signal 9", "exit code 1") with ``spec`` unfinished;
+        it is retried if ``attempt <= max_retries``, else recorded ``failed``."""
 
 
 @dataclass

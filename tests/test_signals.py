@@ -1,5 +1,5 @@
-"""Signals and processes, through the real CLI in real processes: SIGINT/SIGTERM exit codes
-and the workers of a ``kill -9``-ed parent.
+"""Signals and processes, through the real CLI in real processes: SIGINT/SIGTERM exit codes,
+workers of a ``kill -9``-ed parent, and a killed worker's trace.
 
 Every test waits on the store (or the process table), never on a fixed sleep, and every
 wait has a generous timeout so that a regression fails instead of hanging.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -20,6 +21,7 @@ import yaml
 
 from initsweep.config import expand, load_config
 from initsweep.data import resolve_source
+from initsweep.store import load_results
 from test_executors import _wait, _worker_pids
 
 
@@ -124,4 +126,34 @@ def test_a_worker_whose_parent_closed_its_pipe_exits_quietly(tmp_path, capfd):
         proc.kill()
     assert proc.exitcode == 0
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_killed_worker_is_reported_kept_as_history_and_retried(tmp_path):
+    # depth 8 trains several times longer than depth 1: when one run is done, the other is
+    # mid-run on the other worker (whichever finishes first: that depends on the load)
+    config, results = _config(tmp_path / "c.yaml", depths=[1, 8], epochs=4), tmp_path / "res"
+    specs = {s.run_id: s for s in expand(load_config(config)).runs}
+    proc = _start(tmp_path, config, "--workers", "2")
+    rows: list[tuple] = []
+
+    def one_done_one_running() -> bool:
+        rows[:] = _statuses(results)  # kept: a second look might find both done
+        return proc.poll() is not None or sorted(r[1] for r in rows) == ["ok", "running"]
+
+    _wait(one_done_one_running)
+    done_by = next(r[3] for r in rows if r[1] == "ok")
+    killed_run = next(r[0] for r in rows if r[1] == "running")
+    victim = next(pid for pid in _worker_pids(proc.pid) if str(pid) != done_by)  # the one training killed_run
+    os.kill(victim, signal.SIGKILL)
+    assert proc.wait(timeout=180) == 0, (tmp_path / "err").read_text()
+    said = re.fullmatch(rf"worker (\d) \(pid {victim}\) died \(signal 9\) during run {killed_run} "
+                        rf"\(depth={specs[killed_run].model.depth} seed=0\); retrying \(1 of 2\)",
+                        (tmp_path / "err").read_text().strip())
+    assert said, (tmp_path / "err").read_text()
+    history = load_results(results, history=True)
+    killed = history[history.run_id == killed_run]
+    assert killed.status.tolist() == ["interrupted", "ok"]  # the dead attempt, then the retry as a new row
+    assert killed.error.iloc[0] == f"worker {said[1]} (pid {victim}) died (signal 9); retried as a new attempt"
+    assert killed.worker.iloc[1] != str(victim)
+    assert len(history) == 3 and load_results(results).status.tolist() == ["ok", "ok"]
 

@@ -10,8 +10,9 @@ Workers are started with ``spawn`` (forking a parent that already ran OpenMP ker
 deadlock). They ignore SIGINT: Ctrl-C reaches the parent, which marks the runs in flight
 ``interrupted`` and stops the pool. A worker whose parent disappears (``kill -9``) exits
 at once and quietly, even mid-run: nobody is left to store what it trains. A worker that
-dies mid-task is replaced, and the task's unfinished runs are retried up to
-``max_retries`` times, then recorded ``failed`` — never lost.
+dies mid-task is replaced; each of the task's unfinished runs keeps the dead attempt's row
+(``interrupted``, with the worker and its exit signal) and is retried as a new attempt, up
+to ``max_retries`` times, then recorded ``failed`` — never lost, never silent.
 """
 
 from __future__ import annotations
@@ -200,11 +201,12 @@ class WorkerPool:
 
     def _dispatch(self, pending: deque[Task], inflight: dict[int, Task], store: Store,
                   claim_kwargs: dict) -> Iterator[tuple[RunSpec, None]]:
-        """Give each idle worker the next task, claiming its runs now (not earlier)."""
+        """Give each idle worker the next task, claiming its runs now (not earlier; a retry
+        claims its unfinished runs again: a new row per attempt)."""
         for worker_id, worker in self.workers.items():
             while worker_id not in inflight and pending:
                 task = pending.popleft()
-                unclaimed = [s for s in task.specs if s.run_id not in task.row_ids]  # a retry keeps its claim
+                unclaimed = [s for s in task.specs if s.run_id not in task.row_ids]
                 task.row_ids.update((yield from claim_runs(unclaimed, store, claim_kwargs)))
                 task.done.update(s.run_id for s in unclaimed if s.run_id not in task.row_ids)
                 todo = [s for s in task.specs if s.run_id not in task.done]
@@ -237,13 +239,19 @@ class WorkerPool:
 
     def _replace_dead(self, inflight: dict[int, Task], pending: deque[Task], store: Store,
                       by_run: dict[str, RunSpec], observer, max_retries: int) -> Iterator[tuple[RunSpec, RunResult]]:
-        """Restart dead workers; retry their unfinished runs or record them as failed."""
+        """Restart dead workers; retry their unfinished runs or record them as failed.
+
+        Each death is reported (``observer.worker_died``) and leaves a trace in the store:
+        a retried run's dead attempt stays as an ``interrupted`` row naming the worker and
+        its exit, and the retry is a new row; the last attempt of a run out of retries is
+        recorded ``failed``.
+        """
         for worker_id, worker in list(self.workers.items()):
             if worker.proc.is_alive():
                 continue
             yield from self._read_events(worker_id, inflight, store, by_run, observer)  # what it sent before dying
             worker.proc.join()
-            code = worker.proc.exitcode
+            code, pid = worker.proc.exitcode, worker.proc.pid
             worker.tasks.close()
             worker.events.close()
             self._start(worker_id)
@@ -254,10 +262,17 @@ class WorkerPool:
             unfinished = [s for s in task.specs if s.run_id not in task.done]
             if not unfinished:
                 continue
-            if task.attempts <= max_retries:
+            cause = f"signal {-code}" if code < 0 else f"exit code {code}"
+            retry = task.attempts <= max_retries
+            for spec in unfinished:
+                observer.worker_died(worker_id, pid, cause, spec, task.attempts, max_retries)
+                if retry:  # this attempt's row stays as history; the retry claims a new one
+                    store.mark_interrupted(task.row_ids.pop(spec.run_id),
+                                           f"worker {worker_id} (pid {pid}) died ({cause}); retried as a new attempt")
+            if retry:
                 pending.appendleft(task)
                 continue
-            reason = f"worker process died (exit code {code}) in {task.attempts} attempt(s)"
+            reason = f"worker process died ({cause}) in {task.attempts} attempt(s)"
             for spec in unfinished:
                 result = RunResult(spec.run_id, "failed", error=reason, environment=environment())
                 store.finish(task.row_ids[spec.run_id], result)
