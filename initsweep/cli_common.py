@@ -31,10 +31,34 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+class _Console(Console):
+    """A console whose reader may leave early (``initsweep run ... | head -1``).
+
+    Rich's default answer to a closed pipe is ``SystemExit(1)``, which would stop a sweep
+    half-way and skip its ``--junit``/``--summary-md`` files. A reader that stopped
+    reading is not a failed run: the rest of this console's output is dropped and the
+    command finishes its work and exits with its own code.
+    """
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        # Python flushes the stream again at exit; aimed at /dev/null that flush cannot fail
+        # (a failing one prints "Exception ignored ... BrokenPipeError" and exits 120).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, (sys.stderr if self.stderr else sys.stdout).fileno())
+        except (OSError, ValueError):  # not a real file (a test runner's buffer): nothing to redirect
+            pass
+        finally:
+            os.close(devnull)
+
+
 # Rich draws 80 columns when output is not a terminal (CI logs, pipes); tables need more.
 _PIPE_WIDTH = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", 160))
-console = Console(width=_PIPE_WIDTH)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else int(os.environ.get("COLUMNS", 160)))
+console = _Console(width=_PIPE_WIDTH)
+err_console = _Console(stderr=True, width=None if sys.stderr.isatty() else int(os.environ.get("COLUMNS", 160)))
 
 
 class Format(str, Enum):

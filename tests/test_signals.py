@@ -1,5 +1,5 @@
 """Signals and processes, through the real CLI in real processes: SIGINT/SIGTERM exit codes,
-workers of a ``kill -9``-ed parent, and a killed worker's trace.
+workers of a ``kill -9``-ed parent, a killed worker's trace, and a closed stdout.
 
 Every test waits on the store (or the process table), never on a fixed sleep, and every
 wait has a generous timeout so that a regression fails instead of hanging.
@@ -10,10 +10,12 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import re
+import shlex
 import signal
 import sqlite3
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -157,3 +159,26 @@ def test_a_killed_worker_is_reported_kept_as_history_and_retried(tmp_path):
     assert killed.worker.iloc[1] != str(victim)
     assert len(history) == 3 and load_results(results).status.tolist() == ["ok", "ok"]
 
+
+def test_a_closed_stdout_neither_stops_the_sweep_nor_skips_its_ci_files(tmp_path):
+    """``| head -1``: the reader leaves after one line; the sweep goes on, stores every run,
+    writes --junit and --summary-md, and exits with its own code (0), not 1."""
+    config = _config(tmp_path / "c.yaml", depths=[1, 2, 3], train_limit=256)
+    ids = {s.run_id for s in expand(load_config(config)).runs}
+    junit, summary = tmp_path / "ci" / "junit.xml", tmp_path / "ci" / "summary.md"
+    run = [sys.executable, "-m", "initsweep", "run", config, "--results", tmp_path / "res", "--device", "cpu",
+           "--junit", junit, "--summary-md", summary]
+    command = shlex.join(map(str, run)) + " | head -1"
+    shell = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "NO_COLOR": "1"})
+    assert shell.returncode == 0, shell.stderr  # with pipefail: run's own exit code
+    assert shell.stdout == "sig: 3 runs planned, 0 already finished, 3 to run\n"
+    assert shell.stderr == ""  # no BrokenPipeError, no "Exception ignored"
+    df = load_results(tmp_path / "res", history=True)
+    assert set(df.run_id) == ids and (df.status == "ok").all() and len(df) == 3
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite.get("tests") == "3" and suite.get("failures") == "0"
+    assert {case.get("name").rsplit("[", 1)[1].rstrip("]") for case in suite.iter("testcase")} == ids
+    text = summary.read_text()
+    assert text.startswith("## initsweep: sig\n\n3 ok\n")
+    assert all(f"\n| {depth} | (single setting) | " in text for depth in (1, 2, 3))  # the whole best-per-depth table
