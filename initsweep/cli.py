@@ -64,6 +64,8 @@ def run(
     executor: Annotated[str, typer.Option(help="local (this machine) or ray (a Ray cluster).")] = "local",
     ray_address: Annotated[Optional[str], typer.Option(
         help="Ray cluster: auto or HOST:PORT \\[default: start a local Ray with this machine's cores].")] = None,
+    ray_timeout: Annotated[Optional[float], typer.Option(
+        min=1, help="Give up on --ray-address after this many seconds without an answer \\[default: 15].")] = None,
     num_cpus: Annotated[Optional[float], typer.Option(min=0, help="CPUs per Ray task \\[default: 1].")] = None,
     num_gpus: Annotated[Optional[float], typer.Option(min=0, help="GPUs per Ray task; fractions share a GPU.")] = None,
     shard: Annotated[Optional[str], typer.Option(help="Run only part K of N of the grid (K/N, by run id).")] = None,
@@ -96,7 +98,7 @@ def run(
                             devices=devices.split(",") if devices else None, vmap=vmap, compile=compile,
                             precision=precision, max_retries=max_retries, executor=executor,
                             ray_address=ray_address, num_cpus=num_cpus, num_gpus=num_gpus,
-                            shard=shard_kn, time_budget=budget)
+                            shard=shard_kn, time_budget=budget, ray_timeout=ray_timeout)
     finally:
         display.close()
     with Store(results) as store:

@@ -24,6 +24,7 @@ from .errors import InitsweepError, terminated
 from .executors import Task
 from .executors.local import execute_in_process
 from .executors.pool import WorkerPool
+from .executors.ray import CONNECT_TIMEOUT_S
 from .planner import estimate_work
 from .store import Store
 from .train import RunResult, resolve_device
@@ -89,6 +90,7 @@ class Execution:
     ray_address: str | None = None
     num_cpus: float = 1.0  # per Ray task
     num_gpus: float = 0.0  # per Ray task; fractions share a GPU
+    ray_timeout: float = CONNECT_TIMEOUT_S  # seconds to wait for the cluster at ray_address
 
     @property
     def device(self) -> torch.device:
@@ -98,7 +100,8 @@ class Execution:
 def plan_execution(device: str = "auto", devices: list[str] | None = None, workers: int | None = None,
                    threads: int | None = None, vmap: str = "auto", compile: bool = False,
                    max_retries: int = 2, executor: str = "local", ray_address: str | None = None,
-                   num_cpus: float | None = None, num_gpus: float | None = None) -> Execution:
+                   num_cpus: float | None = None, num_gpus: float | None = None,
+                   ray_timeout: float | None = None) -> Execution:
     """Defaults: one worker per core on the CPU (single-threaded: measured faster than one
     two-threaded process), one per GPU on CUDA; vmapped groups only on CUDA. With Ray the
     device is where the tasks run (CUDA when they ask for GPUs), not checked here."""
@@ -109,11 +112,11 @@ def plan_execution(device: str = "auto", devices: list[str] | None = None, worke
         kind = "cuda" if num_gpus else ("cpu" if device == "auto" else device)
         use_vmap = vmap == "on" or (vmap == "auto" and kind.startswith("cuda"))
         return Execution([torch.device(kind)], 1, max(1, int(num_cpus or 1)), use_vmap, compile, max_retries,
-                         "ray", ray_address, num_cpus or 1.0, num_gpus)
+                         "ray", ray_address, num_cpus or 1.0, num_gpus, ray_timeout or CONNECT_TIMEOUT_S)
     if executor != "local":
         raise InitsweepError(f"--executor {executor}: use local or ray")
-    if ray_address or num_cpus or num_gpus:
-        raise InitsweepError("--ray-address/--num-cpus/--num-gpus need --executor ray")
+    if ray_address or num_cpus or num_gpus or ray_timeout:
+        raise InitsweepError("--ray-address/--ray-timeout/--num-cpus/--num-gpus need --executor ray")
     resolved = [resolve_device(d) for d in (devices or [device])]
     if len({d.type for d in resolved}) != 1:
         raise InitsweepError(f"--devices {','.join(devices or [])}: mix of device types")
@@ -132,7 +135,8 @@ def run_sweep(config: str | Path | SweepConfig, *, results_dir: str | Path = "re
               fresh: bool = False, max_runs: int | None = None, offline: bool = False,
               executor: str = "local", ray_address: str | None = None, num_cpus: float | None = None,
               num_gpus: float | None = None, shard: tuple[int, int] | None = None,
-              time_budget: float | None = None, observer: Observer | None = None) -> SweepOutcome:
+              time_budget: float | None = None, observer: Observer | None = None,
+              ray_timeout: float | None = None) -> SweepOutcome:
     """Train every run of a config that is not finished yet; return what happened.
 
     Ctrl-C (``KeyboardInterrupt``) is caught: the runs in flight are recorded as
@@ -144,7 +148,7 @@ def run_sweep(config: str | Path | SweepConfig, *, results_dir: str | Path = "re
     started = time.monotonic()
     cfg = config if isinstance(config, SweepConfig) else load_config(config)
     execution = plan_execution(device, devices, workers, threads, vmap, compile, max_retries, executor,
-                               ray_address, num_cpus, num_gpus)
+                               ray_address, num_cpus, num_gpus, ray_timeout)
     if precision is not None:
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"precision": precision})})
     if cfg.train.precision == "bf16" and execution.device.type != "cuda":
@@ -215,7 +219,7 @@ def _execute(tasks: list[Task], execution: Execution, store: Store, observer, cl
                                device=str(execution.device), address=execution.ray_address,
                                num_cpus=execution.num_cpus, num_gpus=execution.num_gpus,
                                max_retries=execution.max_retries, cluster_cpus=usable_cores(),
-                               may_start=may_start)
+                               may_start=may_start, timeout=execution.ray_timeout)
         return
     if execution.workers <= 1:
         previous = torch.get_num_threads()
