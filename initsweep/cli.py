@@ -8,7 +8,6 @@ the bottom of this one so that they register.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -19,7 +18,10 @@ from rich.table import Table
 from .cli_common import (
     ConfigArg, Format, FormatOpt, ResultsOpt, app, boundary, console, err_console, print_json, write_output,
 )
-from .errors import EXIT_BUDGET, EXIT_INTERRUPTED, EXIT_RUNS_FAILED, InitsweepError
+from .errors import (
+    EXIT_BUDGET, EXIT_INTERRUPTED, EXIT_RUNS_FAILED, EXIT_TERMINATED, InitsweepError, interrupt_exit_code,
+    sigterm_as_interrupt,
+)
 
 @app.command()
 @boundary
@@ -44,15 +46,6 @@ def plan(
     render_plan(console, summary, limit=None if show_all else 40)
 
 
-def _sigterm_as_interrupt() -> None:
-    """SIGTERM (a CI cancel, ``kill``) stops a sweep like Ctrl-C: in-flight run marked, exit 130."""
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
-
-
 @app.command()
 @boundary
 def run(
@@ -74,6 +67,8 @@ def run(
     executor: Annotated[str, typer.Option(help="local (this machine) or ray (a Ray cluster).")] = "local",
     ray_address: Annotated[Optional[str], typer.Option(
         help="Ray cluster: auto or HOST:PORT \\[default: start a local Ray with this machine's cores].")] = None,
+    ray_timeout: Annotated[Optional[float], typer.Option(
+        min=1, help="Give up on --ray-address after this many seconds without an answer \\[default: 15].")] = None,
     num_cpus: Annotated[Optional[float], typer.Option(min=0, help="CPUs per Ray task \\[default: 1].")] = None,
     num_gpus: Annotated[Optional[float], typer.Option(min=0, help="GPUs per Ray task; fractions share a GPU.")] = None,
     shard: Annotated[Optional[str], typer.Option(help="Run only part K of N of the grid (K/N, by run id).")] = None,
@@ -86,7 +81,7 @@ def run(
     """Train every run of CONFIG not finished yet, storing each the moment it ends (resumable).
 
     Exit codes: 0 done, 1 a run failed, 2 bad input, 75 time budget spent with runs left
-    (run again to resume), 130 interrupted.
+    (run again to resume), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
     """
     from .ci import parse_duration, parse_shard
     from .report import best_per_depth
@@ -94,7 +89,7 @@ def run(
     from .store import Store
     from .sweep import run_sweep
 
-    _sigterm_as_interrupt()
+    sigterm_as_interrupt()  # SIGTERM stops a sweep like Ctrl-C (runs in flight marked), but exits 143
     if precision not in (None, "fp32", "bf16"):
         raise InitsweepError(f"--precision {precision}: use fp32 or bf16")
     shard_kn = parse_shard(shard) if shard is not None else None
@@ -106,7 +101,7 @@ def run(
                             devices=devices.split(",") if devices else None, vmap=vmap, compile=compile,
                             precision=precision, max_retries=max_retries, executor=executor,
                             ray_address=ray_address, num_cpus=num_cpus, num_gpus=num_gpus,
-                            shard=shard_kn, time_budget=budget)
+                            shard=shard_kn, time_budget=budget, ray_timeout=ray_timeout)
     finally:
         display.close()
     if shard_kn is not None and not outcome.n_planned:  # nothing to do is not an error: exit 0
@@ -119,9 +114,10 @@ def run(
     render_sweep_summary(console, outcome, best, df["status"].value_counts().to_dict())
     _ci_outputs(outcome, df, best, junit, summary_md)
     if outcome.interrupted:
-        err_console.print("interrupted: finished runs are stored; run the same command again to resume",
+        how = "terminated (SIGTERM)" if outcome.terminated else "interrupted"
+        err_console.print(f"{how}: finished runs are stored; run the same command again to resume",
                           highlight=False)
-        raise typer.Exit(EXIT_INTERRUPTED)
+        raise typer.Exit(EXIT_TERMINATED if outcome.terminated else EXIT_INTERRUPTED)
     if outcome.counts.get("failed"):
         raise typer.Exit(EXIT_RUNS_FAILED)
     if outcome.budget_exhausted:
@@ -219,6 +215,6 @@ def main() -> None:
     except ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except typer.Abort:
-        sys.exit(EXIT_INTERRUPTED)
+    except typer.Abort as exc:  # Ctrl-C (or SIGTERM) outside a command's own boundary
+        sys.exit(interrupt_exit_code(exc.__cause__))
     sys.exit(code if isinstance(code, int) else 0)

@@ -3,7 +3,7 @@
 Command modules (``cli.py``, ``cli_report.py``, ...) register on :data:`app`; only they and
 the renderers they call print. :func:`boundary` turns a domain error into one line per
 problem on stderr and its exit code (0 ok, 1 runs failed / check regressed, 2 bad usage or
-input, 130 interrupted), so no user mistake ends in a traceback.
+input, 130 Ctrl-C, 143 SIGTERM), so no user mistake ends in a traceback.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from . import __version__
-from .errors import EXIT_INTERRUPTED, InitsweepError
+from .errors import EXIT_TERMINATED, InitsweepError, interrupt_exit_code
 from .jsontext import json_text
 
 app = typer.Typer(
@@ -31,10 +31,34 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+class _Console(Console):
+    """A console whose reader may leave early (``initsweep run ... | head -1``).
+
+    Rich's default answer to a closed pipe is ``SystemExit(1)``, which would stop a sweep
+    half-way and skip its ``--junit``/``--summary-md`` files. A reader that stopped
+    reading is not a failed run: the rest of this console's output is dropped and the
+    command finishes its work and exits with its own code.
+    """
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        # Python flushes the stream again at exit; aimed at /dev/null that flush cannot fail
+        # (a failing one prints "Exception ignored ... BrokenPipeError" and exits 120).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, (sys.stderr if self.stderr else sys.stdout).fileno())
+        except (OSError, ValueError):  # not a real file (a test runner's buffer): nothing to redirect
+            pass
+        finally:
+            os.close(devnull)
+
+
 # Rich draws 80 columns when output is not a terminal (CI logs, pipes); tables need more.
 _PIPE_WIDTH = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", 160))
-console = Console(width=_PIPE_WIDTH)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else int(os.environ.get("COLUMNS", 160)))
+console = _Console(width=_PIPE_WIDTH)
+err_console = _Console(stderr=True, width=None if sys.stderr.isatty() else int(os.environ.get("COLUMNS", 160)))
 
 
 class Format(str, Enum):
@@ -53,9 +77,10 @@ def boundary(fn: Callable[..., Any]) -> Callable[..., Any]:
             for line in exc.cli_lines():
                 err_console.print(f"[bold red]error:[/] {escape(line)}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            err_console.print("interrupted", highlight=False)
-            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except KeyboardInterrupt as exc:
+            code = interrupt_exit_code(exc)
+            err_console.print("terminated (SIGTERM)" if code == EXIT_TERMINATED else "interrupted", highlight=False)
+            raise typer.Exit(code) from None
 
     return wrapper
 

@@ -6,13 +6,15 @@ code, so a notebook user gets an exception and a shell user gets a clean message
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 EXIT_OK = 0
 EXIT_RUNS_FAILED = 1  # some run failed, or a regression check found a regression
 EXIT_USAGE = 2  # bad usage, bad config, bad input file, unusable results folder
 EXIT_BUDGET = 75  # --time-budget spent with runs left: run again to resume (sysexits' EX_TEMPFAIL)
-EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM
+EXIT_INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as a shell reports it
+EXIT_TERMINATED = 143  # SIGTERM: 128 + SIGTERM, what schedulers (Slurm, Kubernetes, CI) read as preempted
 
 
 class InitsweepError(Exception):
@@ -45,6 +47,52 @@ class OptionError(InitsweepError):
     def cli_lines(self) -> list[str]:
         shown = ",".join(map(str, self.value)) if isinstance(self.value, (list, tuple)) else self.value
         return [f"--{self.param.replace('_', '-')} {shown}: {self.problem}"]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C raises ``KeyboardInterrupt``.
+
+    A subclass, so that every handler of Ctrl-C stops a sweep the same way (runs in flight
+    marked ``interrupted``, finished runs kept); only the exit code differs (143, not 130).
+    """
+
+
+# Set by the handler itself: a library may re-raise a signal handler's exception as a bare
+# KeyboardInterrupt (Ray's ray.wait does), so the exception's type alone cannot tell.
+_sigterm_received = False
+
+
+def _raise_terminated(signum, frame) -> None:
+    global _sigterm_received
+    _sigterm_received = True
+    raise Terminated
+
+
+def sigterm_as_interrupt() -> None:
+    """Make SIGTERM (a CI cancel, a scheduler's preemption, ``kill``) stop this process
+    like Ctrl-C, as :class:`Terminated`. Call it from the main thread."""
+    global _sigterm_received
+    _sigterm_received = False
+    signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def terminated(exc: BaseException | None) -> bool:
+    """Is this interrupt SIGTERM's rather than Ctrl-C's?"""
+    return isinstance(exc, Terminated) or (isinstance(exc, KeyboardInterrupt) and _sigterm_received)
+
+
+def interrupt_exit_code(exc: BaseException | None) -> int:
+    """143 for SIGTERM, else 130 (Ctrl-C)."""
+    return EXIT_TERMINATED if terminated(exc) else EXIT_INTERRUPTED
+
+
+def interrupt_reason(exc: BaseException) -> str:
+    """What a run's row says when the sweep stopped while it was in flight."""
+    if terminated(exc):
+        return "interrupted (SIGTERM)"
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (Ctrl-C)"
+    return f"interrupted ({type(exc).__name__})"
 
 
 class ConfigError(InitsweepError):

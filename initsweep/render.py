@@ -167,6 +167,13 @@ class SweepDisplay:
             self.progress.advance(self.sweep_task)
             self._redraw()
 
+    def worker_died(self, worker: int, pid: int, cause: str, spec, attempt: int, max_retries: int) -> None:
+        """One line on stderr, even with ``quiet``: a crash (the OOM killer, a segfault) is news."""
+        then = (f"retrying ({attempt} of {max_retries})" if attempt <= max_retries
+                else f"no retries left (--max-retries {max_retries}): recorded failed")
+        self.err.print(f"worker {worker} (pid {pid}) died ({cause}) during run {spec.run_id} "
+                       f"({escape(run_label(spec))}); {then}", highlight=False)
+
     def close(self) -> None:
         if self.progress:
             self.progress.stop()

@@ -20,10 +20,11 @@ from .batched import group_specs
 from .ci import in_shard
 from .config import RunSpec, SweepConfig, load_config
 from .data import DataSource
-from .errors import InitsweepError, OptionError
+from .errors import InitsweepError, OptionError, terminated
 from .executors import Task
 from .executors.local import execute_in_process
 from .executors.pool import WorkerPool
+from .executors.ray import CONNECT_TIMEOUT_S
 from .planner import estimate_work, resolve_plan
 from .store import Store
 from .train import RunResult, resolve_device
@@ -38,6 +39,9 @@ class Observer:
     def run_progress(self, spec: RunSpec, epoch: int, step: int, steps: int) -> None: ...
     def run_finished(self, spec: RunSpec, result: RunResult) -> None: ...
     def run_skipped(self, spec: RunSpec, why: str) -> None: ...
+    def worker_died(self, worker: int, pid: int, cause: str, spec: RunSpec, attempt: int, max_retries: int) -> None:
+        """A worker process died (``cause``: "signal 9", "exit code 1") with ``spec`` unfinished;
+        it is retried if ``attempt <= max_retries``, else recorded ``failed``."""
 
 
 @dataclass
@@ -49,7 +53,8 @@ class SweepOutcome:
     n_done_before: int  # already finished when the sweep started (resume)
     results: list[tuple[RunSpec, RunResult]] = field(default_factory=list)
     n_skipped: int = 0  # finished or claimed by another process meanwhile
-    interrupted: bool = False
+    interrupted: bool = False  # Ctrl-C or SIGTERM stopped it
+    terminated: bool = False  # ... and it was SIGTERM (the CLI exits 143 rather than 130)
     execution: "Execution | None" = None
     run_ids: set[str] = field(default_factory=set)  # the runs this invocation plans (its shard)
     budget_exhausted: bool = False  # the time budget stopped runs from starting
@@ -86,6 +91,7 @@ class Execution:
     ray_address: str | None = None
     num_cpus: float = 1.0  # per Ray task
     num_gpus: float = 0.0  # per Ray task; fractions share a GPU
+    ray_timeout: float = CONNECT_TIMEOUT_S  # seconds to wait for the cluster at ray_address
 
     @property
     def device(self) -> torch.device:
@@ -95,7 +101,8 @@ class Execution:
 def plan_execution(device: str = "auto", devices: list[str] | None = None, workers: int | None = None,
                    threads: int | None = None, vmap: str = "auto", compile: bool = False,
                    max_retries: int = 2, executor: str = "local", ray_address: str | None = None,
-                   num_cpus: float | None = None, num_gpus: float | None = None) -> Execution:
+                   num_cpus: float | None = None, num_gpus: float | None = None,
+                   ray_timeout: float | None = None) -> Execution:
     """Defaults: one worker per core on the CPU (single-threaded: measured faster than one
     two-threaded process), one per GPU on CUDA; vmapped groups only on CUDA. With Ray the
     device is where the tasks run (CUDA when they ask for GPUs), not checked here."""
@@ -106,11 +113,11 @@ def plan_execution(device: str = "auto", devices: list[str] | None = None, worke
         kind = "cuda" if num_gpus else ("cpu" if device == "auto" else device)
         use_vmap = vmap == "on" or (vmap == "auto" and kind.startswith("cuda"))
         return Execution([torch.device(kind)], 1, max(1, int(num_cpus or 1)), use_vmap, compile, max_retries,
-                         "ray", ray_address, num_cpus or 1.0, num_gpus)
+                         "ray", ray_address, num_cpus or 1.0, num_gpus, ray_timeout or CONNECT_TIMEOUT_S)
     if executor != "local":
         raise OptionError("executor", executor, "use local or ray")
-    if ray_address or num_cpus or num_gpus:
-        raise InitsweepError("--ray-address/--num-cpus/--num-gpus need --executor ray")
+    if ray_address or num_cpus or num_gpus or ray_timeout:
+        raise InitsweepError("--ray-address/--ray-timeout/--num-cpus/--num-gpus need --executor ray")
     if devices:
         resolved = [resolve_device(d, "devices") for d in devices]
         if len({d.type for d in resolved}) != 1:
@@ -132,18 +139,20 @@ def run_sweep(config: str | Path | SweepConfig, *, results_dir: str | Path = "re
               fresh: bool = False, max_runs: int | None = None, offline: bool = False,
               executor: str = "local", ray_address: str | None = None, num_cpus: float | None = None,
               num_gpus: float | None = None, shard: tuple[int, int] | None = None,
-              time_budget: float | None = None, observer: Observer | None = None) -> SweepOutcome:
+              time_budget: float | None = None, observer: Observer | None = None,
+              ray_timeout: float | None = None) -> SweepOutcome:
     """Train every run of a config that is not finished yet; return what happened.
 
     Ctrl-C (``KeyboardInterrupt``) is caught: the runs in flight are recorded as
-    ``interrupted`` and the outcome comes back with ``interrupted=True``. ``shard=(K, N)``
+    ``interrupted`` and the outcome comes back with ``interrupted=True`` (and
+    ``terminated=True`` when it was SIGTERM, see ``errors.sigterm_as_interrupt``). ``shard=(K, N)``
     keeps the K-th of N disjoint parts of the grid; with ``time_budget`` (seconds) no run
     starts after that long, and ``budget_exhausted`` tells whether runs were left.
     """
     started = time.monotonic()
     cfg = config if isinstance(config, SweepConfig) else load_config(config)
     execution = plan_execution(device, devices, workers, threads, vmap, compile, max_retries, executor,
-                               ray_address, num_cpus, num_gpus)
+                               ray_address, num_cpus, num_gpus, ray_timeout)
     if precision is not None:
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"precision": precision})})
     if cfg.train.precision == "bf16" and execution.device.type != "cuda":
@@ -185,8 +194,9 @@ def run_sweep(config: str | Path | SweepConfig, *, results_dir: str | Path = "re
                 else:
                     outcome.results.append((spec, result))
                     observer.run_finished(spec, result)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             outcome.interrupted = True
+            outcome.terminated = terminated(exc)
     return outcome
 
 
@@ -213,7 +223,7 @@ def _execute(tasks: list[Task], execution: Execution, store: Store, observer, cl
                                device=str(execution.device), address=execution.ray_address,
                                num_cpus=execution.num_cpus, num_gpus=execution.num_gpus,
                                max_retries=execution.max_retries, cluster_cpus=usable_cores(),
-                               may_start=may_start)
+                               may_start=may_start, timeout=execution.ray_timeout)
         return
     if execution.workers <= 1:
         previous = torch.get_num_threads()

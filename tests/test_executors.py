@@ -78,8 +78,12 @@ def test_a_killed_worker_is_replaced_and_its_run_retried(tmp_path):
     outcome = run_sweep(config, results_dir=tmp_path / "res", device="cpu", workers=2, threads=1, observer=observer)
     assert observer.killed is not None
     history = load_results(tmp_path / "res", history=True)
-    assert len(history) == 6 and (history.status == "ok").all()  # retried on the same claim: stored once
-    assert outcome.counts == {"ok": 6}
+    # the killed attempt stays as an interrupted row naming the worker's pid; the retry is a new row
+    assert history.status.value_counts().to_dict() == {"ok": 6, "interrupted": 1}
+    dead = history[history.status == "interrupted"].iloc[0]
+    assert f"(pid {observer.killed}) died (signal 9); retried as a new attempt" in dead.error
+    assert history[history.run_id == dead.run_id].status.tolist() == ["interrupted", "ok"]
+    assert (load_results(tmp_path / "res").status == "ok").all() and outcome.counts == {"ok": 6}
     assert str(observer.killed) not in set(history.worker)  # the killed worker never reported a result
 
 
@@ -89,7 +93,7 @@ def test_a_run_whose_worker_keeps_dying_is_recorded_failed(tmp_path):
                         observer=KillOneWorker(), max_retries=0)
     df = load_results(tmp_path / "res")
     failed = df[df.status == "failed"]
-    assert len(failed) == 1 and "worker process died (exit code -9)" in failed.error.iloc[0]
+    assert len(failed) == 1 and "worker process died (signal 9) in 1 attempt(s)" in failed.error.iloc[0]
     assert outcome.counts == {"ok": 5, "failed": 1} and len(df) == 6
 
 
@@ -129,7 +133,7 @@ def test_sigterm_stops_the_pool_marks_runs_interrupted_and_leaves_no_process(tmp
           len(load_results(results, history=True)) >= 3)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    assert proc.returncode == 143, err
     df = load_results(results, history=True)
     assert "running" not in set(df.status) and (df.status == "interrupted").sum() >= 1
     _wait(lambda: not _marked(mark), timeout=15)

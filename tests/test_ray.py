@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from initsweep.errors import StoreError
 from initsweep.store import load_results
 from initsweep.sweep import run_sweep
 from tolerances import assert_same_rows
@@ -113,6 +114,64 @@ def test_a_killed_ray_worker_is_retried_and_the_run_stored_once(tmp_path, cluste
     assert str(killed[0]) not in set(history.worker)
 
 
+def _stored(results: Path) -> list[str]:
+    """The status of every row, oldest first ([] when nothing was ever claimed)."""
+    try:
+        return load_results(results, history=True).status.tolist()
+    except StoreError:  # no database yet, or one whose tables are still being created
+        return []
+
+
+def test_sigterm_under_ray_marks_runs_interrupted_and_exits_143(tmp_path, cluster):
+    """Ray installs its own SIGTERM handler (``sys.exit(15)``) when it connects, and re-raises
+    a handler's exception inside ``ray.wait`` as a bare KeyboardInterrupt; SIGTERM must still
+    mean the same with Ray as without."""
+    config, results = write_config(tmp_path / "c.yaml", depths=6, train_limit=3000), tmp_path / "res"
+    proc = subprocess.Popen([sys.executable, "-m", "initsweep", "run", str(config), "--results", str(results),
+                             "--executor", "ray", "--ray-address", cluster], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "NO_COLOR": "1"})
+    deadline = time.monotonic() + 180
+    while not ("ok" in (rows := _stored(results)) and "running" in rows) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert err.splitlines()[-1].startswith("terminated (SIGTERM): finished runs are stored")
+    assert "SIGTERM received" not in err  # Ray's own handler did not run (it logs this, then exits 15)
+    df = load_results(results, history=True)
+    assert "running" not in set(df.status) and "ok" in set(df.status)
+    assert set(df[df.status == "interrupted"].error) == {"interrupted (SIGTERM)"}
+
+
+def _run_against(tmp_path: Path, address: str) -> subprocess.CompletedProcess:
+    config = write_config(tmp_path / "c.yaml", depths=1)
+    return subprocess.run([sys.executable, "-m", "initsweep", "run", str(config), "--results", str(tmp_path / "res"),
+                           "--executor", "ray", "--ray-address", address, "--ray-timeout", "3"],
+                          capture_output=True, text=True, timeout=180, env={**os.environ, "NO_COLOR": "1"})
+
+
+def test_ray_address_with_nothing_listening_exits_2_at_once(tmp_path):
+    address = f"127.0.0.1:{_free_port()}"  # bound and released: nothing listens there
+    proc = _run_against(tmp_path, address)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [f"error: --ray-address {address}: cannot connect to Ray: Connection refused"]
+    assert _stored(tmp_path / "res") == []  # nothing claimed
+
+
+def test_ray_address_that_never_answers_gives_up_after_ray_timeout(tmp_path):
+    """A port that accepts connections but never speaks Ray: Ray would retry for minutes,
+    printing its GCS warnings; the CLI gives up after --ray-timeout with one line."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        proc = _run_against(tmp_path, address)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [f"error: --ray-address {address}: no answer from Ray within 3 s (--ray-timeout)"]
+    assert _stored(tmp_path / "res") == []
+
+
 def test_executor_ray_without_ray_installed_exits_2(tmp_path):
     config = write_config(tmp_path / "c.yaml", depths=1)
     code = ("import sys; sys.modules['ray'] = None; sys.argv = ['initsweep', 'run', sys.argv[1], '--results', "
@@ -128,5 +187,7 @@ def test_ray_flags_without_the_ray_executor_exit_2(tmp_path):
 
     from initsweep.cli import app
 
-    result = CliRunner().invoke(app, ["run", str(write_config(tmp_path / "c.yaml", depths=1)), "--num-gpus", "0.5"])
-    assert result.exit_code == 2 and "need --executor ray" in result.stderr
+    config = str(write_config(tmp_path / "c.yaml", depths=1))
+    for flag, value in (("--num-gpus", "0.5"), ("--ray-timeout", "5")):
+        result = CliRunner().invoke(app, ["run", config, flag, value])
+        assert result.exit_code == 2 and "need --executor ray" in result.stderr

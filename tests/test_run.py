@@ -263,11 +263,11 @@ def test_two_concurrent_sweeps_share_the_work(tmp_path):
     assert len(df) == 8 and (df.status == "ok").all()
 
 
-def test_sigterm_marks_the_run_in_flight_interrupted_and_exits_130(tmp_path):
+def test_sigterm_marks_the_run_in_flight_interrupted_and_exits_143(tmp_path):
     _, results, _, proc = _sweep_in_background(tmp_path, wait_for=2)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    assert proc.returncode == 143, err
     df = load_results(results, history=True)
     assert "running" not in set(df.status)
     assert (df.status == "interrupted").sum() <= 1

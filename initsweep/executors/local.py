@@ -8,6 +8,7 @@ import torch
 
 from ..batched import run_group
 from ..config import RunSpec
+from ..errors import interrupt_reason
 from ..store import Store
 from ..train import RunResult
 from . import Task, claim_runs
@@ -42,7 +43,7 @@ def execute_in_process(tasks: list[Task], *, store: Store, device: torch.device,
             for spec, result in zip(specs, results):
                 store.finish(rows.pop(spec.run_id), result)
                 yield spec, result
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             for row_id in rows.values():
-                store.mark_interrupted(row_id, "interrupted (Ctrl-C or SIGTERM)")
+                store.mark_interrupted(row_id, interrupt_reason(exc))
             raise

@@ -9,17 +9,20 @@ scale across cores), and a process that crashes takes only its own run with it.
 Workers are started with ``spawn`` (forking a parent that already ran OpenMP kernels can
 deadlock). They ignore SIGINT: Ctrl-C reaches the parent, which marks the runs in flight
 ``interrupted`` and stops the pool. A worker whose parent disappears (``kill -9``) exits
-on its own within a second. A worker that dies mid-task is replaced, and the task's
-unfinished runs are retried up to ``max_retries`` times, then recorded ``failed`` — never
-lost.
+at once and quietly, even mid-run: nobody is left to store what it trains. A worker that
+dies mid-task is replaced; each of the task's unfinished runs keeps the dead attempt's row
+(``interrupted``, with the worker and its exit signal) and is retried as a new attempt, up
+to ``max_retries`` times, then recorded ``failed`` — never lost, never silent.
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
 import os
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -29,30 +32,61 @@ from typing import Iterator
 import torch
 
 from ..config import RunSpec
+from ..errors import interrupt_reason
 from ..store import Store
 from ..train import RunResult, environment
 from . import Task, claim_runs
 
 _PROGRESS_EVERY_S = 0.2
+_PARENT_CHECK_S = 0.5
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """End this worker as soon as its parent is gone (``kill -9``, the OOM killer).
+
+    Nobody is left to store what it trains, so it must not finish its run, keep a core
+    busy, or print a ``BrokenPipeError`` traceback into the terminal. On Linux the kernel
+    does it (``PR_SET_PDEATHSIG``: SIGKILL when the parent exits); on every system a
+    thread watches ``os.getppid()``, which also catches a parent that died before
+    ``prctl`` took effect.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # a libc without prctl: the watcher still works
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(_PARENT_CHECK_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="initsweep-parent-watch", daemon=True).start()
+
+
+def _send(events: Connection, message: tuple) -> None:
+    """Send an event to the parent; a broken pipe means the parent is gone: exit quietly."""
+    try:
+        events.send(message)
+    except (BrokenPipeError, ConnectionResetError):
+        os._exit(0)
 
 
 def _worker_main(worker_id: int, device: str, threads: int, compile: bool, tasks: Connection,
                  events: Connection, parent_pid: int) -> None:
     """Worker loop: take a task, train it, send back every result; exit with the parent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent(parent_pid)
     torch.set_num_threads(threads)
     from ..batched import run_group
     from ..train import run_safely
 
     while True:
-        if not tasks.poll(1.0):
-            if os.getppid() != parent_pid:
-                return
-            continue
         try:
             task = tasks.recv()
-        except EOFError:
-            return
+        except EOFError:  # the parent closed this worker's pipe, or is gone
+            task = None
         if task is None:
             # Every result already went over the pipe and the worker writes no file: skip the
             # interpreter's teardown of torch, which the parent would otherwise wait for.
@@ -67,20 +101,20 @@ def _worker_main(worker_id: int, device: str, threads: int, compile: bool, tasks
             now = time.monotonic()
             if now - last.get(spec.run_id, 0.0) >= _PROGRESS_EVERY_S or step == steps:
                 last[spec.run_id] = now
-                events.send(("progress", spec.run_id, epoch, step, steps))
+                _send(events, ("progress", spec.run_id, epoch, step, steps))
 
         if len(specs) == 1:
             spec = specs[0]
-            events.send(("started", spec.run_id))
+            _send(events, ("started", spec.run_id))
             result = run_safely(spec, device, source=source, compile=compile,
                                 progress=lambda e, s, n: progress(spec, e, s, n))
-            events.send(("result", spec.run_id, result))
+            _send(events, ("result", spec.run_id, result))
         else:
             for spec in specs:
-                events.send(("started", spec.run_id))
+                _send(events, ("started", spec.run_id))
             for spec, result in zip(specs, run_group(specs, device, source=source, progress=progress)):
-                events.send(("result", spec.run_id, result))
-        events.send(("idle", task_id))
+                _send(events, ("result", spec.run_id, result))
+        _send(events, ("idle", task_id))
 
 
 @dataclass
@@ -158,20 +192,21 @@ class WorkerPool:
                     if handle is self.workers[worker_id].events:
                         yield from self._read_events(worker_id, inflight, store, by_run, observer)
                 yield from self._replace_dead(inflight, pending, store, by_run, observer, max_retries)
-        except BaseException:
+        except BaseException as exc:
             for task in inflight.values():
                 for run_id, row_id in task.row_ids.items():
                     if run_id not in task.done:
-                        store.mark_interrupted(row_id, "interrupted (Ctrl-C or SIGTERM)")
+                        store.mark_interrupted(row_id, interrupt_reason(exc))
             raise
 
     def _dispatch(self, pending: deque[Task], inflight: dict[int, Task], store: Store,
                   claim_kwargs: dict) -> Iterator[tuple[RunSpec, None]]:
-        """Give each idle worker the next task, claiming its runs now (not earlier)."""
+        """Give each idle worker the next task, claiming its runs now (not earlier; a retry
+        claims its unfinished runs again: a new row per attempt)."""
         for worker_id, worker in self.workers.items():
             while worker_id not in inflight and pending:
                 task = pending.popleft()
-                unclaimed = [s for s in task.specs if s.run_id not in task.row_ids]  # a retry keeps its claim
+                unclaimed = [s for s in task.specs if s.run_id not in task.row_ids]
                 task.row_ids.update((yield from claim_runs(unclaimed, store, claim_kwargs)))
                 task.done.update(s.run_id for s in unclaimed if s.run_id not in task.row_ids)
                 todo = [s for s in task.specs if s.run_id not in task.done]
@@ -204,13 +239,19 @@ class WorkerPool:
 
     def _replace_dead(self, inflight: dict[int, Task], pending: deque[Task], store: Store,
                       by_run: dict[str, RunSpec], observer, max_retries: int) -> Iterator[tuple[RunSpec, RunResult]]:
-        """Restart dead workers; retry their unfinished runs or record them as failed."""
+        """Restart dead workers; retry their unfinished runs or record them as failed.
+
+        Each death is reported (``observer.worker_died``) and leaves a trace in the store:
+        a retried run's dead attempt stays as an ``interrupted`` row naming the worker and
+        its exit, and the retry is a new row; the last attempt of a run out of retries is
+        recorded ``failed``.
+        """
         for worker_id, worker in list(self.workers.items()):
             if worker.proc.is_alive():
                 continue
             yield from self._read_events(worker_id, inflight, store, by_run, observer)  # what it sent before dying
             worker.proc.join()
-            code = worker.proc.exitcode
+            code, pid = worker.proc.exitcode, worker.proc.pid
             worker.tasks.close()
             worker.events.close()
             self._start(worker_id)
@@ -221,10 +262,17 @@ class WorkerPool:
             unfinished = [s for s in task.specs if s.run_id not in task.done]
             if not unfinished:
                 continue
-            if task.attempts <= max_retries:
+            cause = f"signal {-code}" if code < 0 else f"exit code {code}"
+            retry = task.attempts <= max_retries
+            for spec in unfinished:
+                observer.worker_died(worker_id, pid, cause, spec, task.attempts, max_retries)
+                if retry:  # this attempt's row stays as history; the retry claims a new one
+                    store.mark_interrupted(task.row_ids.pop(spec.run_id),
+                                           f"worker {worker_id} (pid {pid}) died ({cause}); retried as a new attempt")
+            if retry:
                 pending.appendleft(task)
                 continue
-            reason = f"worker process died (exit code {code}) in {task.attempts} attempt(s)"
+            reason = f"worker process died ({cause}) in {task.attempts} attempt(s)"
             for spec in unfinished:
                 result = RunResult(spec.run_id, "failed", error=reason, environment=environment())
                 store.finish(task.row_ids[spec.run_id], result)

@@ -15,14 +15,27 @@ folder (or a rerun after a crash) sees the truth.
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import sys
+import threading
 import time
-from typing import Iterator
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 from ..config import RunSpec
-from ..errors import InitsweepError
+from ..errors import InitsweepError, interrupt_reason
 from ..store import Store
 from ..train import RunResult, environment
 from . import Task, claim_runs
+
+
+CONNECT_TIMEOUT_S = 15.0  # --ray-timeout's default: room for a slow network, short of looking hung
+
+
+def _no_answer(address: str, timeout: float) -> InitsweepError:
+    return InitsweepError(f"--ray-address {address}: no answer from Ray within {timeout:g} s (--ray-timeout)")
 
 
 def _import_ray():
@@ -43,18 +56,104 @@ def _train_task(specs: list[RunSpec], device: str, source, threads: int) -> list
     return run_group(specs, device, source=source)
 
 
-class RayCluster:
-    """Connect to a cluster (``address``), or start a local one with this machine's cores."""
+@contextmanager
+def _ray_output_dropped() -> Iterator[Callable[[], None]]:
+    """Point file descriptor 2 at /dev/null while Ray connects.
 
-    def __init__(self, address: str | None, num_cpus: int):
+    Ray's C++ core writes its connection retries ("Failed to connect to GCS ... within 5
+    seconds", over and over) straight to descriptor 2, past Python's logging, into the
+    progress bars. Yields ``abandon``: call it when Ray may still be talking (a connection
+    attempt that timed out keeps running in its thread); the descriptor then stays on
+    /dev/null and Python's ``sys.stderr`` moves to a copy of the real one, so this
+    process's own messages still reach the terminal.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    abandoned = False
+
+    def abandon() -> None:
+        nonlocal abandoned
+        abandoned = True
+        sys.stderr = open(saved, "w", buffering=1, encoding=sys.stderr.encoding, errors="backslashreplace")
+
+    try:
+        yield abandon
+    finally:
+        if not abandoned:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _check_listening(address: str, timeout: float) -> None:
+    """Fail at once when nothing listens at HOST:PORT (Ray itself retries for minutes).
+
+    Other forms (``auto``) are left to Ray; the bounded wait in :class:`RayCluster` still holds.
+    """
+    host, _, port = address.split("://")[-1].rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except TimeoutError:
+        raise _no_answer(address, timeout) from None
+    except OSError as exc:
+        raise InitsweepError(f"--ray-address {address}: cannot connect to Ray: {exc.strerror or exc}") from None
+
+
+class RayCluster:
+    """Connect to a cluster (``address``), or start a local one with this machine's cores.
+
+    Connecting is given up after ``timeout`` seconds: pointed at nothing, or at something
+    that is not Ray, ``ray.init`` would retry for minutes. Ray's own output is kept off the
+    terminal, and Ray's SIGTERM handler (``sys.exit``) is not left in place of the CLI's,
+    so SIGTERM still marks the runs in flight ``interrupted`` and exits 143.
+    """
+
+    def __init__(self, address: str | None, num_cpus: int, timeout: float = CONNECT_TIMEOUT_S):
         self.ray = _import_ray()
+        self.timeout = timeout
         self.started_here = not self.ray.is_initialized()
         if self.started_here:
             kwargs = {"address": address} if address else {"num_cpus": num_cpus, "include_dashboard": False}
+            kwargs.update(log_to_driver=False, configure_logging=False)
+            deadline = time.monotonic() + timeout
+            if address:
+                _check_listening(address, timeout)
+            sigterm = signal.getsignal(signal.SIGTERM)
             try:
-                self.ray.init(**kwargs, log_to_driver=False, configure_logging=False)
+                with _ray_output_dropped() as abandon:
+                    if address:
+                        self._connect(kwargs, deadline, abandon)
+                    else:  # in this thread: Ray ties the processes it starts to the thread that starts them
+                        self.ray.init(**kwargs)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise InitsweepError(f"--ray-address {address}: cannot connect to Ray: {exc}".splitlines()[0]) from None
+            finally:
+                if sigterm is not None and threading.current_thread() is threading.main_thread():
+                    signal.signal(signal.SIGTERM, sigterm)
+
+    def _connect(self, kwargs: dict, deadline: float, abandon: Callable[[], None]) -> None:
+        """``ray.init`` in a thread, waited for until ``deadline`` (``time.monotonic``); it cannot be cancelled."""
+        failure: list[BaseException] = []
+
+        def connect() -> None:
+            try:
+                self.ray.init(**kwargs)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                failure.append(exc)
+
+        thread = threading.Thread(target=connect, name="initsweep-ray-connect", daemon=True)
+        thread.start()
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            abandon()
+            raise _no_answer(kwargs["address"], self.timeout)
+        if failure:
+            raise failure[0]
 
     def capacity(self, num_cpus: float, num_gpus: float) -> int:
         """How many tasks of this size fit on the cluster at once (at least one)."""
@@ -71,9 +170,10 @@ class RayCluster:
 
 def execute_ray(tasks: list[Task], *, store: Store, observer, claim_kwargs: dict, device: str,
                 address: str | None = None, num_cpus: float = 1, num_gpus: float = 0, max_retries: int = 2,
-                cluster_cpus: int = 1, may_start=lambda: True) -> Iterator[tuple[RunSpec, RunResult | None]]:
+                cluster_cpus: int = 1, may_start=lambda: True,
+                timeout: float = CONNECT_TIMEOUT_S) -> Iterator[tuple[RunSpec, RunResult | None]]:
     """Submit tasks to Ray as room frees up; yield ``(spec, result)`` as each result is stored."""
-    cluster = RayCluster(address, cluster_cpus)
+    cluster = RayCluster(address, cluster_cpus, timeout)
     ray = cluster.ray
     remote = ray.remote(_train_task).options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries,
                                              name="initsweep-train")
@@ -106,11 +206,11 @@ def execute_ray(tasks: list[Task], *, store: Store, observer, claim_kwargs: dict
                 for spec, result in zip(specs, results):
                     store.finish(rows.pop(spec.run_id), result)
                     yield spec, result
-    except BaseException:
+    except BaseException as exc:
         for ref, (specs, rows) in inflight.items():
             ray.cancel(ref, force=True)
             for row_id in rows.values():
-                store.mark_interrupted(row_id, "interrupted (Ctrl-C or SIGTERM)")
+                store.mark_interrupted(row_id, interrupt_reason(exc))
         raise
     finally:
         deadline = time.monotonic() + 10
