@@ -397,7 +397,7 @@ def test_a_cell_with_a_missing_seed_shows_its_n_in_every_format(store):
     assert "n = 2 per cell, other n marked (n=k)" in " ".join(table.split())  # the legend, maybe wrapped
     md = invoke(*args, "-f", "markdown").stdout
     assert len(re.findall(r"\(n=\d", md)) == 1
-    assert f"| he | " in md and f" | {'**' if best else ''}{shown}" in md.split("**depth = 4**")[0]
+    assert "| he | " in md and f" | {'**' if best else ''}{shown}" in md.split("**depth = 4**")[0]
     assert "n = 2 per cell, other n marked (n=k)_" in md
     page = _Tables()
     page.feed(invoke(*args, "-f", "html").stdout)
