@@ -9,15 +9,15 @@ to the bit; and an accuracy, a count of images, may move by an image whose logit
 decision boundary. Within one process, one path and one thread count, a run *is* bit-for-bit
 reproducible, and the tests that say so compare exactly.
 
-The numbers, measured with ``torch.set_num_threads(1)`` against ``(2)`` on an AMD EPYC (the
-plain CNN, depth 8, width 16, 1,024 MNIST-sample images, 32 Adam steps):
+The numbers, measured by ``python benchmarks/path_noise.py`` on an AMD EPYC (1 against 2
+threads: the plain CNN, depth 8, width 16, 1,024 MNIST-sample images, 32 Adam steps):
 
 * last-digit noise: test and validation loss differ by up to 4.9e-4 relative; test
   accuracy by 1 image of 256, validation accuracy by 0 of 400. Batched against alone under
   SGD at lr 0.2: 8e-5 here, 1.5e-4 measured earlier; one validation image on an Intel Xeon.
 * a real difference: another seed moves the test loss by 8.7e-2 relative, another init
   (He against orthogonal) by 4.5e-2; the smallest seen, two seeds' mean train loss over
-  a first epoch of 16 steps still near chance (width 8, depth 3), 1.2e-2.
+  a first epoch of 16 steps still near chance (width 8, depth 3; tests/test_batched.py), 1.2e-2.
 
 So :data:`LOSS_REL` sits 10x above the noise and below every real difference, and
 :func:`assert_differ` checks that what a test calls different is further apart than
