@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -105,6 +106,48 @@ def test_plan_json_counts(tmp_path):
     assert data["n_runs"] == len(data["runs"]) == 7
     assert all(run["train_samples"] == 512 for run in data["runs"])
     assert data["work"]["train_gflop"] > 0
+
+
+# Run ids are hashes of RunSpec.identity(): every store relies on them, so a refactor of
+# how a config is validated or expanded must leave them exactly as they are. Pinned here
+# from main before issue 13 (sha256 of the plan's run ids in order, first 16 hex digits).
+PINNED_CHOICES = """\
+name: pinned
+data: {dataset: mnist-sample, train_limit: 256, test_limit: 256, download: false}
+model: {width: 4, depth: 2, bias: 0.1}
+train: {seeds: [0, 1]}
+grid:
+  init: [he, {name: kaiming_uniform, nonlinearity: auto}, {name: xavier_normal, gain: auto}, {name: uniform, a: -0.1, b: 0.1}]
+  activation: [relu, {name: leaky_relu, negative_slope: 0.2}, {name: hardtanh, min_val: -2.0}]
+  bias: [zeros, {name: normal, std: 0.05}]
+exclude:
+  - {init: he, activation: hardtanh}
+"""
+
+
+@pytest.mark.parametrize("config, n_runs, first, last, digest", [
+    ("smoke", 7, "35e5d7166d42790a", "8fb1df69345a96c6", "30db47721df282ea"),
+    ("grid", 144, "7169cd80169e41e8", "2f7ed16c893331c5", "e3c6817f28c0e164"),
+    ("pinned", 44, "b133ea70d249014d", "28e78a76b9385bb0", "733ba3be8cdfdb45"),
+])
+def test_plan_run_ids_are_pinned(tmp_path, config, n_runs, first, last, digest):
+    if config == "pinned":
+        cfg = yaml.safe_load(PINNED_CHOICES)
+    else:
+        cfg = yaml.safe_load((REPO / f"configs/{config}.yaml").read_text())
+    cfg["data"].update(root=str(tmp_path), download=False)  # no network: grid falls back to mnist-sample
+    (tmp_path / f"{config}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    result = runner.invoke(app, ["plan", str(tmp_path / f"{config}.yaml"), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    ids = [run["run_id"] for run in data["runs"]]
+    assert (len(ids), ids[0], ids[-1]) == (n_runs, first, last)
+    assert hashlib.sha256(" ".join(ids).encode()).hexdigest()[:16] == digest
+    if config == "pinned":  # a choice's label: its name and the parameters not at their default
+        assert data["axes"] == {
+            "init": ["he", "kaiming_uniform(nonlinearity=auto)", "xavier_normal(gain=auto)", "uniform(a=-0.1, b=0.1)"],
+            "activation": ["relu", "leaky_relu(negative_slope=0.2)", "hardtanh(min_val=-2.0)"],
+            "bias": ["zeros", "normal(std=0.05)"]}
 
 
 def test_plan_table_for_the_default_study(tmp_path):
