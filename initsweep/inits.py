@@ -112,12 +112,27 @@ def delta_orthogonal_(
 
 @dataclass(frozen=True)
 class Initializer:
+    """One registered initializer. A validated ``config.Choice`` carries its entry, so a run
+    applies it, asks its moments and prints its label without looking the name up again."""
+
     name: str
     fn: InitFn  # fn(tensor, params, auto_gain, generator) -> tensor, in place
     description: str
     formula: str
     moments: Moments
     params: tuple[Param, ...] = ()
+
+    def resolve(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate parameters; every one with its default filled in. ``ValueError`` names the parameter."""
+        resolved = check_params("initializer", self.name, self.params, params)
+        if self.name in ("uniform", "trunc_normal") and resolved["a"] >= resolved["b"]:
+            raise ValueError("b: must be greater than a")
+        return resolved
+
+    def __reduce__(self):
+        # pickled by name (its functions are lambdas): a RunSpec sent to a worker process
+        # arrives with the same registry entry
+        return get_init, (self.name,)
 
 
 _REGISTRY: dict[str, Initializer] = {}
@@ -261,79 +276,93 @@ def list_inits() -> list[Initializer]:
 
 def resolve_init_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
     """Validate an initializer's parameters; raises ``ValueError`` naming the parameter."""
-    entry = get_init(name)
-    resolved = check_params("initializer", name, entry.params, params)
-    if name == "uniform" and resolved["a"] >= resolved["b"]:
-        raise ValueError("b: must be greater than a")
-    if name == "trunc_normal" and resolved["a"] >= resolved["b"]:
-        raise ValueError("b: must be greater than a")
-    return resolved
+    return get_init(name).resolve(params)
 
 
 def init_weight_(
-    weight: torch.Tensor, name: str, params: Mapping[str, Any], auto_gain: float,
+    weight: torch.Tensor, init: str | Initializer, params: Mapping[str, Any], auto_gain: float,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Initialize one weight tensor in place with a registered initializer."""
+    """Initialize one weight tensor in place with a registered initializer (entry or name)."""
+    entry = init if isinstance(init, Initializer) else get_init(init)
     with torch.no_grad():
-        return get_init(name).fn(weight, params, auto_gain, generator)
+        return entry.fn(weight, params, auto_gain, generator)
 
 
 # Biases: a small registry of its own, since fan-based rules do not apply to a 1-D tensor.
-_BIAS_INITS: dict[str, tuple[Param, ...]] = {
-    "zeros": (),
-    "constant": (Param("value", float, 0.0, "every bias", low=-1e3, high=1e3),),
-    "normal": (Param("mean", float, 0.0, "mean", low=-1e3, high=1e3),
-               Param("std", float, 1.0, "std (sigma_b)", low=0.0, high=1e3)),
-    "uniform": (Param("a", float, -0.05, "lower bound", low=-1e3, high=1e3),
-                Param("b", float, 0.05, "upper bound", low=-1e3, high=1e3)),
-    "pytorch_default": (),
-}
-BIAS_INIT_DESCRIPTIONS = {
-    "zeros": "b = 0 (the default)",
-    "constant": "b = value",
-    "normal": "b ~ N(mean, std^2); std^2 is the mean-field sigma_b^2",
-    "uniform": "b ~ U[a, b]",
-    "pytorch_default": "b ~ U[-1/sqrt(fan_in), 1/sqrt(fan_in)], as nn.Conv2d/nn.Linear do",
-}
+@dataclass(frozen=True)
+class BiasInit:
+    """One registered bias init: ``fn(bias, weight, params, generator)`` in place, and
+    ``moments(params, fan_in) -> (mean, variance)`` per bias (the mean-field ``sigma_b^2``)."""
+
+    name: str
+    fn: Callable[..., torch.Tensor]
+    moments: Callable[[Mapping[str, Any], int], tuple[float, float]]
+    params: tuple[Param, ...] = ()
+
+    def resolve(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate parameters; every one with its default filled in. ``ValueError`` names the parameter."""
+        resolved = check_params("bias init", self.name, self.params, params)
+        if self.name == "uniform" and resolved["a"] >= resolved["b"]:
+            raise ValueError("b: must be greater than a")
+        return resolved
+
+    def __reduce__(self):
+        return get_bias_init, (self.name,)
+
+
+_BIAS_INITS: dict[str, BiasInit] = {b.name: b for b in (
+    BiasInit("zeros", lambda b, w, p, gen: b.zero_(), lambda p, fan_in: (0.0, 0.0)),
+    BiasInit("constant", lambda b, w, p, gen: b.fill_(p["value"]), lambda p, fan_in: (float(p["value"]), 0.0),
+             (Param("value", float, 0.0, "every bias", low=-1e3, high=1e3),)),
+    BiasInit("normal", lambda b, w, p, gen: nn.init.normal_(b, p["mean"], p["std"], generator=gen),
+             lambda p, fan_in: (float(p["mean"]), float(p["std"]) ** 2),
+             (Param("mean", float, 0.0, "mean", low=-1e3, high=1e3),
+              Param("std", float, 1.0, "std (sigma_b)", low=0.0, high=1e3))),
+    BiasInit("uniform", lambda b, w, p, gen: nn.init.uniform_(b, p["a"], p["b"], generator=gen),
+             lambda p, fan_in: ((p["a"] + p["b"]) / 2, (p["b"] - p["a"]) ** 2 / 12),
+             (Param("a", float, -0.05, "lower bound", low=-1e3, high=1e3),
+              Param("b", float, 0.05, "upper bound", low=-1e3, high=1e3))),
+    # what nn.Conv2d / nn.Linear do on their own: U[-1/sqrt(fan_in), 1/sqrt(fan_in)]
+    BiasInit("pytorch_default", lambda b, w, p, gen: _symmetric_uniform_(b, 1.0 / math.sqrt(fans(w.shape)[0]), gen),
+             lambda p, fan_in: (0.0, 1.0 / (3.0 * fan_in))),
+)}
+
+
+def get_bias_init(name: str) -> BiasInit:
+    try:
+        return _BIAS_INITS[name]
+    except (KeyError, TypeError):
+        raise unknown_name_error("bias init", name, _BIAS_INITS) from None
 
 
 def resolve_bias_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
-    if name not in _BIAS_INITS:
-        raise unknown_name_error("bias init", name, _BIAS_INITS)
-    resolved = check_params("bias init", name, _BIAS_INITS[name], params)
-    if name == "uniform" and resolved["a"] >= resolved["b"]:
-        raise ValueError("b: must be greater than a")
-    return resolved
+    return get_bias_init(name).resolve(params)
 
 
 def init_bias_(
-    bias: torch.Tensor, weight: torch.Tensor, name: str, params: Mapping[str, Any],
+    bias: torch.Tensor, weight: torch.Tensor, init: str | BiasInit, params: Mapping[str, Any],
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
+    """Initialize one bias in place (``weight`` is its layer's, for fan-based rules)."""
+    entry = init if isinstance(init, BiasInit) else get_bias_init(init)
     with torch.no_grad():
-        if name == "zeros":
-            return bias.zero_()
-        if name == "constant":
-            return bias.fill_(params["value"])
-        if name == "normal":
-            return nn.init.normal_(bias, params["mean"], params["std"], generator=generator)
-        if name == "uniform":
-            return nn.init.uniform_(bias, params["a"], params["b"], generator=generator)
-        if name == "pytorch_default":
-            return _symmetric_uniform_(bias, 1.0 / math.sqrt(fans(weight.shape)[0]), generator)
-    raise unknown_name_error("bias init", name, _BIAS_INITS)
+        return entry.fn(bias, weight, params, generator)
 
 
 def initialize(
-    model: nn.Module, *, init: str, init_params: Mapping[str, Any], auto_gain: float,
-    bias: str = "zeros", bias_params: Mapping[str, Any] | None = None,
+    model: nn.Module, *, init: str | Initializer, init_params: Mapping[str, Any], auto_gain: float,
+    bias: str | BiasInit = "zeros", bias_params: Mapping[str, Any] | None = None,
     generator: torch.Generator | None = None,
 ) -> nn.Module:
     """The one place init policy is applied: every conv/linear weight and bias, in module order.
 
-    Normalization layers keep their identity start (scale 1, shift 0).
+    ``init`` and ``bias`` are registry entries (what a validated ``config.Choice`` carries)
+    or names, looked up once here rather than once per layer. Normalization layers keep
+    their identity start (scale 1, shift 0).
     """
+    init = init if isinstance(init, Initializer) else get_init(init)
+    bias = bias if isinstance(bias, BiasInit) else get_bias_init(bias)
     bias_params = bias_params or {}
     for module in model.modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):

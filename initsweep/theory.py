@@ -59,7 +59,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .activations import Activation, _gauss_rule, gaussian_expectation, get_activation
+from .activations import Activation, gauss_rule, gaussian_expectation, get_activation
 from .inits import fans, get_init
 
 # ---------------------------------------------------------------- Gaussian expectations
@@ -129,7 +129,7 @@ def gaussian_moments(entry: Activation, params: Mapping[str, Any], mean: np.ndar
     mu, std = mean.ravel(), np.sqrt(np.clip(var.ravel(), 0.0, None))
     e1, e2, d2 = (np.zeros(mu.shape) for _ in range(3))
     module = entry.build(params)
-    z, wz = _gauss_rule(n)
+    z, wz = gauss_rule(n)
     narrow = std <= _STD_SWITCH
     parts = []
     if narrow.any():
@@ -278,7 +278,7 @@ def _pair_expectations(activation: str, params: Mapping[str, Any], q: float, c: 
     ``u2 = sqrt(q) (c z1 + sqrt(1 - c^2) z2)``.
     """
     module = get_activation(activation).build(dict(params))
-    z, w = _gauss_rule(n)
+    z, w = gauss_rule(n)
     z1, z2 = np.meshgrid(z, z, indexing="ij")
     weights = torch.as_tensor(np.outer(w, w))
     u1 = torch.as_tensor(math.sqrt(q) * z1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 
 import pytest
 import torch
@@ -111,3 +112,10 @@ def test_gaussian_expectation_error_when_the_kinks_fall_between_nodes(q):
     exact = q * (math.erf(a / math.sqrt(2)) - 2 * a * phi) + 1 - math.erf(a / math.sqrt(2))
     got = gaussian_expectation(get_activation("hardtanh"), {"min_val": -1.0, "max_val": 1.0}, lambda y: y**2, q=q)
     assert got == pytest.approx(exact, rel=1e-5)
+
+
+def test_activation_entries_pickle_as_themselves():
+    # a validated config.Choice carries its entry to pool workers by pickle; the factory is a
+    # lambda, so the entry travels by name and arrives as the registry's own
+    entry = get_activation("leaky_relu")
+    assert pickle.loads(pickle.dumps(entry)) is entry

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import pickle
 
 import pytest
 import torch
 from torch import nn
 
 from initsweep.inits import (
-    fans, get_init, init_bias_, init_weight_, initialize, list_inits, resolve_bias_params,
+    fans, get_bias_init, get_init, init_bias_, init_weight_, initialize, list_inits, resolve_bias_params,
     resolve_init_params,
 )
 
@@ -172,6 +173,37 @@ def test_initialize_applies_to_every_layer_head_included_and_zeroes_biases():
     for layer, fan_in in [(model[0], 9), (model[2], 576), (model[4], 4096)]:
         assert layer.weight.std().item() == pytest.approx(math.sqrt(2 / fan_in), rel=0.1)
         assert layer.bias.abs().max().item() == 0.0
+
+
+def test_initialize_takes_registry_entries_as_it_takes_names():
+    # a validated config.Choice hands its entry over; the weights are those of the name
+    def fresh():
+        return nn.Sequential(nn.Conv2d(1, 8, 3), nn.Flatten(), nn.Linear(8 * 26 * 26, 10))
+    by_name, by_entry = fresh(), fresh()
+    params = resolve_bias_params("uniform", {"a": -0.2, "b": 0.3})
+    initialize(by_name, init="he", init_params={}, auto_gain=SQRT2, bias="uniform", bias_params=params,
+               generator=torch.Generator().manual_seed(3))
+    initialize(by_entry, init=get_init("he"), init_params={}, auto_gain=SQRT2, bias=get_bias_init("uniform"),
+               bias_params=params, generator=torch.Generator().manual_seed(3))
+    for a, b in zip(by_name.parameters(), by_entry.parameters()):
+        assert torch.equal(a, b)  # the same code on the same CPU: the same draws
+    for layer in (by_entry[0], by_entry[2]):
+        assert -0.2 <= layer.bias.min().item() < layer.bias.max().item() <= 0.3
+
+
+def test_bias_inits_are_registry_entries():
+    with pytest.raises(ValueError, match="unknown bias init 'nromal' — did you mean 'normal'"):
+        get_bias_init("nromal")
+    with pytest.raises(ValueError, match="b: must be greater than a"):
+        resolve_bias_params("uniform", {"a": 1, "b": 0})
+    assert get_bias_init("normal").moments(resolve_bias_params("normal", {"std": 0.5}), 9) == (0.0, 0.25)
+    assert get_bias_init("pytorch_default").moments({}, 9) == pytest.approx((0.0, 1 / 27))
+
+
+def test_entries_pickle_as_themselves():
+    # a RunSpec crosses to pool workers by pickle; entries hold lambdas, so they travel by name
+    for entry in (get_init("kaiming_normal"), get_bias_init("constant")):
+        assert pickle.loads(pickle.dumps(entry)) is entry
 
 
 def test_unknown_names_and_bad_params_are_value_errors_with_a_hint():
