@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, Strict, ValidationError,
+                      field_validator, model_validator)
 
-from .activations import resolve_activation_params
+from .activations import get_activation
 from .errors import ConfigError
-from .inits import resolve_bias_params, resolve_init_params
+from .inits import get_bias_init, get_init
 from .models import measure_shape
 from .registry import did_you_mean
 
@@ -59,21 +60,43 @@ class _Section(BaseModel):
 
 
 class Choice(_Section):
-    """A registry entry with its parameters, all defaults filled in (``{name, params}``)."""
+    """A registry entry with its parameters, all defaults filled in (``{name, params}``).
+
+    Validation looks the name up once and keeps the entry (``entry``: an ``inits.Initializer``,
+    ``inits.BiasInit`` or ``activations.Activation``), so whatever builds, predicts or prints
+    the run uses it without looking the name up again. The entry is a private attribute:
+    not dumped, so not part of a run's identity (its name already is).
+    """
 
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
+    _entry: Any = PrivateAttr(default=None)
+
+    @property
+    def entry(self) -> Any:
+        """The registry entry this choice was validated against."""
+        if self._entry is None:
+            raise ValueError(f"{self.name!r} was not resolved against a registry (validate it through ModelConfig)")
+        return self._entry
+
+    def __eq__(self, other: Any) -> bool:
+        # the fields only: the entry follows from the name (pydantic would compare it too)
+        return isinstance(other, Choice) and (self.name, self.params) == (other.name, other.params)
 
     def label(self, defaults: dict[str, Any] | None = None) -> str:
-        """``leaky_relu(negative_slope=0.2)``: the name and the parameters not at their default."""
+        """``leaky_relu(negative_slope=0.2)``: the name and the parameters not at their default
+        (the entry's defaults unless ``defaults`` are given)."""
+        if defaults is None and self._entry is not None:
+            defaults = {p.name: p.default for p in self._entry.params}
         shown = {k: v for k, v in self.params.items() if defaults is None or defaults.get(k) != v}
         if not shown:
             return self.name
         return f"{self.name}(" + ", ".join(f"{k}={v}" for k, v in shown.items()) + ")"
 
 
-def _choice(value: Any, resolve) -> Choice:
-    """Accept ``name`` or ``{name: ..., <params>}``; validate against a registry."""
+def _choice(value: Any, lookup) -> Choice:
+    """Accept ``name`` or ``{name: ..., <params>}``; validate against a registry (``lookup``:
+    name -> entry, the one lookup of the name) and keep the entry on the choice."""
     if isinstance(value, Choice):
         return value
     if isinstance(value, str):
@@ -89,7 +112,10 @@ def _choice(value: Any, resolve) -> Choice:
             raise ValueError(f"name must be a string, got {name!r}")
     else:
         raise ValueError(f"must be a name or a mapping with a 'name' key, got {value!r}")
-    return Choice(name=name, params=resolve(name, params))
+    entry = lookup(name)
+    choice = Choice(name=name, params=entry.resolve(params))
+    choice._entry = entry
+    return choice
 
 
 class DataConfig(_Section):
@@ -111,26 +137,26 @@ class ModelConfig(_Section):
     norm: Literal["none", "batch"] = "none"
     padding: Literal["zeros", "circular"] = "zeros"
     head: Literal["gap", "flatten"] = "gap"
-    init: Choice = Choice(name="kaiming_normal", params=resolve_init_params("kaiming_normal", {}))
-    activation: Choice = Choice(name="relu", params={})
-    bias: Choice = Choice(name="zeros", params={})
+    init: Choice = _choice("kaiming_normal", get_init)
+    activation: Choice = _choice("relu", get_activation)
+    bias: Choice = _choice("zeros", get_bias_init)
 
     @field_validator("init", mode="before")
     @classmethod
     def _init(cls, v: Any) -> Choice:
-        return _choice(v, resolve_init_params)
+        return _choice(v, get_init)
 
     @field_validator("activation", mode="before")
     @classmethod
     def _activation(cls, v: Any) -> Choice:
-        return _choice(v, resolve_activation_params)
+        return _choice(v, get_activation)
 
     @field_validator("bias", mode="before")
     @classmethod
     def _bias(cls, v: Any) -> Choice:
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             v = {"name": "constant", "value": v}
-        return _choice(v, resolve_bias_params)
+        return _choice(v, get_bias_init)
 
 
 class TrainConfig(_Section):
@@ -175,13 +201,10 @@ class DiagnosticsConfig(_Section):
     phases: tuple[Literal["init", "final"], ...] = ("init", "final")
 
 
-_RESOLVERS = {"init": resolve_init_params, "activation": resolve_activation_params, "bias": resolve_bias_params}
-
-
 def display_value(field_name: str, value: Any) -> Any:
     """A setting as people read it: choices by name plus their non-default parameters."""
     if isinstance(value, Choice):
-        return value.label(_RESOLVERS[field_name](value.name, {}))
+        return value.label()
     return value
 
 
@@ -216,6 +239,13 @@ class SweepConfig(_Section):
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     exclude: list[dict[str, Any]] = Field(default_factory=list)
     diagnostics: DiagnosticsConfig = DiagnosticsConfig()
+    # (the field values it was resolved from, axes, exclude rules): set by validate(), so
+    # expand() builds runs from the values validated there instead of validating them again
+    _resolved: tuple | None = PrivateAttr(default=None)
+
+    def __eq__(self, other: Any) -> bool:
+        # the settings only: the resolved grid is derived from them
+        return isinstance(other, SweepConfig) and self.__dict__ == other.__dict__
 
     @field_validator("name")
     @classmethod
@@ -422,10 +452,12 @@ def _owner_fields(model: type[BaseModel], loc: tuple) -> list[str]:
 
 
 def _validate_setting(section: str, base: _Section, name: str, value: Any, where: str) -> tuple[Any, list[str]]:
-    """Validate one swept value by re-validating its section with the value in place."""
+    """Validate one swept value in its section (the section's own rules, e.g. momentum only
+    with sgd, see the value in place). The other fields go in as the validated values they
+    are, not dumped: pydantic passes them through, and a choice keeps its registry entry."""
     cls = SECTIONS[section]
     try:
-        validated = cls.model_validate({**base.model_dump(), name: value})
+        validated = cls.model_validate({**dict(base), name: value})
     except ValidationError as exc:
         problems = []
         for line in _pydantic_problems(exc, model=cls):
@@ -530,6 +562,7 @@ def validate(raw: Any, source: str | None = None, default_name: str | None = Non
             problems += _size_problems(cfg, axes)
     if problems:
         raise ConfigError(problems, source)
+    cfg._resolved = (cfg.__dict__, axes, rules)
     return cfg
 
 
@@ -587,22 +620,34 @@ def _without_unused(model: ModelConfig) -> ModelConfig:
     return model.model_copy(update={name: ModelConfig.model_fields[name].default for name in unused})
 
 
+def _resolved_grid(cfg: SweepConfig) -> tuple[dict, list]:
+    """The axes and exclude rules :func:`validate` resolved for ``cfg``; resolved here only
+    for a config that did not come from it (built directly, or a ``model_copy`` of one)."""
+    if cfg._resolved is not None and cfg._resolved[0] is cfg.__dict__:
+        return cfg._resolved[1], cfg._resolved[2]
+    axes, problems = _grid_problems(cfg)
+    rules, more = _exclude_problems(cfg, axes)
+    if problems or more:
+        raise ConfigError(problems + more)
+    return axes, rules
+
+
 def expand(cfg: SweepConfig, dataset: str | None = None) -> Plan:
     """The runs of a config: the product of its axes x seeds, minus ``exclude``, deduplicated.
 
     ``dataset`` replaces ``data.dataset`` when the data actually found differs from the one
     asked for (the offline fallback), so run ids say what was really trained on.
     """
-    axes, problems = _grid_problems(cfg)
-    rules, more = _exclude_problems(cfg, axes)
-    if problems or more:
-        raise ConfigError(problems + more)
+    axes, rules = _resolved_grid(cfg)
     names = list(axes)
     notes = []
     base_data = cfg.data if dataset is None else cfg.data.model_copy(update={"dataset": dataset})
     runs, seen, n_excluded, n_duplicates, hits = [], set(), 0, 0, [0] * len(rules)
-    for combo in itertools.product(*(axes[a][2] for a in names)):
-        point = dict(zip(names, combo))
+    # each value's label once per axis, not once per run
+    display_axes = {a: [display_value(axes[a][1], v) for v in axes[a][2]] for a in names}
+    for combo in itertools.product(*(zip(axes[a][2], display_axes[a]) for a in names)):
+        point = {a: value for a, (value, _) in zip(names, combo)}
+        display = tuple((a, shown) for a, (_, shown) in zip(names, combo))
         matched = _matching_rules(point, rules)
         for k in matched:
             hits[k] += 1
@@ -617,7 +662,6 @@ def expand(cfg: SweepConfig, dataset: str | None = None) -> Plan:
         data = base_data.model_copy(update=updates["data"])
         train = cfg.train.model_copy(update=updates["train"])
         for seed in cfg.train.seeds:
-            display = tuple((a, display_value(axes[a][1], v)) for a, v in point.items())
             spec = RunSpec(cfg.name, data, model, train, seed, display, cfg.diagnostics)
             if spec.run_id in seen:
                 n_duplicates += 1
@@ -635,5 +679,4 @@ def expand(cfg: SweepConfig, dataset: str | None = None) -> Plan:
         if any(r.model.arch == arch for r in runs) and set(unused) & swept:
             notes.append(f"arch {arch} does not use {', '.join(sorted(set(unused) & swept))}")
     n_points = math.prod(len(axes[a][2]) for a in names) * len(cfg.train.seeds)
-    display_axes = {a: [display_value(axes[a][1], v) for v in axes[a][2]] for a in names}
     return Plan(cfg, runs, display_axes, n_points, n_excluded, n_duplicates, notes)

@@ -60,7 +60,7 @@ import torch
 from torch import nn
 
 from .activations import Activation, gauss_rule, gaussian_expectation, get_activation
-from .inits import fans, get_init
+from .inits import Initializer, fans, get_bias_init, get_init
 
 # ---------------------------------------------------------------- Gaussian expectations
 
@@ -328,29 +328,24 @@ def depth_scale(activation: str, sigma_w2: float, sigma_b2: float, params: Mappi
 # ---------------------------------------------------------------- the built model
 
 
-def sigma_w2_of(init: str, init_params: Mapping[str, Any], auto_gain: float, shape: Sequence[int]) -> float:
+def sigma_w2_of(init: str | Initializer, init_params: Mapping[str, Any], auto_gain: float,
+                shape: Sequence[int]) -> float:
     """``fan_in * Var(w)`` of a weight of this shape under this init (from its declared moments)."""
-    _, var = get_init(init).moments(tuple(shape), init_params, auto_gain)
+    entry = init if isinstance(init, Initializer) else get_init(init)
+    _, var = entry.moments(tuple(shape), init_params, auto_gain)
     return fans(shape)[0] * var
 
 
-def weight_mean_of(init: str, init_params: Mapping[str, Any], auto_gain: float, shape: Sequence[int]) -> float:
-    return get_init(init).moments(tuple(shape), init_params, auto_gain)[0]
+def weight_mean_of(init: str | Initializer, init_params: Mapping[str, Any], auto_gain: float,
+                   shape: Sequence[int]) -> float:
+    entry = init if isinstance(init, Initializer) else get_init(init)
+    return entry.moments(tuple(shape), init_params, auto_gain)[0]
 
 
 def bias_moments(bias: str, params: Mapping[str, Any], fan_in: int) -> tuple[float, float]:
-    """``(mean, variance)`` of each bias under a bias init (``sigma_b^2`` is the variance)."""
-    if bias == "zeros":
-        return 0.0, 0.0
-    if bias == "constant":
-        return float(params["value"]), 0.0
-    if bias == "normal":
-        return float(params["mean"]), float(params["std"]) ** 2
-    if bias == "uniform":
-        return (params["a"] + params["b"]) / 2, (params["b"] - params["a"]) ** 2 / 12
-    if bias == "pytorch_default":
-        return 0.0, 1.0 / (3.0 * fan_in)
-    raise ValueError(f"unknown bias init {bias!r}")
+    """``(mean, variance)`` of each bias under a bias init (``sigma_b^2`` is the variance),
+    as its registry entry declares them."""
+    return get_bias_init(bias).moments(params, fan_in)
 
 
 @dataclass(frozen=True)
@@ -369,8 +364,7 @@ class InitRecipe:
     def from_spec(cls, spec: Any) -> "InitRecipe":
         """From a ``config.RunSpec`` (its ``model`` section)."""
         m = spec.model
-        act = get_activation(m.activation.name)
-        return cls(m.init.name, dict(m.init.params), act.gain(m.activation.params), m.activation.name,
+        return cls(m.init.name, dict(m.init.params), m.activation.entry.gain(m.activation.params), m.activation.name,
                    dict(m.activation.params), m.bias.name, dict(m.bias.params))
 
 
@@ -461,6 +455,7 @@ def _pool_size(pool: nn.MaxPool2d) -> int:
 def predict(model: nn.Module, x: torch.Tensor, recipe: InitRecipe) -> Prediction:
     """Mean-field prediction for every block of a ``models.Net`` fed the batch ``x`` [B, C, H, W]."""
     params = dict(recipe.activation_params)
+    init, bias = get_init(recipe.init), get_bias_init(recipe.bias)  # once, not once per block
     notes: list[str] = []
     blocks = list(model.blocks)
     # m: channel-averaged second moment of the current block's input, per position [H, W]
@@ -470,10 +465,10 @@ def predict(model: nn.Module, x: torch.Tensor, recipe: InitRecipe) -> Prediction
         layer = block.layer
         shape = tuple(layer.weight.shape)
         fan_in = fans(shape)[0]
-        s2 = sigma_w2_of(recipe.init, recipe.init_params, recipe.auto_gain, shape)
-        if weight_mean_of(recipe.init, recipe.init_params, recipe.auto_gain, shape) != 0.0:
+        s2 = sigma_w2_of(init, recipe.init_params, recipe.auto_gain, shape)
+        if weight_mean_of(init, recipe.init_params, recipe.auto_gain, shape) != 0.0:
             notes.append("the init's weights have a nonzero mean, which the prediction ignores")
-        b_mean, b_var = bias_moments(recipe.bias, recipe.bias_params, fan_in) if layer.bias is not None else (0.0, 0.0)
+        b_mean, b_var = bias.moments(recipe.bias_params, fan_in) if layer.bias is not None else (0.0, 0.0)
         if isinstance(layer, nn.Conv2d):
             tap = _TapMap(layer, _tap_kernel(recipe.init, layer.kernel_size), m.shape)
             steps.append((tap, m.shape, s2, layer.in_channels, layer.out_channels))

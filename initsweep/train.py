@@ -41,7 +41,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
-from .activations import get_activation
 from .config import RunSpec
 from .data import DataSource, Splits, iterate_batches, load_splits, resolve_source
 from .errors import OptionError
@@ -167,11 +166,11 @@ def seed_streams(seed: int) -> tuple[int, int]:
 def build_initialized_model(spec: RunSpec, generator: torch.Generator) -> nn.Module:
     """The spec's model with its init applied (on the CPU: same weights on every device)."""
     m = spec.model
-    act = get_activation(m.activation.name)
+    act = m.activation.entry  # the registry entries the config was validated against
     model = build_model(m.arch, depth=m.depth, width=m.width, norm=m.norm, padding=m.padding, head=m.head,
                         activation=lambda: act.build(m.activation.params))
-    return initialize(model, init=m.init.name, init_params=m.init.params,
-                      auto_gain=act.gain(m.activation.params), bias=m.bias.name,
+    return initialize(model, init=m.init.entry, init_params=m.init.params,
+                      auto_gain=act.gain(m.activation.params), bias=m.bias.entry,
                       bias_params=m.bias.params, generator=generator)
 
 

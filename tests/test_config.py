@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import pickle
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
-from initsweep.config import MAX_RUNS, expand, load_config, validate
+from initsweep.activations import get_activation
+from initsweep.config import MAX_RUNS, ModelConfig, SweepConfig, expand, load_config, validate
 from initsweep.errors import ConfigError
+from initsweep.inits import get_bias_init, get_init
 
 BASE = {"name": "t", "data": {"dataset": "mnist-sample"}, "model": {"arch": "plain", "width": 8}}
 
@@ -142,3 +146,42 @@ def test_too_many_runs_are_refused_before_expansion():
     big = {"width": list(range(1, 101)), "depth": list(range(1, 101)), "lr": [0.1 * (i + 1) for i in range(20)]}
     with pytest.raises(ConfigError, match=f"more than the limit of {MAX_RUNS:,}"):
         validate({**BASE, "grid": big})
+
+
+def test_a_resolved_choice_carries_its_registry_entry_through_expand_and_pickle():
+    plan = plan_of(model={"width": 8, "bias": 0.1},
+                   grid={"init": ["he", {"name": "xavier_normal", "gain": "auto"}],
+                         "activation": [{"name": "leaky_relu", "negative_slope": 0.2}]})
+    for spec in plan.runs:
+        m = spec.model
+        assert m.init.entry is get_init(m.init.name)
+        assert m.activation.entry is get_activation("leaky_relu")
+        assert m.bias.entry is get_bias_init("constant")
+        # a pool worker gets its spec by pickle: same id, same entries
+        back = pickle.loads(pickle.dumps(spec))
+        assert back.run_id == spec.run_id and back == spec
+        assert back.model.init.entry is m.init.entry and back.model.bias.entry is m.bias.entry
+    assert ModelConfig().init.entry is get_init("kaiming_normal")  # the defaults too
+    assert "entry" not in json.dumps(plan.runs[0].identity())  # not part of the run id
+    assert [p[1] for p in plan.runs[1].point] == ["xavier_normal(gain=auto)", "leaky_relu(negative_slope=0.2)"]
+
+
+def test_expand_of_a_config_that_skipped_validate_still_checks_the_grid():
+    # validate() resolves the grid once and expand() reuses it; a config built another
+    # way (or model_copy'd) is resolved by expand itself, with the same messages
+    raw = {**BASE, "grid": {"init": ["he", "kaiming_nromal"], "depth": [2, 3]}}
+    with pytest.raises(ConfigError) as validated:
+        validate(raw)
+    with pytest.raises(ConfigError) as expanded:
+        expand(SweepConfig.model_validate(raw))
+    assert expanded.value.problems == validated.value.problems == [
+        "grid.init[1]: unknown initializer 'kaiming_nromal' — did you mean 'kaiming_normal'?"]
+    good = {**BASE, "grid": {"init": ["he", "orthogonal"], "depth": [2, 3]}, "exclude": [{"init": "he", "depth": 3}]}
+    cfg = validate(good)
+    ids = [r.run_id for r in expand(cfg).runs]
+    assert [r.run_id for r in expand(SweepConfig.model_validate(good)).runs] == ids == \
+        [r.run_id for r in expand(cfg.model_copy(update={"description": "x"})).runs]
+    assert len(ids) == 3
+    # a copy with a changed section expands what it says, not what was validated before
+    deeper = cfg.model_copy(update={"model": cfg.model.model_copy(update={"width": 4})})
+    assert set(r.run_id for r in expand(deeper).runs).isdisjoint(ids)
