@@ -136,6 +136,8 @@ class ModelConfig(_Section):
     width: Int = Field(32, ge=1, le=4096)
     norm: Literal["none", "batch"] = "none"
     padding: Literal["zeros", "circular"] = "zeros"
+    # gap cannot tell inits apart in a short study (models.py): studies set flatten; the
+    # default stays gap because changing it would change stored run ids
     head: Literal["gap", "flatten"] = "gap"
     init: Choice = _choice("kaiming_normal", get_init)
     activation: Choice = _choice("relu", get_activation)
