@@ -154,3 +154,40 @@ def test_plan_shows_the_pinned_run_ids_of_the_smoke_config(tmp_path):
 def test_the_shipped_studies_keep_their_run_ids(name, first, last, count):
     ids = [s.run_id for s in expand(load_config(CONFIGS / name)).runs]
     assert len(ids) == count and ids[:3] == first and ids[-1] == last
+
+
+def test_run_into_an_older_store_adds_the_missing_columns_and_keeps_its_rows(tmp_path):
+    """The migration path: a schema-1 store (without the newest result columns and the
+    probe's v2 layer columns) takes a run through the CLI; its old row reads back as it was."""
+    from initsweep import store as store_module
+
+    newest = list(RESULT_COLUMNS)[-2:]  # peak_rss_mb, compile_seconds: not in this older store
+    v2_layers = ["pre_m2", "act_m2", "act_grad_norm2", "sigma_w2", "predicted_pre_m2", "predicted_act_m2",
+                 "predicted_act_grad_norm2"]
+    runs_now = ", ".join(f"{c} {t}" for c, t in {**SETTING_COLUMNS, **RESULT_COLUMNS}.items())
+    layers_now = ", ".join(f"{c} {t}" for c, t in LAYER_COLUMNS.items())
+    old_schema = store_module._SCHEMA.replace(runs_now, ", ".join(
+        f"{c} {t}" for c, t in {**SETTING_COLUMNS, **RESULT_COLUMNS}.items() if c not in newest)).replace(
+        layers_now, ", ".join(f"{c} {t}" for c, t in LAYER_COLUMNS.items() if c not in v2_layers))
+    assert old_schema.count("CREATE TABLE") == 4 and "peak_rss_mb" not in old_schema and "pre_m2" not in old_schema
+    db = tmp_path / "res" / "initsweep.db"
+    db.parent.mkdir()
+    with sqlite3.connect(db) as conn:
+        conn.executescript(old_schema)
+        conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+        conn.execute("INSERT INTO runs (run_id, sweep, status, init, depth, test_acc, spec_json) "
+                     "VALUES ('old', 'ci', 'ok', 'he', 7, 0.5, '{}')")
+    conn.close()
+    config = write_config(tmp_path / "c.yaml", {"depth": [1]})
+    result = invoke("run", str(config), "--results", str(tmp_path / "res"), "--device", "cpu", "--threads", "1", "-q")
+    assert result.exit_code == 0, result.output
+    conn = sqlite3.connect(db)
+    runs = [(r[1], r[2]) for r in conn.execute("PRAGMA table_info(runs)")]
+    layers = {r[1] for r in conn.execute("PRAGMA table_info(layers)")}
+    rows = conn.execute("SELECT run_id, status, init, depth, test_acc, peak_rss_mb FROM runs ORDER BY row_id").fetchall()
+    version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+    conn.close()
+    assert dict(runs) == RUN_COLUMNS and len(runs) == len(RUN_COLUMNS)  # the missing ones added, typed
+    assert layers == {"row_id", "run_id", "phase", "layer", *LAYER_COLUMNS} and version == "2"
+    assert len(rows) == 2 and rows[0] == ("old", "ok", "he", 7, 0.5, None)
+    assert rows[1][1] == "ok" and rows[1][3] == 1 and rows[1][5] is not None
