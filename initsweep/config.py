@@ -26,6 +26,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
                       field_validator, model_validator)
 
 from .activations import get_activation
+from .columns import SETTING_COLUMNS
 from .errors import ConfigError
 from .inits import get_bias_init, get_init
 from .models import measure_shape
@@ -285,22 +286,31 @@ class RunSpec:
                 "train": train, "seed": self.seed}
 
     def settings(self) -> dict[str, Any]:
-        """Flat ``column -> value`` view for tables and the results store."""
-        m, t, d = self.model, self.train, self.data
-        return {
-            "run_id": self.run_id, "sweep": self.sweep, "seed": self.seed,
-            "init": m.init.name, "init_params": m.init.params, "init_label": display_value("init", m.init),
-            "activation": m.activation.name, "activation_params": m.activation.params,
-            "activation_label": display_value("activation", m.activation),
-            "bias": m.bias.name, "bias_params": m.bias.params, "bias_label": display_value("bias", m.bias),
-            "arch": m.arch, "depth": m.depth, "width": m.width, "norm": m.norm, "padding": m.padding,
-            "head": m.head,
-            "dataset": d.dataset, "val_fraction": d.val_fraction, "split_seed": d.split_seed,
-            "train_limit": d.train_limit, "test_limit": d.test_limit,
-            "optimizer": t.optimizer, "lr": t.lr, "momentum": t.momentum, "nesterov": t.nesterov,
-            "weight_decay": t.weight_decay, "batch_size": t.batch_size, "epochs": t.epochs,
-            "max_steps": t.max_steps, "diverge_factor": t.diverge_factor, "precision": t.precision,
-        }
+        """Flat ``column -> value`` view for tables and the results store.
+
+        One value per ``columns.SETTING_COLUMNS``, found by the rule stated there (the
+        config field of the column's name; a choice's name, ``_params`` and ``_label``), so
+        a new setting is a config field and its column, and nothing here.
+        """
+        def field_value(name: str) -> Any:
+            section, field_name = AXIS_TARGETS[name]
+            return getattr(getattr(self, section), field_name)
+
+        values: dict[str, Any] = {"run_id": self.run_id, "sweep": self.sweep}
+        for column in SETTING_COLUMNS:
+            choice, _, part = column.rpartition("_")
+            if column == "seed":
+                values[column] = self.seed
+            elif column in AXIS_TARGETS:
+                value = field_value(column)
+                values[column] = value.name if isinstance(value, Choice) else value
+            elif part == "params" and choice in AXIS_TARGETS:
+                values[column] = field_value(choice).params
+            elif part == "label" and choice in AXIS_TARGETS:
+                values[column] = display_value(choice, field_value(choice))
+            else:
+                raise KeyError(f"settings(): no config field behind the column {column!r} (columns.SETTING_COLUMNS)")
+        return values
 
     def to_json(self) -> str:
         return json.dumps({"sweep": self.sweep, **self.identity()}, sort_keys=True)

@@ -18,14 +18,13 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from .columns import RUN_COLUMNS
 from .errors import InitsweepError, OptionError, StoreError
 from .jsontext import json_text
 from .report import count_runs, filter_runs
-from .store import _RESULT_COLUMNS, _SETTING_COLUMNS, DB_NAME, Store
+from .store import DB_NAME, Store
 
 _SUFFIXES = {".csv": "csv", ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
-_TYPES = {"row_id": "INTEGER", "run_id": "TEXT", "sweep": "TEXT", "status": "TEXT",
-          **_SETTING_COLUMNS, **_RESULT_COLUMNS, "spec_json": "TEXT"}
 # pandas >= 3 reads text as the ``str`` dtype (missing = NaN); older pandas as object.
 _TEXT = "str" if int(pd.__version__.split(".")[0]) >= 3 else object
 
@@ -45,7 +44,7 @@ def normalize(df: pd.DataFrame, source: str = "") -> pd.DataFrame:
     """Give every known column the store's type: integers without gaps as int64, other
     numbers as float64 (NULL = NaN), text as text, whatever file they came from."""
     df = df.copy()
-    for col, kind in _TYPES.items():
+    for col, kind in RUN_COLUMNS.items():
         if col not in df:
             continue
         if kind == "TEXT":
@@ -84,7 +83,7 @@ def _read_file(path: Path) -> pd.DataFrame:
         raise StoreError(f"{path}: not a results folder or a run export (.csv, .json, .parquet)")
     try:
         if fmt == "csv":
-            text_cols = {c: str for c, kind in _TYPES.items() if kind == "TEXT"}
+            text_cols = {c: str for c, kind in RUN_COLUMNS.items() if kind == "TEXT"}
             return pd.read_csv(path, dtype=text_cols)
         if fmt == "json":
             records = json.loads(path.read_text(encoding="utf-8"))

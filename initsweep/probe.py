@@ -99,17 +99,13 @@ END_TO_END = 10.0  # and the factor must change the signal by more than this ove
 VERDICTS = ("healthy", "vanishing", "exploding", "dead", "saturated")
 DEFAULT_BATCH = 64
 
-# what each layer row carries (the store's ``layers`` columns, minus phase and layer)
-MEASURED = ("kind", "fan_in", "sigma_w2", "pre_mean", "pre_std", "pre_m2", "act_mean", "act_std", "act_m2",
-            "act_grad_std", "act_grad_norm2", "weight_std", "weight_grad_std", "dead_frac", "saturated_frac")
-PREDICTED = ("predicted_pre_m2", "predicted_act_m2", "predicted_act_var", "predicted_act_grad_norm2")
 
 
 @dataclass
 class ProbeResult:
     """The diagnostics of one model on one batch."""
 
-    layers: list[dict[str, Any]]  # one dict per block: MEASURED + PREDICTED keys
+    layers: list[dict[str, Any]]  # one dict per block, keyed by the store's columns.LAYER_COLUMNS
     verdict: str
     reason: str
     forward_factor: float | None
@@ -304,7 +300,9 @@ def probe_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Init
             "weight_std": _stats(weight)[1],
             "weight_grad_std": _stats(gw)[1],
             "dead_frac": None, "saturated_frac": None,
-            **{k: None for k in PREDICTED},
+            # the mean-field prediction, made at init only (below)
+            "predicted_pre_m2": None, "predicted_act_m2": None, "predicted_act_var": None,
+            "predicted_act_grad_norm2": None,
         }
         if family == "saturating":
             h = pre.detach()

@@ -30,9 +30,9 @@ from typing import Any
 
 import pandas as pd
 
+from .columns import SETTING_COLUMNS
 from .errors import InitsweepError
 from .registry import did_you_mean
-from .store import _SETTING_COLUMNS
 
 # Never grouped by: the seed is what groups average over; a choice's name and parameters are
 # grouped through its label (``leaky_relu(negative_slope=0.2)``), which carries both.
@@ -48,7 +48,7 @@ STAT_COLUMNS = ["n", "mean", "std", "min", "max", "runs", "diverged", "diverged_
 def varying_settings(df: pd.DataFrame, exclude: tuple[str, ...] = ()) -> list[str]:
     """The setting columns that take more than one value in ``df`` (the sweep's axes)."""
     cols = []
-    for col in _SETTING_COLUMNS:
+    for col in SETTING_COLUMNS:
         if col in df and col not in _NOT_GROUPED and col not in exclude and df[col].nunique(dropna=False) > 1:
             cols.append(col)
     return cols
@@ -68,9 +68,9 @@ def setting_value(col: str, value: Any) -> str | None:
         return None
     if col in _BOOLEAN_SETTINGS:
         return str(bool(value))
-    if _SETTING_COLUMNS.get(col) == "INTEGER" and float(value).is_integer():
+    if SETTING_COLUMNS.get(col) == "INTEGER" and float(value).is_integer():
         return str(int(value))
-    return repr(float(value)) if _SETTING_COLUMNS.get(col) == "REAL" else str(value)
+    return repr(float(value)) if SETTING_COLUMNS.get(col) == "REAL" else str(value)
 
 
 def setting_text(names: list[str], values: Any, sep: str = " ") -> str:
@@ -382,7 +382,7 @@ def check_like_with_like(current: pd.DataFrame, baseline: pd.DataFrame, keys: li
     differently: a baseline with two learning rates against runs with one would compare
     each group with a mean over both lrs. Settings that are grouping keys are matched by
     the groups themselves; a group on one side only is new/missing, not averaged."""
-    settings = [c for c in _SETTING_COLUMNS
+    settings = [c for c in SETTING_COLUMNS
                 if c not in keys and c not in _NOT_GROUPED and c in current and c in baseline]
     if not settings or not keys or current.empty or baseline.empty:
         return

@@ -13,6 +13,8 @@ Tables (schema version in ``meta``):
 * ``epochs`` — per-epoch curves of each attempt.
 * ``layers`` — per-layer signal statistics (at init and after training).
 
+Their columns are defined once, in ``columns.py``; the schema below is built from them.
+
 Claims: a process *claims* a run by inserting its ``running`` row inside ``BEGIN
 IMMEDIATE``; a run whose latest row is finished (ok/diverged) or claimed by a live
 process is not claimed again, so two sweeps on one folder split the work instead of
@@ -37,10 +39,12 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import pandas as pd
 
+from .columns import LAYER_COLUMNS, RESULT_COLUMNS, SETTING_COLUMNS
 from .errors import StoreError
 
 if TYPE_CHECKING:  # importing config pulls in torch: ~2 s that report/export/show do not need
     from .config import RunSpec
+    from .train import RunResult
 
 DB_NAME = "initsweep.db"
 _SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite 3 database
@@ -51,36 +55,6 @@ STALE_CLAIM_S = 6 * 3600.0
 FINISHED = ("ok", "diverged")
 STATUSES = ("running", "ok", "diverged", "failed", "interrupted")
 
-_SETTING_COLUMNS = {
-    "seed": "INTEGER", "init": "TEXT", "init_params": "TEXT", "init_label": "TEXT", "activation": "TEXT",
-    "activation_params": "TEXT", "activation_label": "TEXT", "bias": "TEXT", "bias_params": "TEXT",
-    "bias_label": "TEXT", "arch": "TEXT",
-    "depth": "INTEGER", "width": "INTEGER", "norm": "TEXT", "padding": "TEXT", "head": "TEXT", "dataset": "TEXT",
-    "val_fraction": "REAL", "split_seed": "INTEGER", "train_limit": "INTEGER", "test_limit": "INTEGER",
-    "optimizer": "TEXT", "lr": "REAL", "momentum": "REAL", "nesterov": "INTEGER",
-    "weight_decay": "REAL", "batch_size": "INTEGER", "epochs": "INTEGER", "max_steps": "INTEGER",
-    "diverge_factor": "REAL", "precision": "TEXT",
-}
-_RESULT_COLUMNS = {
-    "dataset_requested": "TEXT", "data_location": "TEXT", "data_fallback": "TEXT",
-    "n_train": "INTEGER", "n_val": "INTEGER", "n_test": "INTEGER",
-    "test_acc": "REAL", "test_loss": "REAL", "best_val_acc": "REAL", "final_train_loss": "REAL",
-    "final_train_acc": "REAL", "final_val_loss": "REAL", "final_val_acc": "REAL",
-    "steps": "INTEGER", "diverged_step": "INTEGER", "error": "TEXT", "verdict": "TEXT",
-    "setup_seconds": "REAL", "train_seconds": "REAL", "eval_seconds": "REAL", "wall_seconds": "REAL",
-    "samples_per_sec": "REAL", "device": "TEXT", "initsweep_version": "TEXT", "torch_version": "TEXT",
-    "python_version": "TEXT", "host": "TEXT", "owner": "TEXT", "claimed_at": "TEXT", "finished_at": "TEXT",
-    "worker": "TEXT", "threads": "INTEGER", "memory_format": "TEXT", "compiled": "INTEGER", "batched": "INTEGER",
-    "peak_rss_mb": "REAL", "compile_seconds": "REAL",
-}
-LAYER_COLUMNS = {
-    "kind": "TEXT", "fan_in": "INTEGER", "pre_mean": "REAL", "pre_std": "REAL", "act_mean": "REAL",
-    "act_std": "REAL", "act_grad_std": "REAL", "weight_grad_std": "REAL", "weight_std": "REAL",
-    "dead_frac": "REAL", "saturated_frac": "REAL", "predicted_act_var": "REAL",
-    "pre_m2": "REAL", "act_m2": "REAL", "act_grad_norm2": "REAL", "sigma_w2": "REAL",
-    "predicted_pre_m2": "REAL", "predicted_act_m2": "REAL", "predicted_act_grad_norm2": "REAL",
-}
-
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
@@ -88,7 +62,7 @@ CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT NOT NULL,
     sweep TEXT NOT NULL,
     status TEXT NOT NULL CHECK (status IN {STATUSES}),
-    {", ".join(f"{c} {t}" for c, t in {**_SETTING_COLUMNS, **_RESULT_COLUMNS}.items())},
+    {", ".join(f"{c} {t}" for c, t in {**SETTING_COLUMNS, **RESULT_COLUMNS}.items())},
     spec_json TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS runs_by_key ON runs (sweep, run_id, row_id);
@@ -369,7 +343,7 @@ class Store:
                 if statement.strip():
                     conn.execute(statement)
             # CREATE TABLE IF NOT EXISTS leaves an older table as it was: add the columns it lacks
-            for table, columns in (("runs", {**_SETTING_COLUMNS, **_RESULT_COLUMNS}), ("layers", LAYER_COLUMNS)):
+            for table, columns in (("runs", {**SETTING_COLUMNS, **RESULT_COLUMNS}), ("layers", LAYER_COLUMNS)):
                 have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
                 for column, kind in columns.items():
                     if column not in have:
@@ -397,7 +371,7 @@ class Store:
                         return None
                     conn.execute("UPDATE runs SET status = 'interrupted', error = ?, finished_at = ? WHERE row_id = ?",
                                  (f"the process that ran it ({latest['owner']}) died", _now(), latest["row_id"]))
-            settings = {k: _clean(v) for k, v in spec.settings().items() if k in _SETTING_COLUMNS}
+            settings = {k: _clean(v) for k, v in spec.settings().items() if k in SETTING_COLUMNS}
             columns = {"run_id": spec.run_id, "sweep": spec.sweep, "status": "running", **settings,
                        "dataset_requested": dataset_requested or spec.data.dataset, "data_fallback": data_fallback,
                        "owner": process_owner(), "host": socket.gethostname(), "claimed_at": _now(),
@@ -407,27 +381,13 @@ class Store:
                 list(columns.values()))
             return int(cursor.lastrowid)
 
-    def finish(self, row_id: int, result: Any) -> None:
-        """Record a finished attempt (a ``train.RunResult``) with its epochs and layers, atomically."""
-        env = result.environment or {}
-        last = result.epochs[-1] if result.epochs else None
-        values = {
-            "status": result.status, "error": result.error, "diverged_step": result.diverged_step,
-            "steps": result.steps, "test_acc": result.test_acc, "test_loss": result.test_loss,
-            "best_val_acc": result.best_val_acc, "final_train_loss": result.final_train_loss,
-            "final_train_acc": result.final_train_acc,
-            "final_val_loss": last.val_loss if last else None, "final_val_acc": last.val_acc if last else None,
-            "n_train": result.n_train, "n_val": result.n_val, "n_test": result.n_test,
-            "setup_seconds": result.setup_seconds, "train_seconds": result.train_seconds,
-            "eval_seconds": result.eval_seconds, "wall_seconds": result.wall_seconds,
-            "samples_per_sec": result.samples_per_sec, "device": result.device,
-            "data_location": result.data_location, "verdict": getattr(result, "verdict", None),
-            "initsweep_version": env.get("initsweep"), "torch_version": env.get("torch"),
-            "python_version": env.get("python"), "host": env.get("host"), "finished_at": _now(),
-            "worker": env.get("worker"), "threads": env.get("threads"), "memory_format": result.memory_format,
-            "compiled": result.compiled, "batched": result.batched, "peak_rss_mb": result.peak_rss_mb,
-            "compile_seconds": result.compile_seconds,
-        }
+    def finish(self, row_id: int, result: RunResult) -> None:
+        """Record a finished attempt (a ``train.RunResult``) with its epochs and layers, atomically.
+
+        The row's columns are the result's own (``RunResult.to_row()``, which names them after
+        ``columns.RESULT_COLUMNS``), so a new result field needs no line here.
+        """
+        values = {**result.to_row(), "finished_at": _now()}
         with self._write() as conn:
             status = conn.execute("SELECT status FROM runs WHERE row_id = ?", (row_id,)).fetchone()
             if status is None:

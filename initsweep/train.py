@@ -31,7 +31,7 @@ import socket
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
 from typing import Any, Callable
 
@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
+from .columns import ENVIRONMENT_COLUMNS
 from .config import RunSpec
 from .data import DataSource, Splits, iterate_batches, load_splits, resolve_source
 from .errors import OptionError
@@ -102,6 +103,27 @@ class RunResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def to_row(self) -> dict[str, Any]:
+        """This attempt as ``runs`` columns (``columns.RESULT_COLUMNS``), for ``Store.finish``.
+
+        Derived, not listed: every field is the column of its name except those in
+        ``_NOT_COLUMNS``; the last epoch gives ``final_val_*``, the environment its
+        ``ENVIRONMENT_COLUMNS``. A new scalar field is a new column with no line here.
+        """
+        row = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _NOT_COLUMNS}
+        last = self.epochs[-1] if self.epochs else None
+        row["final_val_loss"] = last.val_loss if last else None
+        row["final_val_acc"] = last.val_acc if last else None
+        env = self.environment or {}
+        row.update({column: env.get(key) for key, column in ENVIRONMENT_COLUMNS.items()})
+        return row
+
+
+# RunResult fields that are no column of ``runs``: the key (set at claim), the tables of
+# their own (epochs, layers), the environment (spread over ENVIRONMENT_COLUMNS), and the
+# dataset trained on, which the run's ``dataset`` setting already records.
+_NOT_COLUMNS = ("run_id", "epochs", "layers", "environment", "data_source")
 
 
 def resolve_device(name: str, param: str = "device") -> torch.device:
