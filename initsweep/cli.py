@@ -8,7 +8,6 @@ the bottom of this one so that they register.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -19,7 +18,7 @@ from .cli_common import (
     ConfigArg, Format, FormatOpt, ResultsOpt, app, boundary, console, err_console, print_json, write_output,
 )
 from .errors import (
-    EXIT_BUDGET, EXIT_INTERRUPTED, EXIT_RUNS_FAILED, EXIT_TERMINATED, InitsweepError, interrupt_exit_code,
+    EXIT_BUDGET, EXIT_INTERRUPTED, EXIT_RUNS_FAILED, EXIT_TERMINATED, InitsweepError,
     sigterm_as_interrupt,
 )
 
@@ -191,30 +190,6 @@ from . import cli_ci, cli_report  # noqa: E402,F401
 from . import cli_probe  # noqa: E402,F401
 
 
-def main() -> None:
-    """Console-script entry point.
-
-    Click's own usage errors (a bad option value, a missing argument) become one line on
-    stderr and exit 2, like every other bad input, instead of a multi-line box.
-    """
-    try:  # typer >= 0.20 carries its own copy of click; older ones use click itself
-        from typer._click.exceptions import ClickException, UsageError
-    except ImportError:  # pragma: no cover - depends on the installed typer
-        from click.exceptions import ClickException, UsageError
-
-    try:
-        code = app(standalone_mode=False)
-    except UsageError as exc:
-        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `initsweep`: the help text is the message
-            exc.show()
-            sys.exit(exc.exit_code)
-        command = exc.ctx.command_path if exc.ctx is not None else "initsweep"
-        err_console.print(f"error: {command}: {exc.format_message().rstrip('.')} (see {command} -h)",
-                          highlight=False, markup=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
-    except ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except typer.Abort as exc:  # Ctrl-C (or SIGTERM) outside a command's own boundary
-        sys.exit(interrupt_exit_code(exc.__cause__))
-    sys.exit(code if isinstance(code, int) else 0)
+# The console script (``initsweep = "initsweep.cli:main"``) and ``python -m initsweep``: the
+# app's own group (``cli_common._Group``) turns click's usage errors into one line, exit 2.
+main = app
