@@ -37,14 +37,14 @@ def _parse_choice(value: str | None) -> Any:
     """A flag value as YAML (``{name: ..., k: v}``, a number) or a bare name."""
     if value is None:
         return None
-    from .config import _Loader
-
     import yaml
+
+    from .config import parse_yaml
 
     text = value.strip()
     if text.startswith("{") or _looks_numeric(text):
         try:
-            return yaml.load(text, Loader=_Loader)  # noqa: S506 — a SafeLoader
+            return parse_yaml(text)
         except yaml.YAMLError:
             raise InitsweepError(f"cannot read {value!r}: expected {_CHOICE_HELP}") from None
     return text

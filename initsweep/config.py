@@ -310,6 +310,13 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _SCIENTIFIC, list("-+0123456789."))
 
 
+def parse_yaml(text: str) -> Any:
+    """YAML text read as a config file is (safe, no duplicate keys, ``1e-3`` a float), so a
+    value given on the command line means what it would mean in the file. Raises
+    ``yaml.YAMLError``; :func:`load_yaml` turns that into a ``ConfigError`` naming the file."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 — _Loader is a SafeLoader
+
+
 def _yaml_error_line(exc: yaml.YAMLError) -> str:
     mark = getattr(exc, "problem_mark", None)
     where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -334,7 +341,7 @@ def load_yaml(path: str | Path) -> Any:
     except OSError as exc:
         raise ConfigError([f"cannot read: {exc.strerror or exc}"], source=str(path)) from None
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 — _Loader is a SafeLoader
+        return parse_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError([_yaml_error_line(exc)], source=str(path)) from None
 
