@@ -20,7 +20,7 @@ from .batched import group_specs
 from .ci import in_shard
 from .config import RunSpec, SweepConfig, load_config
 from .data import DataSource
-from .errors import InitsweepError, OptionError, terminated
+from .errors import InitsweepError, OptionError, ParamError, terminated
 from .executors import Task
 from .executors.local import execute_in_process
 from .executors.pool import WorkerPool
@@ -117,7 +117,7 @@ def plan_execution(device: str = "auto", devices: list[str] | None = None, worke
     if executor != "local":
         raise OptionError("executor", executor, "use local or ray")
     if ray_address or num_cpus or num_gpus or ray_timeout:
-        raise InitsweepError("--ray-address/--ray-timeout/--num-cpus/--num-gpus need --executor ray")
+        raise ParamError("{ray_address}/{ray_timeout}/{num_cpus}/{num_gpus} need {executor=ray}")
     if devices:
         resolved = [resolve_device(d, "devices") for d in devices]
         if len({d.type for d in resolved}) != 1:

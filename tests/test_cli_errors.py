@@ -21,7 +21,7 @@ import initsweep
 from initsweep import load_results, summarize
 from initsweep.ci import in_shard
 from initsweep.config import expand, load_config
-from initsweep.errors import OptionError
+from initsweep.errors import InitsweepError, OptionError
 from initsweep.sweep import plan_execution
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,6 +200,37 @@ def test_summarize_takes_one_column_as_a_string(store):
     assert list(by_list["depth"]) == [1, 2] and list(by_list["n"]) == [1, 1]
     assert summarize(df, "test_acc", "depth").equals(by_list)
     assert summarize(df, "test_acc", "init,depth").equals(summarize(df, "test_acc", ["init", "depth"]))
+
+
+def test_report_errors_from_python_name_the_parameter_and_the_cli_the_flag(store):
+    """From a notebook the error names the parameter (``by``); at the CLI the same error
+    names the flag (``--by``): one message, two readers (see errors.OptionError/ParamError)."""
+    from initsweep.ci import check_against
+    from initsweep.report import build_report
+
+    df = load_results(store)
+    cases = [  # (the call, its message from Python, the start of its CLI line)
+        (lambda: summarize(df, "test_accc"), "metric: unknown column 'test_accc' — did you mean 'test_acc'?",
+         "--metric: unknown column 'test_accc'"),
+        (lambda: summarize(df, "test_acc", "init,dpeth"), "by: unknown column 'dpeth'", "--by: unknown column"),
+        (lambda: load_results(store, where="depth >="), "where: not a valid expression",
+         "--where: not a valid expression"),
+        (lambda: build_report(df, pivot="init:depth", top=1),
+         "pivot shows every cell; sort and top order the flat table (drop pivot), and where narrows a pivot",
+         "--pivot shows every cell; --sort and --top order the flat table (drop --pivot), and --where narrows"),
+        (lambda: check_against(df, df, fail_on=["slow"]), "fail_on='slow': use any of diverged, failed, missing",
+         "--fail-on slow: use any of"),
+        (lambda: check_against(df, df, tolerance=-1.0), "tolerance=-1.0: must be a number >= 0",
+         "--tolerance -1.0: must be"),
+        (lambda: plan_execution(ray_address="auto"), "ray_address/ray_timeout/num_cpus/num_gpus need executor='ray'",
+         "--ray-address/--ray-timeout/--num-cpus/--num-gpus need --executor ray"),
+    ]
+    for call, message, cli_start in cases:
+        with pytest.raises(InitsweepError) as info:
+            call()
+        assert str(info.value).startswith(message) and "--" not in str(info.value), str(info.value)
+        [cli_line] = info.value.cli_lines()
+        assert cli_line.startswith(cli_start), cli_line
 
 
 def test_dir_lists_the_lazy_api_without_importing_it():
