@@ -111,6 +111,12 @@ class Format(str, Enum):
     json = "json"
 
 
+def choices(name: str, *values: str) -> type[Enum]:
+    """A str Enum of an option's values: Typer lists them in --help and click refuses any
+    other value with a one-line usage error. ``.value`` is the plain string the library takes."""
+    return Enum(name, {v: v for v in values}, type=str)
+
+
 def boundary(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Run a command; a domain error becomes one clean line per problem and an exit code."""
 

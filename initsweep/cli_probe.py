@@ -8,26 +8,20 @@ defining single values), the numbers from ``probe.probe_spec``, the figure from
 from __future__ import annotations
 
 import math
-from enum import Enum
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Annotated, Any, Optional
 
 import typer
 
-from .cli_common import Format, FormatOpt, app, boundary, console, err_console, print_json
+from .cli_common import Format, FormatOpt, app, boundary, choices, console, err_console, print_json
 from .errors import InitsweepError
 
 
-class ArchChoice(str, Enum):
-    plain = "plain"
-    mlp = "mlp"
-    tutorial = "tutorial"
-
-
-class PaddingChoice(str, Enum):
-    zeros = "zeros"
-    circular = "circular"
+# models.ARCHS and config's padding values, copied: importing them here would load torch for
+# every command (tests/test_cli_errors.py::test_cli_choices_are_the_librarys holds them equal).
+ArchChoice = choices("ArchChoice", "plain", "tutorial", "mlp")
+PaddingChoice = choices("PaddingChoice", "zeros", "circular")
 
 
 _CHOICE_HELP = "a name, or a YAML mapping such as '{name: variance_scaling, scale: 1.76}'"

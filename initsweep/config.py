@@ -27,7 +27,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, Vali
 from .activations import resolve_activation_params
 from .errors import ConfigError
 from .inits import resolve_bias_params, resolve_init_params
-from .models import measure_shape
+from .models import ARCHS, measure_shape
 from .registry import did_you_mean
 
 # Bumped when the meaning of a setting changes, so old run ids stop matching.
@@ -104,8 +104,12 @@ class DataConfig(_Section):
     test_limit: Int | None = Field(None, ge=1, le=10_000_000)
 
 
+# train.precision's values; run_sweep(precision=...) and the CLI's --precision take the same
+PRECISIONS = ("fp32", "bf16")
+
+
 class ModelConfig(_Section):
-    arch: Literal["plain", "tutorial", "mlp"] = "plain"
+    arch: Literal[ARCHS] = "plain"  # the names models.py builds
     depth: Int = Field(4, ge=1, le=1000)
     width: Int = Field(32, ge=1, le=4096)
     norm: Literal["none", "batch"] = "none"
@@ -146,7 +150,7 @@ class TrainConfig(_Section):
     # a training loss above diverge_factor x the first step's loss (or NaN/inf) stops the run as diverged
     diverge_factor: Float = Field(1e3, gt=1.0, le=1e30)
     # bf16 autocast (CUDA only) changes the numbers, so it is a setting, hashed into the run id
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal[PRECISIONS] = "fp32"
 
     @field_validator("seeds")
     @classmethod
