@@ -24,6 +24,11 @@ from . import __version__
 from .errors import EXIT_TERMINATED, EXIT_USAGE, InitsweepError, interrupt_exit_code
 from .jsontext import json_text
 
+try:  # newer typer carries its own copy of click, whose errors derive from typer.TyperException
+    _ClickError: type[Exception] = typer.TyperException
+except AttributeError:  # pragma: no cover - older typer uses click itself, a public dependency then
+    from click import ClickException as _ClickError
+
 
 class _Group(TyperGroup):
     """The app's top-level command: click's own usage errors (a bad option value, a missing
@@ -42,18 +47,12 @@ class _Group(TyperGroup):
             raise typer.Exit(EXIT_USAGE)
         return super().parse_args(ctx, args)
 
-    def invoke(self, ctx: typer.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except KeyboardInterrupt as exc:  # outside a command's boundary; typer would say 130 even for SIGTERM
-            raise typer.Exit(interrupt_exit_code(exc)) from None
-
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         if not standalone_mode:  # a caller that handles click's exceptions itself
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)
-        except typer.TyperException as exc:  # click's errors derive from it (typer >= 0.22)
+        except _ClickError as exc:
             if exc.exit_code == EXIT_USAGE:  # a usage error: it names the (sub)command it is about
                 ctx = getattr(exc, "ctx", None)
                 command = ctx.command_path if ctx is not None else "initsweep"
