@@ -24,7 +24,7 @@ from typing import Iterable
 
 import pandas as pd
 
-from .errors import InitsweepError
+from .errors import InitsweepError, OptionError
 from .store import CURRENT_ROWS, DB_NAME, FINISHED, Store
 
 # ---------------------------------------------------------------- shards and budgets
@@ -34,12 +34,12 @@ def parse_shard(text: str) -> tuple[int, int]:
     """``"2/4"`` -> ``(2, 4)``; K is 1-based."""
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
     if not match:
-        raise InitsweepError(f"--shard {text}: expected K/N, e.g. 1/4")
+        raise OptionError("shard", text, "expected K/N, e.g. 1/4")
     k, n = int(match[1]), int(match[2])
     if n < 1:
-        raise InitsweepError(f"--shard {text}: N must be at least 1")
+        raise OptionError("shard", text, "N must be at least 1")
     if not 1 <= k <= n:
-        raise InitsweepError(f"--shard {text}: K must be between 1 and {n}")
+        raise OptionError("shard", text, f"K must be between 1 and {n}")
     return k, n
 
 
@@ -58,10 +58,10 @@ def parse_duration(text: str) -> float:
     else:
         parts = _DURATION.findall(text)
         if not parts or "".join(f"{v}{u}" for v, u in parts) != text.replace(" ", ""):
-            raise InitsweepError(f"--time-budget {text}: expected a duration such as 90s, 15m or 1h30m")
+            raise OptionError("time_budget", text, "expected a duration such as 90s, 15m or 1h30m")
         seconds = sum(float(v) * {"h": 3600, "m": 60, "s": 1}[u] for v, u in parts)
     if seconds <= 0:
-        raise InitsweepError(f"--time-budget {text}: must be more than zero")
+        raise OptionError("time_budget", text, "must be more than zero")
     return seconds
 
 
@@ -257,9 +257,9 @@ def check_against(current: pd.DataFrame, baseline: pd.DataFrame, *, metric: str 
     fail_on = set(fail_on)
     unknown = fail_on - set(CHECKS)
     if unknown:
-        raise InitsweepError(f"--fail-on {sorted(unknown)[0]}: use any of {', '.join(CHECKS)}")
+        raise OptionError("fail_on", sorted(unknown)[0], f"use any of {', '.join(CHECKS)}")
     if tolerance < 0 or not math.isfinite(tolerance):
-        raise InitsweepError(f"--tolerance {tolerance}: must be a number >= 0")
+        raise OptionError("tolerance", tolerance, "must be a number >= 0")
     # groups are defined over both sides, so a group missing now still has its own key
     keys = resolve_by(pd.concat([current, baseline], ignore_index=True))
     table, _, _ = compare(current, baseline, metric, keys)

@@ -8,7 +8,6 @@ the bottom of this one so that they register.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -16,12 +15,23 @@ import typer
 from rich.table import Table
 
 from .cli_common import (
-    ConfigArg, Format, FormatOpt, ResultsOpt, app, boundary, console, err_console, print_json, write_output,
+    ConfigArg, Format, FormatOpt, ResultsOpt, app, boundary, choices, console, err_console, print_json,
+    write_output,
 )
 from .errors import (
-    EXIT_BUDGET, EXIT_INTERRUPTED, EXIT_RUNS_FAILED, EXIT_TERMINATED, InitsweepError, interrupt_exit_code,
+    EXIT_BUDGET, EXIT_INTERRUPTED, EXIT_RUNS_FAILED, EXIT_TERMINATED,
     sigterm_as_interrupt,
 )
+
+
+# The choices of run's options, so that --help lists them and click refuses a typo (exit 2).
+# The library's own lists (sweep.VMAP_MODES, sweep.EXECUTORS, config.PRECISIONS) are not
+# imported here because they sit behind torch, which `initsweep -h` and `report` never load;
+# tests/test_cli_errors.py::test_cli_choices_are_the_librarys holds the two sides equal.
+Vmap = choices("Vmap", "auto", "on", "off")
+Executor = choices("Executor", "local", "ray")
+Precision = choices("Precision", "fp32", "bf16")
+
 
 @app.command()
 @boundary
@@ -60,11 +70,11 @@ def run(
         min=1, help="Worker processes \\[default: one per core on the CPU (in-process for tiny sweeps), one per GPU].")] = None,
     threads: Annotated[Optional[int], typer.Option(min=1, help="Threads per worker \\[default: cores / workers].")] = None,
     devices: Annotated[Optional[str], typer.Option(help="Comma-separated devices, one worker each, e.g. cuda:0,cuda:1.")] = None,
-    vmap: Annotated[str, typer.Option(help="Train runs that share an architecture as one batched model: auto (CUDA only), on, off.")] = "auto",
+    vmap: Annotated[Vmap, typer.Option(help="Train runs that share an architecture as one batched model (auto: on CUDA only).")] = Vmap.auto,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile each model (warm-up timed separately).")] = False,
-    precision: Annotated[Optional[str], typer.Option(help="Override train.precision: fp32 or bf16 (CUDA).")] = None,
+    precision: Annotated[Optional[Precision], typer.Option(help="Override train.precision (bf16: CUDA only).")] = None,
     max_retries: Annotated[int, typer.Option(min=0, help="Retries of a run whose worker process died.")] = 2,
-    executor: Annotated[str, typer.Option(help="local (this machine) or ray (a Ray cluster).")] = "local",
+    executor: Annotated[Executor, typer.Option(help="local (this machine) or ray (a Ray cluster).")] = Executor.local,
     ray_address: Annotated[Optional[str], typer.Option(
         help="Ray cluster: auto or HOST:PORT \\[default: start a local Ray with this machine's cores].")] = None,
     ray_timeout: Annotated[Optional[float], typer.Option(
@@ -90,16 +100,15 @@ def run(
     from .sweep import run_sweep
 
     sigterm_as_interrupt()  # SIGTERM stops a sweep like Ctrl-C (runs in flight marked), but exits 143
-    if precision not in (None, "fp32", "bf16"):
-        raise InitsweepError(f"--precision {precision}: use fp32 or bf16")
     shard_kn = parse_shard(shard) if shard is not None else None
     budget = parse_duration(time_budget) if time_budget is not None else None
     display = SweepDisplay(console, err_console, quiet=quiet)
     try:
         outcome = run_sweep(config, results_dir=results, device=device, fresh=fresh, max_runs=max_runs,
                             offline=offline, observer=display, workers=workers, threads=threads,
-                            devices=devices.split(",") if devices else None, vmap=vmap, compile=compile,
-                            precision=precision, max_retries=max_retries, executor=executor,
+                            devices=devices.split(",") if devices else None, vmap=vmap.value, compile=compile,
+                            precision=precision.value if precision else None, max_retries=max_retries,
+                            executor=executor.value,
                             ray_address=ray_address, num_cpus=num_cpus, num_gpus=num_gpus,
                             shard=shard_kn, time_budget=budget, ray_timeout=ray_timeout)
     finally:
@@ -191,30 +200,6 @@ from . import cli_ci, cli_report  # noqa: E402,F401
 from . import cli_probe  # noqa: E402,F401
 
 
-def main() -> None:
-    """Console-script entry point.
-
-    Click's own usage errors (a bad option value, a missing argument) become one line on
-    stderr and exit 2, like every other bad input, instead of a multi-line box.
-    """
-    try:  # typer >= 0.20 carries its own copy of click; older ones use click itself
-        from typer._click.exceptions import ClickException, UsageError
-    except ImportError:  # pragma: no cover - depends on the installed typer
-        from click.exceptions import ClickException, UsageError
-
-    try:
-        code = app(standalone_mode=False)
-    except UsageError as exc:
-        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `initsweep`: the help text is the message
-            exc.show()
-            sys.exit(exc.exit_code)
-        command = exc.ctx.command_path if exc.ctx is not None else "initsweep"
-        err_console.print(f"error: {command}: {exc.format_message().rstrip('.')} (see {command} -h)",
-                          highlight=False, markup=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
-    except ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except typer.Abort as exc:  # Ctrl-C (or SIGTERM) outside a command's own boundary
-        sys.exit(interrupt_exit_code(exc.__cause__))
-    sys.exit(code if isinstance(code, int) else 0)
+# The console script (``initsweep = "initsweep.cli:main"``) and ``python -m initsweep``: the
+# app's own group (``cli_common._Group``) turns click's usage errors into one line, exit 2.
+main = app

@@ -16,14 +16,58 @@ from pathlib import Path
 from typing import Annotated, Any, Callable
 
 import typer
+from typer.core import TyperGroup
 from rich.console import Console
 from rich.markup import escape
 
 from . import __version__
-from .errors import EXIT_TERMINATED, InitsweepError, interrupt_exit_code
+from .errors import EXIT_TERMINATED, EXIT_USAGE, InitsweepError, interrupt_exit_code
 from .jsontext import json_text
 
+try:  # newer typer carries its own copy of click, whose errors derive from typer.TyperException
+    _ClickError: type[Exception] = typer.TyperException
+except AttributeError:  # pragma: no cover - older typer uses click itself, a public dependency then
+    from click import ClickException as _ClickError
+
+
+class _Group(TyperGroup):
+    """The app's top-level command: click's own usage errors (a bad option value, a missing
+    argument, an unknown command) become one line on stderr and exit 2, like every other
+    bad input, instead of a multi-line box; bare ``initsweep`` prints the help and exits 2.
+
+    Done here rather than around ``app()`` so that ``main = app`` is the entry point and the
+    tests' ``CliRunner`` sees the same lines a shell does.
+    """
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        if not args and self.no_args_is_help and not ctx.resilient_parsing:
+            # Rich's help formatter prints the help itself and returns "" (then only a newline
+            # reaches stderr); a plain formatter returns the text, shown on stderr like click does.
+            typer.echo(ctx.get_help(), err=True, color=ctx.color)
+            raise typer.Exit(EXIT_USAGE)
+        return super().parse_args(ctx, args)
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:  # a caller that handles click's exceptions itself
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except _ClickError as exc:
+            if exc.exit_code == EXIT_USAGE:  # a usage error: it names the (sub)command it is about
+                ctx = getattr(exc, "ctx", None)
+                command = ctx.command_path if ctx is not None else "initsweep"
+                err_console.print(f"error: {command}: {exc.format_message().rstrip('.')} (see {command} -h)",
+                                  highlight=False, markup=False, soft_wrap=True)
+            else:
+                err_console.print(f"error: {exc.format_message()}", highlight=False, markup=False, soft_wrap=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort as exc:  # Ctrl-C (or SIGTERM) outside a command's own boundary
+            sys.exit(interrupt_exit_code(exc.__cause__))
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=_Group,
     name="initsweep",
     help="Sweep weight initializers x activations x depth, store every run, explain the signal.",
     no_args_is_help=True,
@@ -64,6 +108,12 @@ err_console = _Console(stderr=True, width=None if sys.stderr.isatty() else int(o
 class Format(str, Enum):
     table = "table"
     json = "json"
+
+
+def choices(name: str, *values: str) -> type[Enum]:
+    """A str Enum of an option's values: Typer lists them in --help and click refuses any
+    other value with a one-line usage error. ``.value`` is the plain string the library takes."""
+    return Enum(name, {v: v for v in values}, type=str)
 
 
 def boundary(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -8,26 +8,20 @@ defining single values), the numbers from ``probe.probe_spec``, the figure from
 from __future__ import annotations
 
 import math
-from enum import Enum
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Annotated, Any, Optional
 
 import typer
 
-from .cli_common import Format, FormatOpt, app, boundary, console, err_console, print_json
+from .cli_common import Format, FormatOpt, app, boundary, choices, console, err_console, print_json
 from .errors import InitsweepError
 
 
-class ArchChoice(str, Enum):
-    plain = "plain"
-    mlp = "mlp"
-    tutorial = "tutorial"
-
-
-class PaddingChoice(str, Enum):
-    zeros = "zeros"
-    circular = "circular"
+# models.ARCHS and config's padding values, copied: importing them here would load torch for
+# every command (tests/test_cli_errors.py::test_cli_choices_are_the_librarys holds them equal).
+ArchChoice = choices("ArchChoice", "plain", "tutorial", "mlp")
+PaddingChoice = choices("PaddingChoice", "zeros", "circular")
 
 
 _CHOICE_HELP = "a name, or a YAML mapping such as '{name: variance_scaling, scale: 1.76}'"
@@ -37,14 +31,14 @@ def _parse_choice(value: str | None) -> Any:
     """A flag value as YAML (``{name: ..., k: v}``, a number) or a bare name."""
     if value is None:
         return None
-    from .config import _Loader
-
     import yaml
+
+    from .config import parse_yaml
 
     text = value.strip()
     if text.startswith("{") or _looks_numeric(text):
         try:
-            return yaml.load(text, Loader=_Loader)  # noqa: S506 — a SafeLoader
+            return parse_yaml(text)
         except yaml.YAMLError:
             raise InitsweepError(f"cannot read {value!r}: expected {_CHOICE_HELP}") from None
     return text

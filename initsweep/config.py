@@ -29,7 +29,7 @@ from .activations import get_activation
 from .columns import SETTING_COLUMNS
 from .errors import ConfigError
 from .inits import get_bias_init, get_init
-from .models import measure_shape
+from .models import ARCHS, measure_shape
 from .registry import did_you_mean
 
 # Bumped when the meaning of a setting changes, so old run ids stop matching.
@@ -131,8 +131,12 @@ class DataConfig(_Section):
     test_limit: Int | None = Field(None, ge=1, le=10_000_000)
 
 
+# train.precision's values; run_sweep(precision=...) and the CLI's --precision take the same
+PRECISIONS = ("fp32", "bf16")
+
+
 class ModelConfig(_Section):
-    arch: Literal["plain", "tutorial", "mlp"] = "plain"
+    arch: Literal[ARCHS] = "plain"  # the names models.py builds
     depth: Int = Field(4, ge=1, le=1000)
     width: Int = Field(32, ge=1, le=4096)
     norm: Literal["none", "batch"] = "none"
@@ -175,7 +179,7 @@ class TrainConfig(_Section):
     # a training loss above diverge_factor x the first step's loss (or NaN/inf) stops the run as diverged
     diverge_factor: Float = Field(1e3, gt=1.0, le=1e30)
     # bf16 autocast (CUDA only) changes the numbers, so it is a setting, hashed into the run id
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal[PRECISIONS] = "fp32"
 
     @field_validator("seeds")
     @classmethod
@@ -352,6 +356,13 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _SCIENTIFIC, list("-+0123456789."))
 
 
+def parse_yaml(text: str) -> Any:
+    """YAML text read as a config file is (safe, no duplicate keys, ``1e-3`` a float), so a
+    value given on the command line means what it would mean in the file. Raises
+    ``yaml.YAMLError``; :func:`load_yaml` turns that into a ``ConfigError`` naming the file."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 — _Loader is a SafeLoader
+
+
 def _yaml_error_line(exc: yaml.YAMLError) -> str:
     mark = getattr(exc, "problem_mark", None)
     where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -376,7 +387,7 @@ def load_yaml(path: str | Path) -> Any:
     except OSError as exc:
         raise ConfigError([f"cannot read: {exc.strerror or exc}"], source=str(path)) from None
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 — _Loader is a SafeLoader
+        return parse_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError([_yaml_error_line(exc)], source=str(path)) from None
 

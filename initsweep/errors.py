@@ -6,6 +6,7 @@ code, so a notebook user gets an exception and a shell user gets a clean message
 
 from __future__ import annotations
 
+import re
 import signal
 from typing import Any
 
@@ -37,16 +38,55 @@ class OptionError(InitsweepError):
     From Python it reads ``vmap='sometimes': use auto, on or off``; the CLI, where the same
     value came from a flag, prints ``--vmap sometimes: ...``, so the message names what the
     user actually typed in either place. ``value`` is the offending value: one entry of a
-    list parameter (``devices='cuda:7'``) when only that entry is wrong.
+    list parameter (``devices='cuda:7'``) when only that entry is wrong. Where the problem
+    quotes the value itself (``unknown column 'dpeth'``), ``repeat_value=False`` names only
+    the parameter: ``by: unknown column 'dpeth'``, at the CLI ``--by: ...``.
     """
 
-    def __init__(self, param: str, value: Any, problem: str):
-        self.param, self.value, self.problem = param, value, problem
-        super().__init__(f"{param}={value!r}: {problem}")
+    def __init__(self, param: str, value: Any, problem: str, *, repeat_value: bool = True):
+        self.param, self.value, self.problem, self.repeat_value = param, value, problem, repeat_value
+        super().__init__(f"{param}={value!r}: {problem}" if repeat_value else f"{param}: {problem}")
 
     def cli_lines(self) -> list[str]:
+        if not self.repeat_value:
+            return [f"{flag(self.param)}: {self.problem}"]
         shown = ",".join(map(str, self.value)) if isinstance(self.value, (list, tuple)) else self.value
-        return [f"--{self.param.replace('_', '-')} {shown}: {self.problem}"]
+        return [f"{flag(self.param)} {shown}: {self.problem}"]
+
+
+class ParamError(InitsweepError):
+    """An error that names several parameters of the library, written once for both readers.
+
+    The message is a template: ``{pivot}`` reads ``pivot`` from Python and ``--pivot`` at
+    the CLI, ``{executor=ray}`` reads ``executor='ray'`` and ``--executor ray``. Text put
+    into the template must hold no ``{name}`` of its own (fixed words, column names, setting
+    values); a user's free text belongs in an :class:`OptionError`, which never reads it.
+    """
+
+    def __init__(self, template: str):
+        self.template = template
+        super().__init__(_name_params(template, cli=False))
+
+    def cli_lines(self) -> list[str]:
+        return _name_params(self.template, cli=True).splitlines()
+
+
+_PARAM_REF = re.compile(r"\{([a-z][a-z0-9_]*)(?:=([^{}\s]+))?\}")
+
+
+def _name_params(template: str, cli: bool) -> str:
+    def one(ref: re.Match) -> str:
+        name, value = ref[1], ref[2]
+        if cli:
+            return flag(name) + (f" {value}" if value is not None else "")
+        return name + (f"={value!r}" if value is not None else "")
+
+    return _PARAM_REF.sub(one, template)
+
+
+def flag(param: str) -> str:
+    """The CLI flag of a library parameter: ``time_budget`` -> ``--time-budget``."""
+    return "--" + param.replace("_", "-")
 
 
 class Terminated(KeyboardInterrupt):

@@ -31,7 +31,7 @@ from typing import Any
 import pandas as pd
 
 from .columns import SETTING_COLUMNS
-from .errors import InitsweepError
+from .errors import OptionError, ParamError
 from .registry import did_you_mean
 
 # Never grouped by: the seed is what groups average over; a choice's name and parameters are
@@ -112,16 +112,18 @@ def check_metric(df: pd.DataFrame, metric: str) -> str:
     """``metric`` if it is a numeric column of ``df``; else one clear error line."""
     if metric not in df:
         numeric = [c for c in df.columns if pd.api.types.is_numeric_dtype(df[c])]
-        raise InitsweepError(f"--metric: unknown column {metric!r}{did_you_mean(metric, numeric)}")
+        raise OptionError("metric", metric, f"unknown column {metric!r}{did_you_mean(metric, numeric)}",
+                          repeat_value=False)
     if not pd.api.types.is_numeric_dtype(df[metric]) and df[metric].notna().any():
-        raise InitsweepError(f"--metric: column {metric!r} is not numeric")
+        raise OptionError("metric", metric, f"column {metric!r} is not numeric", repeat_value=False)
     return metric
 
 
-def resolve_by(df: pd.DataFrame, by: str | list[str] | None = None, option: str = "--by") -> list[str]:
+def resolve_by(df: pd.DataFrame, by: str | list[str] | None = None, param: str = "by") -> list[str]:
     """The run columns to group by: the given names (``init`` meaning ``init_label``), or by
     default init, activation and depth plus every other setting that varies except the seed.
-    A string is one column, or several comma-separated as on the command line."""
+    A string is one column, or several comma-separated as on the command line. ``param`` is
+    the parameter the names came from, for the error (``pivot`` lists columns too)."""
     if isinstance(by, str):  # iterating a str would group by its letters
         by = by.split(",")
     if not by:
@@ -131,7 +133,7 @@ def resolve_by(df: pd.DataFrame, by: str | list[str] | None = None, option: str 
         col = ALIASES.get(name, name)
         if col not in df:
             options = [*ALIASES, *df.columns]
-            raise InitsweepError(f"{option}: unknown column {name!r}{did_you_mean(name, options)}")
+            raise OptionError(param, name, f"unknown column {name!r}{did_you_mean(name, options)}", repeat_value=False)
         if col not in keys:
             keys.append(col)
     return keys
@@ -276,8 +278,8 @@ def order(summary: pd.DataFrame, sort: str | None = None, top: int | None = None
     if sort:
         col, descending = (sort[1:], True) if sort.startswith("-") else (sort, False)
         if col not in summary:
-            raise InitsweepError(f"--sort: unknown column {col!r}{did_you_mean(col, summary.columns)} "
-                                 f"(columns: {', '.join(summary.columns)})")
+            raise OptionError("sort", sort, f"unknown column {col!r}{did_you_mean(col, summary.columns)} "
+                                      f"(columns: {', '.join(summary.columns)})", repeat_value=False)
         summary = summary.sort_values(col, ascending=not descending, kind="stable", na_position="last")
     elif top is not None:
         summary = summary.sort_values("mean", ascending=lower_is_better(metric), kind="stable", na_position="last")
@@ -294,7 +296,7 @@ def parse_pivot(spec: str) -> tuple[list[str], list[str]]:
     parts = spec.split(":")
     sides = [[name.strip() for name in part.split(",") if name.strip()] for part in parts]
     if len(parts) != 2 or not all(sides):
-        raise InitsweepError(f"--pivot: expected ROWS:COLS such as init:activation, got {spec!r}")
+        raise OptionError("pivot", spec, f"expected ROWS:COLS such as init:activation, got {spec!r}", repeat_value=False)
     return sides[0], sides[1]
 
 
@@ -303,9 +305,10 @@ def check_pivot(summary: pd.DataFrame, rows: list[str], cols: list[str]) -> None
     keys = summary.attrs.get("keys", [])
     for name in (*rows, *cols):
         if name not in keys:
-            raise InitsweepError(f"--pivot: {name!r} is not a grouping column (grouped by: {', '.join(keys)})")
+            raise OptionError("pivot", name, f"{name!r} is not a grouping column (grouped by: {', '.join(keys)})",
+                              repeat_value=False)
     if len({*rows, *cols}) < len(rows) + len(cols):
-        raise InitsweepError("--pivot: a column appears twice in ROWS:COLS")
+        raise OptionError("pivot", [*rows, *cols], "a column appears twice in ROWS:COLS", repeat_value=False)
 
 
 def pivot_frame(summary: pd.DataFrame, rows: list[str], cols: list[str], value: str = "mean") -> pd.DataFrame:
@@ -394,10 +397,10 @@ def check_like_with_like(current: pd.DataFrame, baseline: pd.DataFrame, keys: li
             continue
         now, then = (frozenset().union(*differs[f"{col}_{side}"]) for side in ("now", "then"))
         name = friendly(col)
-        raise InitsweepError(
-            f"--baseline: {name} differs: the runs have {name} {_show_values(now)}, the baseline "
+        raise ParamError(  # names three parameters: a template (see ParamError)
+            f"{{baseline}}: {name} differs: the runs have {name} {_show_values(now)}, the baseline "
             f"{_show_values(then)}, and {name} is not a grouping column, so a group would average over it "
-            f"(narrow both sides with --where, or group by it: --by {','.join(map(friendly, [*keys, col]))})")
+            f"(narrow both sides with {{where}}, or group by it: {{by={','.join(map(friendly, [*keys, col]))}}})")
 
 
 def compare(current: pd.DataFrame, baseline: pd.DataFrame, metric: str = "test_acc",
@@ -416,7 +419,8 @@ def compare(current: pd.DataFrame, baseline: pd.DataFrame, metric: str = "test_a
     keys = resolve_by(current, by)
     absent = [k for k in keys if k not in baseline]
     if absent:
-        raise InitsweepError(f"--baseline: it has no column {absent[0]!r} (is it an initsweep export?)")
+        raise OptionError("baseline", None, f"it has no column {absent[0]!r} (is it an initsweep export?)",
+                          repeat_value=False)
     check_metric(baseline, metric)
     check_like_with_like(current, baseline, keys)
     now, then = summarize(current, metric, keys), summarize(baseline, metric, keys)
@@ -484,10 +488,10 @@ def build_report(runs: pd.DataFrame, metric: str = "test_acc", by: list[str] | N
     keys = resolve_by(runs, by)
     axes = None
     if pivot and (sort or top):
-        raise InitsweepError("--pivot shows every cell; --sort and --top order the flat table "
-                             "(drop --pivot), and --where narrows a pivot")
+        raise ParamError("{pivot} shows every cell; {sort} and {top} order the flat table "
+                         "(drop {pivot}), and {where} narrows a pivot")
     if pivot:
-        rows, cols = (resolve_by(runs, side, "--pivot") for side in parse_pivot(pivot))
+        rows, cols = (resolve_by(runs, side, "pivot") for side in parse_pivot(pivot))
         keys += [col for col in (*rows, *cols) if col not in keys]
         axes = ([friendly(c) for c in rows], [friendly(c) for c in cols])
     summary = summarize(runs, metric, keys)
@@ -522,8 +526,8 @@ class _Where:
     def __init__(self, df: pd.DataFrame):
         self.df = df
 
-    def fail(self, why: str) -> InitsweepError:
-        return InitsweepError(f"--where: {why}")
+    def fail(self, why: str) -> OptionError:
+        return OptionError("where", None, why, repeat_value=False)
 
     def mask(self, node: ast.AST) -> pd.Series:
         if isinstance(node, ast.BoolOp):
@@ -613,13 +617,14 @@ def where_mask(df: pd.DataFrame, expr: str) -> pd.Series:
         tree = ast.parse(text, mode="eval")
     except SyntaxError as exc:
         hint = "; use == to compare" if re.search(r"(?<![=!<>])=(?!=)", text) else ""
-        raise InitsweepError(f"--where: not a valid expression ({exc.msg}{hint}): {text}") from None
+        raise OptionError("where", text, f"not a valid expression ({exc.msg}{hint}): {text}",
+                          repeat_value=False) from None
     except (RecursionError, MemoryError):
-        raise InitsweepError("--where: the expression is nested too deeply") from None
+        raise OptionError("where", None, "the expression is nested too deeply", repeat_value=False) from None
     try:
         return _Where(df).mask(tree.body)
     except RecursionError:
-        raise InitsweepError("--where: the expression is nested too deeply") from None
+        raise OptionError("where", None, "the expression is nested too deeply", repeat_value=False) from None
 
 
 def filter_runs(df: pd.DataFrame, expr: str | None) -> pd.DataFrame:

@@ -18,9 +18,9 @@ import torch
 
 from .batched import group_specs
 from .ci import in_shard
-from .config import RunSpec, SweepConfig, load_config
+from .config import PRECISIONS, RunSpec, SweepConfig, load_config
 from .data import DataSource
-from .errors import InitsweepError, OptionError, terminated
+from .errors import InitsweepError, OptionError, ParamError, terminated
 from .executors import Task
 from .executors.local import execute_in_process
 from .executors.pool import WorkerPool
@@ -69,6 +69,10 @@ class SweepOutcome:
 # data); below this much training work (a few seconds in one process) it is not worth it.
 POOL_MIN_FLOPS = 300e9
 
+# The values of plan_execution's vmap and executor (the CLI's --vmap and --executor offer them)
+VMAP_MODES = ("auto", "on", "off")
+EXECUTORS = ("local", "ray")
+
 
 def usable_cores() -> int:
     try:
@@ -106,7 +110,7 @@ def plan_execution(device: str = "auto", devices: list[str] | None = None, worke
     """Defaults: one worker per core on the CPU (single-threaded: measured faster than one
     two-threaded process), one per GPU on CUDA; vmapped groups only on CUDA. With Ray the
     device is where the tasks run (CUDA when they ask for GPUs), not checked here."""
-    if vmap not in ("auto", "on", "off"):
+    if vmap not in VMAP_MODES:
         raise OptionError("vmap", vmap, "use auto, on or off")
     if executor == "ray":
         num_gpus = num_gpus or 0.0
@@ -114,10 +118,10 @@ def plan_execution(device: str = "auto", devices: list[str] | None = None, worke
         use_vmap = vmap == "on" or (vmap == "auto" and kind.startswith("cuda"))
         return Execution([torch.device(kind)], 1, max(1, int(num_cpus or 1)), use_vmap, compile, max_retries,
                          "ray", ray_address, num_cpus or 1.0, num_gpus, ray_timeout or CONNECT_TIMEOUT_S)
-    if executor != "local":
+    if executor not in EXECUTORS:  # ray returned above
         raise OptionError("executor", executor, "use local or ray")
     if ray_address or num_cpus or num_gpus or ray_timeout:
-        raise InitsweepError("--ray-address/--ray-timeout/--num-cpus/--num-gpus need --executor ray")
+        raise ParamError("{ray_address}/{ray_timeout}/{num_cpus}/{num_gpus} need {executor=ray}")
     if devices:
         resolved = [resolve_device(d, "devices") for d in devices]
         if len({d.type for d in resolved}) != 1:
@@ -154,6 +158,8 @@ def run_sweep(config: str | Path | SweepConfig, *, results_dir: str | Path = "re
     execution = plan_execution(device, devices, workers, threads, vmap, compile, max_retries, executor,
                                ray_address, num_cpus, num_gpus, ray_timeout)
     if precision is not None:
+        if precision not in PRECISIONS:  # model_copy does not validate
+            raise OptionError("precision", precision, "use fp32 or bf16")
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"precision": precision})})
     if cfg.train.precision == "bf16" and execution.device.type != "cuda":
         raise InitsweepError(f"precision bf16 needs a CUDA device (running on {execution.device})")

@@ -52,14 +52,17 @@ def test_shards_partition_any_grid_exactly(axes, seeds, n):
 
 def test_parse_shard_and_duration():
     assert parse_shard("2/4") == (2, 4) and parse_shard(" 1 / 1 ") == (1, 1)
+    # from Python the error names the parameter; the CLI prints the flag the user typed
     for bad in ("0/4", "5/4", "1-4", "", "a/b"):
-        with pytest.raises(InitsweepError, match="--shard"):
+        with pytest.raises(InitsweepError, match=f"^shard={bad!r}: ") as info:
             parse_shard(bad)
+        assert info.value.cli_lines()[0].startswith(f"--shard {bad}: ")
     assert parse_duration("90s") == 90 and parse_duration("15m") == 900 and parse_duration("1h30m") == 5400
     assert parse_duration("2.5h") == 9000 and parse_duration("45") == 45
     for bad in ("15 minutes", "m", "0s", "-5m", "1x"):
-        with pytest.raises(InitsweepError, match="--time-budget"):
+        with pytest.raises(InitsweepError, match=f"^time_budget={bad!r}: ") as info:
             parse_duration(bad)
+        assert info.value.cli_lines()[0].startswith(f"--time-budget {bad}: ")
 
 
 def test_shards_then_merge_equal_one_unsharded_sweep_and_merge_is_idempotent(tmp_path):

@@ -208,3 +208,31 @@ def test_usage_errors_are_one_line_and_exit_2(args, message):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and proc.stderr.startswith(message), proc.stderr
     assert proc.stdout == ""
+
+
+def test_bare_initsweep_prints_help_and_exits_2():
+    """The real entry point with no arguments: the help (on stdout), exit 2, no error line."""
+    proc = subprocess.run([sys.executable, "-m", "initsweep"], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2, proc.stderr
+    assert "Usage:" in proc.stdout and "list-inits" in proc.stdout
+    assert proc.stderr.strip() == ""
+
+
+def test_main_is_the_app():
+    """The console script ``initsweep.cli:main`` is the Typer app itself, no wrapper."""
+    from initsweep import cli
+
+    assert cli.main is app
+
+
+# Run ids are hashes of RunSpec.identity(); stored results are found again by them, so a
+# refactor that changes one orphans every stored run. These are configs/smoke.yaml's.
+SMOKE_RUN_IDS = ["1aabe4850e4b9a46", "319a6929311126a2", "35e5d7166d42790a", "8fb1df69345a96c6",
+                 "b872de619d7d46e7", "dce15a48e00adc56", "fc0ee068bdadd228"]
+
+
+def test_smoke_run_ids_are_pinned(tmp_path):
+    result = runner.invoke(app, ["plan", str(REPO / "configs" / "smoke.yaml"), "-f", "json", "--offline"],
+                           env={"INITSWEEP_DATA": str(tmp_path)})
+    assert result.exit_code == 0, result.output
+    assert sorted(r["run_id"] for r in json.loads(result.stdout)["runs"]) == SMOKE_RUN_IDS

@@ -21,7 +21,7 @@ import initsweep
 from initsweep import load_results, summarize
 from initsweep.ci import in_shard
 from initsweep.config import expand, load_config
-from initsweep.errors import OptionError
+from initsweep.errors import InitsweepError, OptionError
 from initsweep.sweep import plan_execution
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,8 +77,6 @@ def test_an_unknown_sweep_is_exit_2_listing_the_sweeps_there(store, tmp_path):
     (("--devices", "cpu,bogus"), "--devices bogus: not a device (use auto, cpu, cuda, cuda:N or mps)"),
     (("--devices", "cpu,meta"), "--devices meta: unsupported device type (use auto, cpu, cuda, cuda:N or mps)"),
     (("--device", "bogus"), "--device bogus: not a device (use auto, cpu, cuda, cuda:N or mps)"),
-    (("--vmap", "sometimes"), "--vmap sometimes: use auto, on or off"),
-    (("--executor", "slurm"), "--executor slurm: use local or ray"),
 ])
 def test_execution_errors_name_the_flag_the_user_typed(tmp_path, args, line):
     config = write_config(tmp_path / "c.yaml", {"depth": [1]})
@@ -88,12 +86,58 @@ def test_execution_errors_name_the_flag_the_user_typed(tmp_path, args, line):
     assert not (tmp_path / "res").exists()  # refused before a results folder was made
 
 
-def test_execution_errors_from_python_name_the_parameter():
+@pytest.mark.parametrize("flag,value,choices,metavar", [
+    ("--vmap", "sometimes", "'auto', 'on', 'off'", "<auto|on|off>"),
+    ("--executor", "slurm", "'local', 'ray'", "<local|ray>"),
+    ("--precision", "fp16", "'fp32', 'bf16'", "<fp32|bf16>"),
+])
+def test_choice_options_refuse_a_typo_in_one_usage_line(tmp_path, flag, value, choices, metavar):
+    """--vmap, --executor and --precision are choices: click refuses a typo, the help lists them."""
+    config = write_config(tmp_path / "c.yaml", {"depth": [1]})
+    result = invoke("run", str(config), "--results", str(tmp_path / "res"), flag, value)
+    assert result.exit_code == 2, result.output
+    [line] = error_lines(result)
+    assert line.startswith("error: ") and line.endswith(" run -h)"), line
+    assert f"Invalid value for '{flag}'" in line and f"{value!r} is not one of {choices}" in line, line
+    assert not (tmp_path / "res").exists()
+    assert re.search(rf"{flag}\s+{re.escape(metavar)}", invoke("run", "-h").stdout)
+
+
+def test_execution_errors_from_python_name_the_parameter(tmp_path):
     with pytest.raises(OptionError) as info:
         plan_execution(devices=["cpu", "bogus"])
     assert str(info.value) == "devices='bogus': not a device (use auto, cpu, cuda, cuda:N or mps)"
     with pytest.raises(OptionError, match=r"^device='bogus': not a device"):
         plan_execution(device="bogus")
+    # the CLI's choices reach the library as plain strings; a wrong one is named as the parameter
+    for param, value, problem in (("vmap", "sometimes", "use auto, on or off"),
+                                  ("executor", "slurm", "use local or ray")):
+        with pytest.raises(OptionError) as info:
+            plan_execution(**{param: value})
+        assert str(info.value) == f"{param}={value!r}: {problem}"
+        assert info.value.cli_lines() == [f"--{param} {value}: {problem}"]
+    config = write_config(tmp_path / "c.yaml", {"depth": [1]})
+    with pytest.raises(OptionError) as info:
+        initsweep.run_sweep(config, results_dir=tmp_path / "res", precision="fp16")
+    assert str(info.value) == "precision='fp16': use fp32 or bf16"
+    assert not (tmp_path / "res").exists()
+
+
+def test_cli_choices_are_the_librarys():
+    """The CLI keeps its own copy of each choice list (the library's sit behind torch, which
+    `initsweep -h` never imports); this holds the two equal."""
+    from typing import get_args
+
+    from initsweep import cli, cli_probe, config, models, sweep
+
+    assert [c.value for c in cli.Vmap] == list(sweep.VMAP_MODES)
+    assert [c.value for c in cli.Executor] == list(sweep.EXECUTORS)
+    assert [c.value for c in cli.Precision] == list(config.PRECISIONS)
+    assert get_args(config.TrainConfig.model_fields["precision"].annotation) == config.PRECISIONS
+    assert [c.value for c in cli_probe.ArchChoice] == list(models.ARCHS)
+    assert get_args(config.ModelConfig.model_fields["arch"].annotation) == models.ARCHS
+    assert tuple(c.value for c in cli_probe.PaddingChoice) == get_args(
+        config.ModelConfig.model_fields["padding"].annotation)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="a mix of device types needs a CUDA device")
@@ -200,6 +244,37 @@ def test_summarize_takes_one_column_as_a_string(store):
     assert list(by_list["depth"]) == [1, 2] and list(by_list["n"]) == [1, 1]
     assert summarize(df, "test_acc", "depth").equals(by_list)
     assert summarize(df, "test_acc", "init,depth").equals(summarize(df, "test_acc", ["init", "depth"]))
+
+
+def test_report_errors_from_python_name_the_parameter_and_the_cli_the_flag(store):
+    """From a notebook the error names the parameter (``by``); at the CLI the same error
+    names the flag (``--by``): one message, two readers (see errors.OptionError/ParamError)."""
+    from initsweep.ci import check_against
+    from initsweep.report import build_report
+
+    df = load_results(store)
+    cases = [  # (the call, its message from Python, the start of its CLI line)
+        (lambda: summarize(df, "test_accc"), "metric: unknown column 'test_accc' — did you mean 'test_acc'?",
+         "--metric: unknown column 'test_accc'"),
+        (lambda: summarize(df, "test_acc", "init,dpeth"), "by: unknown column 'dpeth'", "--by: unknown column"),
+        (lambda: load_results(store, where="depth >="), "where: not a valid expression",
+         "--where: not a valid expression"),
+        (lambda: build_report(df, pivot="init:depth", top=1),
+         "pivot shows every cell; sort and top order the flat table (drop pivot), and where narrows a pivot",
+         "--pivot shows every cell; --sort and --top order the flat table (drop --pivot), and --where narrows"),
+        (lambda: check_against(df, df, fail_on=["slow"]), "fail_on='slow': use any of diverged, failed, missing",
+         "--fail-on slow: use any of"),
+        (lambda: check_against(df, df, tolerance=-1.0), "tolerance=-1.0: must be a number >= 0",
+         "--tolerance -1.0: must be"),
+        (lambda: plan_execution(ray_address="auto"), "ray_address/ray_timeout/num_cpus/num_gpus need executor='ray'",
+         "--ray-address/--ray-timeout/--num-cpus/--num-gpus need --executor ray"),
+    ]
+    for call, message, cli_start in cases:
+        with pytest.raises(InitsweepError) as info:
+            call()
+        assert str(info.value).startswith(message) and "--" not in str(info.value), str(info.value)
+        [cli_line] = info.value.cli_lines()
+        assert cli_line.startswith(cli_start), cli_line
 
 
 def test_dir_lists_the_lazy_api_without_importing_it():

@@ -330,3 +330,17 @@ def test_cli_errors_are_one_line_exit_2():
     assert out.exit_code == 2 and "scale" in out.output
     out = runner.invoke(app, ["probe", "does-not-exist.yaml"])
     assert out.exit_code == 2 and "file not found" in out.output
+    # a flag's YAML is read as a config file's is (config.parse_yaml): a repeated key is refused
+    value = "{name: normal, std: 1, std: 2}"
+    out = runner.invoke(app, ["probe", "--init", value])
+    assert out.exit_code == 2
+    assert out.stderr.strip().splitlines() == [f"error: cannot read {value!r}: expected a name, or a YAML mapping "
+                                               "such as '{name: variance_scaling, scale: 1.76}'"]
+
+
+def test_a_flags_yaml_reads_1e_3_as_a_number():
+    """PyYAML alone reads 1e-3 as a string; a flag's value means what it means in a config."""
+    out = runner.invoke(app, ["probe", "--init", "{name: normal, std: 1e-3}", "--activation", "tanh",
+                              "--depth", "2", "--width", "4", "-f", "json"])
+    assert out.exit_code == 0, out.output
+    assert "1e-3" not in out.stdout and "0.001" in out.stdout
