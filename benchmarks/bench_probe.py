@@ -37,7 +37,8 @@ def main() -> None:
     from initsweep.config import expand, validate
     from initsweep.probe import fixed_batch, probe_model
     from initsweep.theory import InitRecipe, predict
-    from initsweep.train import build_initialized_model, seed_streams, splits_for
+    from initsweep.build import build_initialized_model, seed_streams
+    from initsweep.train import splits_for
 
     cfg = validate({"name": "bench", "data": {"dataset": "mnist-sample"},
                     "model": {"arch": "plain", "depth": args.depth, "width": args.width, "init": "he",

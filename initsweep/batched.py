@@ -38,9 +38,10 @@ from torch.func import functional_call, stack_module_state, vmap
 from .config import RunSpec
 from .data import DataSource
 from .probe import probe_for_run
+from .build import build_initialized_model, seed_streams
 from .train import (
-    EVAL_BATCH, EpochRecord, RunResult, _SYNC_EVERY_ACCEL, _sync, autocast_for, build_initialized_model,
-    environment, iterate_batches, make_optimizer, peak_rss_mb, run_safely, seed_streams, splits_for,
+    EVAL_BATCH, EpochRecord, RunResult, _SYNC_EVERY_ACCEL, _sync, autocast_for,
+    environment, iterate_batches, make_optimizer, peak_rss_mb, run_safely, splits_for,
 )
 
 MAX_GROUP = 64

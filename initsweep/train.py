@@ -35,18 +35,15 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
-from .activations import get_activation
+from .build import build_initialized_model, seed_streams
 from .config import RunSpec
 from .data import DataSource, Splits, iterate_batches, load_splits, resolve_source
 from .errors import OptionError
-from .inits import initialize
-from .models import build_model
 from .probe import probe_for_run
 
 EVAL_BATCH = 2048  # evaluation has no backward pass: on an accelerator, large batches are fastest
@@ -156,23 +153,6 @@ def splits_for(spec: RunSpec, device: torch.device, source: DataSource | None = 
     splits = load_splits(source, val_fraction=d.val_fraction, split_seed=d.split_seed,
                          train_limit=d.train_limit, test_limit=d.test_limit, device=device)
     return source, splits
-
-
-def seed_streams(seed: int) -> tuple[int, int]:
-    """Independent seeds for the initial weights and for the data order."""
-    init_seed, data_seed = np.random.SeedSequence(seed).generate_state(2, dtype=np.uint64)
-    return int(init_seed) & (2**63 - 1), int(data_seed) & (2**63 - 1)
-
-
-def build_initialized_model(spec: RunSpec, generator: torch.Generator) -> nn.Module:
-    """The spec's model with its init applied (on the CPU: same weights on every device)."""
-    m = spec.model
-    act = get_activation(m.activation.name)
-    model = build_model(m.arch, depth=m.depth, width=m.width, norm=m.norm, padding=m.padding, head=m.head,
-                        activation=lambda: act.build(m.activation.params))
-    return initialize(model, init=m.init.name, init_params=m.init.params,
-                      auto_gain=act.gain(m.activation.params), bias=m.bias.name,
-                      bias_params=m.bias.params, generator=generator)
 
 
 def make_optimizer(spec: RunSpec, params) -> torch.optim.Optimizer:
