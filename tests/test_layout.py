@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 import initsweep
@@ -96,14 +97,19 @@ SMOKE_IDS = ["35e5d7166d42790a", "b872de619d7d46e7", "fc0ee068bdadd228", "1aabe4
              "319a6929311126a2", "dce15a48e00adc56", "8fb1df69345a96c6"]
 
 
-@pytest.mark.parametrize("config, n_runs, first, digest", [
-    ("smoke.yaml", 7, SMOKE_IDS, "30db47721df282ea"),
-    # no MNIST in INITSWEEP_DATA: the grid falls back to mnist-sample, which its ids name
-    ("grid.yaml", 144, ["7169cd80169e41e8", "91de1d9ecfe09f5b", "a93bb6be45f3ee55"], "e3c6817f28c0e164"),
+@pytest.mark.parametrize("config, data, n_runs, first, digest", [
+    ("smoke.yaml", {}, 7, SMOKE_IDS, "30db47721df282ea"),  # the shipped sample: nothing to download
+    # with download off and no MNIST in INITSWEEP_DATA the grid falls back to mnist-sample,
+    # which its ids name: the same ids on a machine with or without network
+    ("grid.yaml", {"download": False}, 144, ["7169cd80169e41e8", "91de1d9ecfe09f5b", "a93bb6be45f3ee55"],
+     "e3c6817f28c0e164"),
 ])
-def test_run_ids_are_pinned(tmp_path, config, n_runs, first, digest):
-    result = CliRunner().invoke(app, ["plan", str(ROOT / "configs" / config), "-f", "json"],
-                                env={"INITSWEEP_DATA": str(tmp_path)})
+def test_run_ids_are_pinned(tmp_path, config, data, n_runs, first, digest):
+    spec = yaml.safe_load((ROOT / "configs" / config).read_text())
+    spec["data"].update(data)
+    path = tmp_path / config
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))  # the axes in their order: the runs too
+    result = CliRunner().invoke(app, ["plan", str(path), "-f", "json"], env={"INITSWEEP_DATA": str(tmp_path / "data")})
     assert result.exit_code == 0, result.output
     ids = [r["run_id"] for r in json.loads(result.stdout)["runs"]]
     assert len(ids) == n_runs and ids[:len(first)] == first
