@@ -268,10 +268,11 @@ class Single:
 
 @dataclass
 class Metrics:
-    """Mean cross-entropy and accuracy of each of K models over one split (NaN when empty)."""
+    """Mean cross-entropy and accuracy of each of K models over one split (NaN when empty;
+    ``None`` for a split the run does not have, as its epoch records store it)."""
 
-    loss: list[float]
-    acc: list[float]
+    loss: list[float | None]
+    acc: list[float | None]
 
 
 @dataclass
@@ -409,6 +410,9 @@ def fit(model: Lockstep, opt: torch.optim.Optimizer, specs: list[RunSpec], split
         results: list[RunResult], train_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]], *,
         t_start: float, progress: ModelProgress | None = None, compiled: bool = False) -> None:
     """Train K runs in lockstep for their epochs, then probe and test them; fills ``results``.
+
+    The runs share their training settings (``specs[0].train``): one run, or one group
+    of ``batched.group_key``.
 
     ``train_batches()`` gives one epoch's batches (each model its own data order).
     ``compiled``: step 1 is ``torch.compile``'s warm-up, reported as ``compile_seconds``
