@@ -34,10 +34,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    from initsweep.build import build_initialized_model, seed_streams
     from initsweep.config import expand, validate
     from initsweep.probe import fixed_batch, probe_model
     from initsweep.theory import InitRecipe, predict
-    from initsweep.train import build_initialized_model, seed_streams, splits_for
+    from initsweep.train import splits_for
 
     cfg = validate({"name": "bench", "data": {"dataset": "mnist-sample"},
                     "model": {"arch": "plain", "depth": args.depth, "width": args.width, "init": "he",

@@ -10,8 +10,10 @@ small kernels into one large one. Each model still trains exactly as if alone:
   from that element's own gradient history, and the summed loss gives each model the
   gradient of its own loss, so model k's trajectory does not depend on the others;
 * a model whose loss diverges is masked out of the summed loss and its weights are frozen
-  where they stood (the same stop rule and step numbering as ``train.run``), without
-  touching the others.
+  where they stood, without touching the others.
+
+The loop is ``train.run``'s own (``train.fit``): :class:`Stacked` is the K-model
+``train.Lockstep`` it drives, so the stop rule, step numbering and records are the same code.
 
 Results agree with ``train.run`` to float tolerance, not bit for bit: batched convolutions
 use other kernels (tests check allclose on the CPU). Measured on this 2-core CPU, vmapping
@@ -26,22 +28,19 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import time
 import traceback
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
+from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from .build import build_initialized_model, seed_streams
 from .config import RunSpec
 from .data import DataSource
 from .probe import probe_for_run
-from .train import (
-    EVAL_BATCH, EpochRecord, RunResult, _SYNC_EVERY_ACCEL, _sync, autocast_for, build_initialized_model,
-    environment, iterate_batches, make_optimizer, peak_rss_mb, run_safely, seed_streams, splits_for,
-)
+from .train import RunResult, autocast_for, environment, fit, make_optimizer, run_safely, splits_for, sync
 
 MAX_GROUP = 64
 GroupProgress = Callable[[RunSpec, int, int, int], None]  # (spec, epoch, step, steps per epoch)
@@ -101,168 +100,96 @@ def _expand(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return mask.view(-1, *([1] * (like.dim() - 1)))
 
 
+class Stacked:
+    """K same-shaped modules as one vmapped model: a ``train.Lockstep`` of K.
+
+    A stopped (diverged) model's weights are held where they stood: the optimizer still
+    moves them (Adam's momentum, weight decay) although its loss is masked out, so every
+    step puts them back.
+    """
+
+    def __init__(self, modules: list[nn.Module], device: torch.device, autocast):
+        self.k, self.device, self.autocast, self._modules = len(modules), device, autocast, modules
+        stacked, buffers = stack_module_state(modules)  # each [K, *shape]
+        self.params = {name: p.detach().to(device).requires_grad_() for name, p in stacked.items()}
+        self.buffers = {name: b.to(device) for name, b in buffers.items()}
+        base = copy.deepcopy(modules[0]).to("meta")
+
+        def forward(p, b, x):
+            return functional_call(base, (p, b), (x,))
+
+        self._per_model_batches = vmap(forward, in_dims=(0, 0, 0))  # x: [K, B, 1, 28, 28]
+        self._shared_batch = vmap(forward, in_dims=(0, 0, None))  # x: [B, 1, 28, 28] for every model
+        self._held: torch.Tensor | None = None  # [K] bool: models whose weights are frozen
+        self._frozen: dict[str, torch.Tensor] | None = None  # their weights, where they stopped
+
+    def train_logits(self, x: torch.Tensor) -> torch.Tensor:
+        with self.autocast:
+            return self._per_model_batches(self.params, self.buffers, x)
+
+    def eval_logits(self, x: torch.Tensor) -> torch.Tensor:
+        # no mode switch: grouped models have no normalization layers (group_key) and no dropout
+        return self._shared_batch(self.params, self.buffers, x)
+
+    def stop(self, models: list[int]) -> None:
+        with torch.no_grad():
+            if self._frozen is None:
+                self._frozen = {name: p.detach().clone() for name, p in self.params.items()}
+                self._held = torch.zeros(self.k, dtype=torch.bool, device=self.device)
+            for m in models:
+                self._held[m] = True
+                for name, p in self.params.items():
+                    self._frozen[name][m] = p[m]
+
+    def after_step(self) -> None:
+        if self._frozen is None:
+            return
+        with torch.no_grad():
+            for name, p in self.params.items():
+                p.copy_(torch.where(_expand(self._held, p), self._frozen[name], p))
+
+    def modules(self) -> list[nn.Module]:
+        with torch.no_grad():  # each model's current weights back into its own module
+            for m, module in enumerate(self._modules):
+                for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+                    tensor.copy_((self.params[name] if name in self.params else self.buffers[name])[m])
+        return self._modules
+
+
 def _train_group(specs: list[RunSpec], device: torch.device, source: DataSource | None,
                  progress: GroupProgress | None) -> list[RunResult]:
     t_start = time.perf_counter()
-    spec0, k = specs[0], len(specs)
-    t = spec0.train
+    spec0 = specs[0]
     source, splits = splits_for(spec0, device, source)
-    models, data_gens = [], []
+    modules, data_gens = [], []
     for spec in specs:
         init_seed, data_seed = seed_streams(spec.seed)
-        models.append(build_initialized_model(spec, torch.Generator().manual_seed(init_seed)))
+        modules.append(build_initialized_model(spec, torch.Generator().manual_seed(init_seed)).to(device))
         data_gens.append(torch.Generator().manual_seed(data_seed))
-    probes = [probe_for_run(m.to(device), s, splits.train_x, splits.train_y, "init") for m, s in zip(models, specs)]
-    stacked, buffers = stack_module_state(models)  # each [K, *shape]
-    params = {name: p.detach().to(device).requires_grad_() for name, p in stacked.items()}
-    buffers = {name: b.to(device) for name, b in buffers.items()}
-    base = copy.deepcopy(models[0]).to("meta")
-
-    def forward(p, b, x):
-        return functional_call(base, (p, b), (x,))
-
-    per_model_batches = vmap(forward, in_dims=(0, 0, 0))  # x: [K, B, 1, 28, 28]
-    shared_batch = vmap(forward, in_dims=(0, 0, None))  # x: [B, 1, 28, 28] for every model
-    optimizer = make_optimizer(spec0, params.values())
-    autocast = autocast_for(spec0, device)
     env = environment()
     results = [RunResult(s.run_id, "ok", n_train=splits.n_train, n_val=splits.n_val, n_test=splits.n_test,
                          device=str(device), data_source=source.dataset, data_location=source.location,
                          environment=env, memory_format="contiguous_format", batched=True) for s in specs]
-    for result, probed in zip(results, probes):
+    for module, spec, result in zip(modules, specs, results):
+        probed = probe_for_run(module, spec, splits.train_x, splits.train_y, "init")
         if probed is not None:
             result.layers += probed.rows("init")
             result.verdict = probed.verdict
+    model = Stacked(modules, device, autocast_for(spec0, device))
+    optimizer = make_optimizer(spec0, model.params.values())
+    batch_size = spec0.train.batch_size
 
-    def evaluate_all(x: torch.Tensor, y: torch.Tensor) -> tuple[list[float], list[float]]:
-        if len(x) == 0:
-            return [float("nan")] * k, [float("nan")] * k
-        loss_sum = torch.zeros(k, dtype=torch.float64, device=device)
-        correct = torch.zeros(k, dtype=torch.int64, device=device)
-        with torch.no_grad():
-            for xb, yb in iterate_batches(x, y, max(256, EVAL_BATCH // k), shuffle=False):
-                logits = shared_batch(params, buffers, xb)  # [K, b, 10]
-                losses = F.cross_entropy(logits.float().flatten(0, 1), yb.repeat(k), reduction="none")
-                loss_sum += losses.view(k, -1).sum(1).double()
-                correct += (logits.argmax(-1) == yb).sum(1)
-        return (loss_sum / len(x)).tolist(), (correct.double() / len(x)).tolist()
-
-    _sync(device)
-    setup = time.perf_counter() - t_start
-    sync_every = 1 if device.type == "cpu" else _SYNC_EVERY_ACCEL
-    steps_per_epoch = math.ceil(splits.n_train / t.batch_size)
-    active = torch.ones(k, dtype=torch.bool, device=device)
-    frozen: dict[str, torch.Tensor] | None = None  # weights of diverged models, where they stopped
-    first_loss: torch.Tensor | None = None
-    steps = 0
-    train_seconds = eval_seconds = 0.0
-    samples = torch.zeros(k, dtype=torch.int64)
-    best_val: list[float | None] = [None] * k
-    stopped = [False] * k  # diverged in an earlier epoch: no more epoch records
-
-    def check(pending: list[tuple[int, torch.Tensor, torch.Tensor]]) -> None:
-        """Find each model's first bad step among ``pending`` (one host sync) and stop it."""
-        nonlocal frozen
-        losses = torch.stack([p[1] for p in pending])  # [S, K]
-        was_active = torch.stack([p[2] for p in pending])  # [S, K]
-        bad = (~torch.isfinite(losses) | (losses > t.diverge_factor * first_loss)) & was_active
-        if not bool(bad.any()):
-            return
-        any_bad = bad.any(0).tolist()
-        first = bad.int().argmax(0).tolist()
-        with torch.no_grad():
-            if frozen is None:
-                frozen = {name: p.detach().clone() for name, p in params.items()}
-            for model in (m for m in range(k) if any_bad[m]):
-                results[model].status = "diverged"
-                results[model].diverged_step = pending[first[model]][0]
-                results[model].steps = pending[first[model]][0] - 1
-                active[model] = False
-                for name, p in params.items():
-                    frozen[name][model] = p[model]
-
-    for epoch in range(1, t.epochs + 1):
-        _sync(device)
-        t_epoch = time.perf_counter()
-        epoch_active = active.clone()
+    def train_batches():
+        """Each model's own permutation of the training set: x [K, b, 1, 28, 28], y [K, b]."""
         perms = torch.stack([torch.randperm(splits.n_train, generator=g) for g in data_gens]).to(device)
-        loss_sum = torch.zeros(k, dtype=torch.float64, device=device)
-        correct = torch.zeros(k, dtype=torch.int64, device=device)
-        seen = torch.zeros(k, dtype=torch.int64, device=device)
-        pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []
-        for i, start in enumerate(range(0, splits.n_train, t.batch_size), start=1):
-            idx = perms[:, start:start + t.batch_size]  # [K, b]
-            xb, yb = splits.train_x[idx], splits.train_y[idx]  # [K, b, 1, 28, 28], [K, b]
-            with autocast:
-                logits = per_model_batches(params, buffers, xb)  # [K, b, 10]
-            losses = F.cross_entropy(logits.float().flatten(0, 1), yb.flatten(), reduction="none").view(k, -1).mean(1)
-            if first_loss is None:
-                first_loss = losses.detach()
-            pending.append((steps + 1, losses.detach(), active.clone()))
-            if len(pending) >= sync_every:
-                check(pending)
-                pending.clear()
-                if not bool(active.any()):
-                    break
-            optimizer.zero_grad(set_to_none=True)
-            torch.where(active, losses, torch.zeros_like(losses)).sum().backward()
-            optimizer.step()
-            if frozen is not None:
-                with torch.no_grad():
-                    for name, p in params.items():
-                        p.copy_(torch.where(_expand(active, p), p, frozen[name]))
-            steps += 1
-            loss_sum += torch.where(active, losses.detach().double() * len(yb[0]), 0.0)
-            correct += torch.where(active, (logits.detach().argmax(-1) == yb).sum(1), 0)
-            seen += torch.where(active, len(yb[0]), 0)
-            if progress is not None:
-                for model, spec in enumerate(specs):
-                    if not stopped[model]:
-                        progress(spec, epoch, i, steps_per_epoch)
-            if t.max_steps is not None and steps >= t.max_steps:
-                break
-        if pending:
-            check(pending)
-        _sync(device)
-        epoch_seconds = time.perf_counter() - t_epoch
-        train_seconds += epoch_seconds
-        t_eval = time.perf_counter()
-        val_loss, val_acc = evaluate_all(splits.val_x, splits.val_y) if splits.n_val else ([None] * k, [None] * k)
-        eval_seconds += time.perf_counter() - t_eval
-        seen_l, loss_l, correct_l = seen.tolist(), loss_sum.tolist(), correct.tolist()
-        for model, result in enumerate(results):
-            if stopped[model] or not bool(epoch_active[model]):
-                continue
-            n = seen_l[model]
-            train_loss = loss_l[model] / n if n else float("nan")
-            train_acc = correct_l[model] / n if n else float("nan")
-            result.epochs.append(EpochRecord(epoch, train_loss, train_acc, val_loss[model], val_acc[model],
-                                             epoch_seconds))
-            result.final_train_loss, result.final_train_acc = train_loss, train_acc
-            samples[model] += n
-            if val_acc[model] is not None and math.isfinite(val_acc[model]):
-                best_val[model] = val_acc[model] if best_val[model] is None else max(best_val[model], val_acc[model])
-            if result.status == "ok":
-                result.steps = steps
-        stopped = [not bool(a) for a in active.tolist()]
-        if all(stopped) or (t.max_steps is not None and steps >= t.max_steps):
-            break
+        for start in range(0, splits.n_train, batch_size):
+            idx = perms[:, start:start + batch_size]
+            yield splits.train_x[idx], splits.train_y[idx]
 
-    with torch.no_grad():  # each model's final weights back into its own module, for the probe
-        for model, (module, spec) in enumerate(zip(models, specs)):
-            for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
-                tensor.copy_((params.get(name) if name in params else buffers[name])[model])
-            probed = probe_for_run(module, spec, splits.train_x, splits.train_y, "final")
-            if probed is not None:
-                results[model].layers += probed.rows("final")
-    t_eval = time.perf_counter()
-    test_loss, test_acc = evaluate_all(splits.test_x, splits.test_y)
-    eval_seconds += time.perf_counter() - t_eval
-    wall = time.perf_counter() - t_start
-    peak = peak_rss_mb()
-    for model, result in enumerate(results):
-        result.test_loss, result.test_acc, result.best_val_acc = test_loss[model], test_acc[model], best_val[model]
-        result.setup_seconds, result.train_seconds, result.eval_seconds = setup, train_seconds, eval_seconds
-        result.samples_per_sec = int(samples[model]) / train_seconds if train_seconds > 0 else None
-        result.wall_seconds, result.peak_rss_mb = wall, peak
+    sync(device)
+    setup = time.perf_counter() - t_start
+    for result in results:
+        result.setup_seconds = setup
+    fit(model, optimizer, specs, splits, results, train_batches, t_start=t_start,
+        progress=None if progress is None else lambda m, e, i, n: progress(specs[m], e, i, n))
     return results

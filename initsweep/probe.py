@@ -85,7 +85,8 @@ from torch import nn
 
 from .activations import get_activation
 from .inits import fans
-from .theory import InitRecipe, Prediction, _derivative, predict
+from .build import build_initialized_model, seed_streams
+from .theory import InitRecipe, Prediction, derivative, predict
 
 DEAD_DERIVATIVE = 1e-3
 SATURATION_DERIVATIVE = 0.1
@@ -206,7 +207,7 @@ def flat_regions(name: str, params_key: tuple) -> tuple[float, float, float]:
     module = get_activation(name).build(dict(params_key))
     with torch.no_grad():
         x = torch.arange(-50_000, 50_001, dtype=torch.float64) / 1000  # exact 0 and +-1
-        slope = _derivative(module, x)[0].abs()
+        slope = derivative(module, x)[0].abs()
     top = float(slope.max())
     xs = x.numpy()
 
@@ -340,8 +341,6 @@ def probe_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Init
 
 def probe_spec(spec: Any, x: torch.Tensor, y: torch.Tensor) -> ProbeResult:
     """Probe a ``RunSpec``'s model at init: the same weights ``train.run`` starts from."""
-    from .train import build_initialized_model, seed_streams
-
     init_seed, _ = seed_streams(spec.seed)
     model = build_initialized_model(spec, torch.Generator().manual_seed(init_seed)).to(x.device)
     return probe_model(model, x, y, InitRecipe.from_spec(spec))

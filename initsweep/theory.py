@@ -65,7 +65,7 @@ from .inits import Initializer, fans, get_bias_init, get_init
 # ---------------------------------------------------------------- Gaussian expectations
 
 
-def _derivative(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def derivative(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(phi'(x), phi'(x)^2)`` by differences with a step relative to ``|x|`` (float64).
 
     At a kink both give the mean of the two one-sided values (ReLU: ``phi' = 1/2`` and
@@ -140,7 +140,7 @@ def gaussian_moments(entry: Activation, params: Mapping[str, Any], mean: np.ndar
         for rows, x, w in parts:
             xt = torch.as_tensor(x, dtype=torch.float64)
             y = module(xt).numpy()
-            _, dy2 = _derivative(module, xt)
+            _, dy2 = derivative(module, xt)
             e1[rows] = (y * w).sum(-1)
             e2[rows] = (y * y * w).sum(-1)
             d2[rows] = (dy2.numpy() * w).sum(-1)
@@ -285,7 +285,7 @@ def _pair_expectations(activation: str, params: Mapping[str, Any], q: float, c: 
     u2 = torch.as_tensor(math.sqrt(q) * (c * z1 + math.sqrt(max(1.0 - c * c, 0.0)) * z2))
     with torch.no_grad():
         e_phi = float((module(u1) * module(u2) * weights).sum())
-        e_dphi = float((_derivative(module, u1)[0] * _derivative(module, u2)[0] * weights).sum())
+        e_dphi = float((derivative(module, u1)[0] * derivative(module, u2)[0] * weights).sum())
     return e_phi, e_dphi
 
 

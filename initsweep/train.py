@@ -17,7 +17,13 @@ exploding start is the probe's verdict, not a divergence. The run is then
 evaluated as it stands: a diverged run is a result, not an error. On the CPU the loss is
 checked before every update; on an accelerator it is checked every ``_SYNC_EVERY_ACCEL``
 steps (a host sync per step would stall the device), and the first bad step is still
-found exactly from the losses kept on the device.
+found exactly from the losses kept on the device; ``steps`` counts the updates applied
+when it was found.
+
+One loop for one run and for a vmapped group (``batched.py``): :func:`fit` runs the
+epochs, :func:`train_epoch` one pass, :func:`evaluate` one split, all over K models in
+lockstep (:class:`Lockstep`). A single run is K = 1 (:class:`Single`), so divergence,
+progress and the epoch records are written once.
 """
 
 from __future__ import annotations
@@ -33,20 +39,18 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Protocol
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
+from .build import build_initialized_model, seed_streams
 from .columns import ENVIRONMENT_COLUMNS
 from .config import RunSpec
 from .data import DataSource, Splits, iterate_batches, load_splits, resolve_source
 from .errors import OptionError
-from .inits import initialize
-from .models import build_model
 from .probe import probe_for_run
 
 EVAL_BATCH = 2048  # evaluation has no backward pass: on an accelerator, large batches are fastest
@@ -56,6 +60,7 @@ EVAL_BATCH_CPU = 256
 _SYNC_EVERY_ACCEL = 32
 
 Progress = Callable[[int, int, int], None]  # (epoch, step within epoch, steps per epoch)
+ModelProgress = Callable[[int, int, int, int], None]  # (model index in the group, epoch, step, steps per epoch)
 
 
 @dataclass
@@ -179,23 +184,6 @@ def splits_for(spec: RunSpec, device: torch.device, source: DataSource | None = 
     return source, splits
 
 
-def seed_streams(seed: int) -> tuple[int, int]:
-    """Independent seeds for the initial weights and for the data order."""
-    init_seed, data_seed = np.random.SeedSequence(seed).generate_state(2, dtype=np.uint64)
-    return int(init_seed) & (2**63 - 1), int(data_seed) & (2**63 - 1)
-
-
-def build_initialized_model(spec: RunSpec, generator: torch.Generator) -> nn.Module:
-    """The spec's model with its init applied (on the CPU: same weights on every device)."""
-    m = spec.model
-    act = m.activation.entry  # the registry entries the config was validated against
-    model = build_model(m.arch, depth=m.depth, width=m.width, norm=m.norm, padding=m.padding, head=m.head,
-                        activation=lambda: act.build(m.activation.params))
-    return initialize(model, init=m.init.entry, init_params=m.init.params,
-                      auto_gain=act.gain(m.activation.params), bias=m.bias.entry,
-                      bias_params=m.bias.params, generator=generator)
-
-
 def make_optimizer(spec: RunSpec, params) -> torch.optim.Optimizer:
     t = spec.train
     if t.optimizer == "adam":
@@ -208,26 +196,8 @@ def make_optimizer(spec: RunSpec, params) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {t.optimizer!r}")
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over a whole split, in eval mode, in batches sized for
-    the device (``EVAL_BATCH``/``EVAL_BATCH_CPU``)."""
-    if len(x) == 0:
-        return float("nan"), float("nan")
-    was_training = model.training
-    model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
-    correct = torch.zeros((), dtype=torch.int64, device=x.device)
-    with torch.no_grad():
-        batch = EVAL_BATCH_CPU if x.device.type == "cpu" else EVAL_BATCH
-        for xb, yb in iterate_batches(x, y, batch, shuffle=False):
-            logits = model(xb)
-            loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum").double()
-            correct += (logits.argmax(1) == yb).sum()
-    model.train(was_training)
-    return loss_sum.item() / len(x), correct.item() / len(x)
-
-
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so a ``perf_counter`` reading covers it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -259,6 +229,279 @@ def autocast_for(spec: RunSpec, device: torch.device):
     return contextlib.nullcontext()
 
 
+class Lockstep(Protocol):
+    """K models trained step for step: one module (:class:`Single`, K = 1) or K stacked
+    copies under ``vmap`` (``batched.Stacked``). :func:`train_epoch`, :func:`evaluate` and
+    :func:`fit` see only this, so the single and the vmapped path share one loop."""
+
+    k: int
+    device: torch.device
+
+    def train_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """[K, b, classes] for a training batch (``x`` as the batches of :func:`fit` give it)."""
+
+    def eval_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """[K, b, classes] for one batch ``x`` [b, ...] shared by all K models, in eval mode."""
+
+    def stop(self, models: list[int]) -> None:
+        """Hold these (diverged) models' weights where they stand from now on."""
+
+    def after_step(self) -> None:
+        """Undo what the optimizer step just did to held weights."""
+
+    def modules(self) -> list[nn.Module]:
+        """Each model's current weights as a module (for the probe)."""
+
+
+class Single:
+    """One module as a :class:`Lockstep` of K = 1: its logits get a leading model axis.
+
+    Its loss is the plain ``F.cross_entropy`` of the module's logits (see
+    :func:`per_model_loss`), so a single run computes exactly what an ordinary loop would.
+    """
+
+    k = 1
+
+    def __init__(self, module: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], autocast,
+                 device: torch.device):
+        self.module, self.forward, self.autocast, self.device = module, forward, autocast, device
+
+    def train_logits(self, x: torch.Tensor) -> torch.Tensor:
+        with self.autocast:
+            return self.forward(x).unsqueeze(0)
+
+    def eval_logits(self, x: torch.Tensor) -> torch.Tensor:
+        was_training = self.module.training
+        self.module.eval()
+        try:
+            return self.module(x).unsqueeze(0)
+        finally:
+            self.module.train(was_training)
+
+    def stop(self, models: list[int]) -> None:
+        pass  # its only model stopped: the loop ends before another step
+
+    def after_step(self) -> None:
+        pass
+
+    def modules(self) -> list[nn.Module]:
+        return [self.module]
+
+
+@dataclass
+class Metrics:
+    """Mean cross-entropy and accuracy of each of K models over one split (NaN when empty;
+    ``None`` for a split the run does not have, as its epoch records store it)."""
+
+    loss: list[float | None]
+    acc: list[float | None]
+
+
+@dataclass
+class TrainState:
+    """What carries across the epochs of K models trained in lockstep."""
+
+    active: torch.Tensor  # [K] bool: not diverged
+    diverge_factor: float
+    max_steps: int | None
+    sync_every: int  # losses are checked on the host every this many steps
+    steps: int = 0  # optimizer steps taken
+    first_loss: torch.Tensor | None = None  # [K]: divergence is judged relative to it
+    diverged_step: list[int | None] = field(default_factory=list)  # 1-based step whose loss was bad
+    stopped_after: list[int | None] = field(default_factory=list)  # steps applied when found
+    first_step_seconds: float | None = None  # forward + update of step 1 (torch.compile warms up there)
+
+    @classmethod
+    def start(cls, k: int, spec: RunSpec, device: torch.device) -> "TrainState":
+        t = spec.train
+        return cls(torch.ones(k, dtype=torch.bool, device=device), t.diverge_factor, t.max_steps,
+                   1 if device.type == "cpu" else _SYNC_EVERY_ACCEL, diverged_step=[None] * k,
+                   stopped_after=[None] * k)
+
+    def finished(self) -> bool:
+        return not bool(self.active.any()) or (self.max_steps is not None and self.steps >= self.max_steps)
+
+
+@dataclass
+class EpochTotals:
+    """Per-model sums over the steps an epoch applied ([K] tensors on the device)."""
+
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    seen: torch.Tensor
+
+
+def per_model_loss(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of each of K models: logits [K, b, C], y [K, b] or shared [b] -> [K].
+
+    K = 1 takes the plain call, so a single run's numbers are those of an ordinary loop.
+    """
+    k = logits.shape[0]
+    if k == 1:
+        return F.cross_entropy(logits[0].float(), y.reshape(-1), reduction=reduction).view(1)
+    losses = F.cross_entropy(logits.float().flatten(0, 1), y.expand(k, -1).flatten(), reduction="none")
+    return losses.view(k, -1).mean(1) if reduction == "mean" else losses.view(k, -1).sum(1)
+
+
+def eval_batch_size(device: torch.device, k: int) -> int:
+    """``EVAL_BATCH_CPU`` on the CPU; on an accelerator ``EVAL_BATCH`` images shared by K models."""
+    return EVAL_BATCH_CPU if device.type == "cpu" else max(EVAL_BATCH_CPU, EVAL_BATCH // k)
+
+
+def evaluate(model: Lockstep, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Metrics:
+    """Mean cross-entropy and accuracy of each model over ``batches`` (no gradients)."""
+    loss_sum = torch.zeros(model.k, dtype=torch.float64, device=model.device)
+    correct = torch.zeros(model.k, dtype=torch.int64, device=model.device)
+    n = 0
+    with torch.no_grad():
+        for xb, yb in batches:
+            logits = model.eval_logits(xb)  # [K, b, C]
+            loss_sum += per_model_loss(logits, yb, reduction="sum").double()
+            correct += (logits.argmax(-1) == yb).sum(-1)
+            n += len(yb)
+    if n == 0:
+        return Metrics([float("nan")] * model.k, [float("nan")] * model.k)
+    return Metrics((loss_sum / n).tolist(), (correct.double() / n).tolist())
+
+
+def _judge(model: Lockstep, state: TrainState, pending: list[tuple[int, torch.Tensor, torch.Tensor]]) -> None:
+    """Find each model's first bad step among ``pending`` (one host sync for all) and stop it.
+
+    ``pending`` holds (1-based step, losses [K], active [K]) of steps not yet checked.
+    """
+    losses = torch.stack([p[1] for p in pending])  # [S, K]
+    was_active = torch.stack([p[2] for p in pending])  # [S, K]
+    bad = (~torch.isfinite(losses) | (losses > state.diverge_factor * state.first_loss)) & was_active
+    if not bool(bad.any()):
+        return
+    any_bad, first = bad.any(0).tolist(), bad.int().argmax(0).tolist()
+    stopped = [m for m in range(model.k) if any_bad[m]]
+    for m in stopped:
+        state.diverged_step[m], state.stopped_after[m] = pending[first[m]][0], state.steps
+        state.active[m] = False
+    model.stop(stopped)
+
+
+def train_epoch(model: Lockstep, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], opt: torch.optim.Optimizer,
+                state: TrainState, on_step: Callable[[int], None] | None = None) -> EpochTotals:
+    """One pass over ``batches``: each still-active model's update from its own loss.
+
+    A model whose loss diverges is stopped before its bad step's update (on the CPU; on an
+    accelerator at the next check) and masked out of the summed loss; the pass ends when
+    no model is left or ``max_steps`` is reached. ``on_step(i)`` follows each applied step.
+    """
+    k, device = model.k, model.device
+    loss_sum = torch.zeros(k, dtype=torch.float64, device=device)
+    correct = torch.zeros(k, dtype=torch.int64, device=device)
+    seen = torch.zeros(k, dtype=torch.int64, device=device)
+    pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # losses not yet checked on the host
+    for i, (xb, yb) in enumerate(batches, start=1):
+        t_first = time.perf_counter() if state.steps == 0 else None
+        logits = model.train_logits(xb)  # [K, b, C]
+        losses = per_model_loss(logits, yb)
+        if state.first_loss is None:
+            state.first_loss = losses.detach()
+        pending.append((state.steps + 1, losses.detach(), state.active.clone()))
+        if len(pending) >= state.sync_every:
+            _judge(model, state, pending)
+            pending.clear()
+            if not bool(state.active.any()):
+                break
+        opt.zero_grad(set_to_none=True)
+        torch.where(state.active, losses, torch.zeros_like(losses)).sum().backward()
+        opt.step()
+        model.after_step()
+        if t_first is not None:
+            sync(device)
+            state.first_step_seconds = time.perf_counter() - t_first
+        state.steps += 1
+        b = yb.shape[-1]
+        loss_sum += torch.where(state.active, losses.detach().double() * b, 0.0)
+        correct += torch.where(state.active, (logits.detach().argmax(-1) == yb).sum(-1), 0)
+        seen += torch.where(state.active, b, 0)
+        if on_step is not None:
+            on_step(i)
+        if state.max_steps is not None and state.steps >= state.max_steps:
+            break
+    if pending:
+        _judge(model, state, pending)
+    return EpochTotals(loss_sum, correct, seen)
+
+
+def fit(model: Lockstep, opt: torch.optim.Optimizer, specs: list[RunSpec], splits: Splits,
+        results: list[RunResult], train_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]], *,
+        t_start: float, progress: ModelProgress | None = None, compiled: bool = False) -> None:
+    """Train K runs in lockstep for their epochs, then probe and test them; fills ``results``.
+
+    The runs share their training settings (``specs[0].train``): one run, or one group
+    of ``batched.group_key``.
+
+    ``train_batches()`` gives one epoch's batches (each model its own data order).
+    ``compiled``: step 1 is ``torch.compile``'s warm-up, reported as ``compile_seconds``
+    and left out of ``train_seconds``.
+    """
+    t = specs[0].train
+    k, device = model.k, model.device
+    state = TrainState.start(k, specs[0], device)
+    steps_per_epoch = math.ceil(splits.n_train / t.batch_size)
+    eval_batch = eval_batch_size(device, k)
+    train_seconds = eval_seconds = 0.0
+    samples = [0] * k
+    best_val: list[float | None] = [None] * k
+    for epoch in range(1, t.epochs + 1):
+        sync(device)
+        t_epoch = time.perf_counter()
+        reporting = state.active.tolist()  # models that diverged in an earlier epoch are done
+
+        def on_step(i: int, epoch: int = epoch, reporting: list[bool] = reporting) -> None:
+            for m in (m for m in range(k) if reporting[m]):
+                progress(m, epoch, i, steps_per_epoch)
+
+        totals = train_epoch(model, train_batches(), opt, state, None if progress is None else on_step)
+        sync(device)
+        warm_up = (state.first_step_seconds or 0.0) if compiled and epoch == 1 else 0.0
+        train_seconds += time.perf_counter() - t_epoch - warm_up
+        t_eval = time.perf_counter()
+        val = evaluate(model, iterate_batches(splits.val_x, splits.val_y, eval_batch, shuffle=False)) \
+            if splits.n_val else Metrics([None] * k, [None] * k)
+        eval_seconds += time.perf_counter() - t_eval
+        seen, loss_sum, correct = totals.seen.tolist(), totals.loss_sum.tolist(), totals.correct.tolist()
+        for m, result in enumerate(results):
+            if not reporting[m]:
+                continue
+            n = seen[m]
+            train_loss = loss_sum[m] / n if n else float("nan")
+            train_acc = correct[m] / n if n else float("nan")
+            result.epochs.append(EpochRecord(epoch, train_loss, train_acc, val.loss[m], val.acc[m],
+                                             time.perf_counter() - t_epoch))
+            result.final_train_loss, result.final_train_acc = train_loss, train_acc
+            samples[m] += n
+            if val.acc[m] is not None and math.isfinite(val.acc[m]):
+                best_val[m] = val.acc[m] if best_val[m] is None else max(best_val[m], val.acc[m])
+        if state.finished():
+            break
+
+    for module, spec, result in zip(model.modules(), specs, results):
+        probed = probe_for_run(module, spec, splits.train_x, splits.train_y, "final")
+        if probed is not None:
+            result.layers += probed.rows("final")
+    t_eval = time.perf_counter()
+    test = evaluate(model, iterate_batches(splits.test_x, splits.test_y, eval_batch, shuffle=False))
+    eval_seconds += time.perf_counter() - t_eval
+    peak = peak_rss_mb()
+    for m, result in enumerate(results):
+        if state.diverged_step[m] is not None:
+            result.status, result.diverged_step, result.steps = "diverged", state.diverged_step[m], state.stopped_after[m]
+        else:
+            result.steps = state.steps
+        if compiled:
+            result.compile_seconds = state.first_step_seconds
+        result.test_loss, result.test_acc, result.best_val_acc = test.loss[m], test.acc[m], best_val[m]
+        result.train_seconds, result.eval_seconds = train_seconds, eval_seconds
+        result.samples_per_sec = samples[m] / train_seconds if train_seconds > 0 else None
+        result.wall_seconds, result.peak_rss_mb = time.perf_counter() - t_start, peak
+
+
 def run(spec: RunSpec, device: torch.device | str = "cpu", *, source: DataSource | None = None,
         progress: Progress | None = None, compile: bool = False) -> RunResult:
     """Train and evaluate one run. Exceptions propagate (see :func:`run_safely`).
@@ -285,97 +528,14 @@ def run(spec: RunSpec, device: torch.device | str = "cpu", *, source: DataSource
         result.layers += probed.rows("init")
         result.verdict = probed.verdict
     forward = torch.compile(model) if compile else model
-    autocast = autocast_for(spec, device)
-    _sync(device)
+    single = Single(model, forward, autocast_for(spec, device), device)
+    sync(device)
     result.setup_seconds = time.perf_counter() - t_start
-
-    t = spec.train
-    sync_every = 1 if device.type == "cpu" else _SYNC_EVERY_ACCEL
-    steps_per_epoch = math.ceil(splits.n_train / t.batch_size)
-    train_seconds = eval_seconds = 0.0
-    samples = 0
-    best_val = None
-    first_loss: torch.Tensor | None = None  # divergence is judged relative to it
-    for epoch in range(1, t.epochs + 1):
-        _sync(device)
-        t_epoch = time.perf_counter()
-        model.train()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        seen = 0
-        pending: list[torch.Tensor] = []  # losses not yet checked on the host
-        for i, (xb, yb) in enumerate(iterate_batches(splits.train_x, splits.train_y, t.batch_size,
-                                                     generator=data_gen), start=1):
-            if compile and result.steps == 0:
-                t_compile = time.perf_counter()
-            with autocast:
-                logits = forward(xb)
-            loss = F.cross_entropy(logits.float(), yb)
-            pending.append(loss.detach())
-            if first_loss is None:
-                first_loss = pending[0]
-            if len(pending) >= sync_every:
-                bad = _first_bad(pending, t.diverge_factor * first_loss)
-                if bad is not None:
-                    result.status, result.diverged_step = "diverged", result.steps - len(pending) + 1 + bad + 1
-                    break
-                pending.clear()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if compile and result.steps == 0:
-                _sync(device)
-                result.compile_seconds = time.perf_counter() - t_compile
-            result.steps += 1
-            loss_sum += loss.detach().double() * len(yb)
-            correct += (logits.detach().argmax(1) == yb).sum()
-            seen += len(yb)
-            if progress is not None:
-                progress(epoch, i, steps_per_epoch)
-            if t.max_steps is not None and result.steps >= t.max_steps:
-                break
-        if result.status == "ok" and pending:
-            bad = _first_bad(pending, t.diverge_factor * first_loss)
-            if bad is not None:
-                result.status, result.diverged_step = "diverged", result.steps - len(pending) + bad + 1
-        _sync(device)
-        epoch_train = time.perf_counter() - t_epoch - (result.compile_seconds or 0.0) * (epoch == 1)
-        train_seconds += epoch_train
-        samples += seen
-        t_eval = time.perf_counter()
-        val_loss, val_acc = evaluate(model, splits.val_x, splits.val_y) if splits.n_val else (None, None)
-        eval_seconds += time.perf_counter() - t_eval
-        if val_acc is not None and math.isfinite(val_acc):
-            best_val = val_acc if best_val is None else max(best_val, val_acc)
-        train_loss = loss_sum.item() / seen if seen else float("nan")
-        train_acc = correct.item() / seen if seen else float("nan")
-        result.epochs.append(EpochRecord(epoch, train_loss, train_acc, val_loss, val_acc,
-                                         time.perf_counter() - t_epoch))
-        result.final_train_loss, result.final_train_acc = train_loss, train_acc
-        if result.status != "ok" or (t.max_steps is not None and result.steps >= t.max_steps):
-            break
-
-    probed = probe_for_run(model, spec, splits.train_x, splits.train_y, "final")
-    if probed is not None:
-        result.layers += probed.rows("final")
-    t_eval = time.perf_counter()
-    result.test_loss, result.test_acc = evaluate(model, splits.test_x, splits.test_y)
-    eval_seconds += time.perf_counter() - t_eval
-    result.best_val_acc = best_val
-    result.train_seconds, result.eval_seconds = train_seconds, eval_seconds
-    result.samples_per_sec = samples / train_seconds if train_seconds > 0 else None
-    result.wall_seconds = time.perf_counter() - t_start
-    result.peak_rss_mb = peak_rss_mb()
+    fit(single, optimizer, [spec], splits, [result],
+        lambda: iterate_batches(splits.train_x, splits.train_y, spec.train.batch_size, generator=data_gen),
+        t_start=t_start, progress=None if progress is None else lambda m, e, i, n: progress(e, i, n),
+        compiled=compile)
     return result
-
-
-def _first_bad(losses: list[torch.Tensor], bound: torch.Tensor) -> int | None:
-    """Index of the first loss that is NaN/inf or above ``bound`` (one host sync for all)."""
-    values = torch.stack(losses)
-    bad = ~torch.isfinite(values) | (values > bound)
-    if not bool(bad.any()):
-        return None
-    return int(bad.nonzero()[0, 0])
 
 
 def run_safely(spec: RunSpec, device: torch.device | str = "cpu", **kwargs: Any) -> RunResult:

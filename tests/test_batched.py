@@ -98,3 +98,47 @@ def test_batched_runs_get_the_same_diagnostics_as_runs_alone():
             # noise, ~1e-6 relative through three layers); trained ones differ like any two paths
             tolerance = 1e-5 if a["phase"] == "init" else LOSS_REL
             assert a["act_std"] == pytest.approx(b["act_std"], rel=tolerance)
+
+
+def first_epoch(specs, sync_every: int):
+    """One epoch of ``specs`` through the shared loop with losses checked every ``sync_every``
+    steps (32 on an accelerator), on the CPU; every model sees the same batches."""
+    import contextlib
+
+    import torch
+
+    from initsweep.batched import Stacked
+    from initsweep.build import build_initialized_model, seed_streams
+    from initsweep.data import iterate_batches
+    from initsweep.train import Single, TrainState, make_optimizer, splits_for, train_epoch
+
+    cpu, k = torch.device("cpu"), len(specs)
+    modules = [build_initialized_model(s, torch.Generator().manual_seed(seed_streams(s.seed)[0])) for s in specs]
+    if k == 1:
+        model = Single(modules[0], modules[0], contextlib.nullcontext(), cpu)
+        opt = make_optimizer(specs[0], modules[0].parameters())
+    else:
+        model = Stacked(modules, cpu, contextlib.nullcontext())
+        opt = make_optimizer(specs[0], model.params.values())
+    splits = splits_for(specs[0], cpu)[1]
+    state = TrainState.start(k, specs[0], cpu)
+    state.sync_every = sync_every
+    batches = iterate_batches(splits.train_x, splits.train_y, specs[0].train.batch_size,
+                              generator=torch.Generator().manual_seed(0))
+    totals = train_epoch(model, ((x if k == 1 else x.expand(k, *x.shape), y) for x, y in batches), opt, state)
+    return state, totals
+
+
+@pytest.mark.parametrize("inits", [[{"name": "normal", "std": 1.0}], ["he", {"name": "normal", "std": 1.0}]])
+def test_a_late_divergence_check_finds_the_same_bad_step(inits):
+    """An accelerator checks the losses every 32 steps: the bad step is still found exactly,
+    and ``steps`` counts the updates applied until the check (SGD lr 0.2 as above)."""
+    specs = specs_for({"epochs": 1, "optimizer": "sgd", "lr": 0.2, "momentum": 0.9}, inits)
+    every_step, _ = first_epoch(specs, 1)
+    late, totals = first_epoch(specs, 32)
+    bad = len(inits) - 1  # the N(0, 1) model
+    assert every_step.diverged_step[bad] == late.diverged_step[bad] == 2
+    assert every_step.stopped_after[bad] == 1  # its bad step's update was never applied
+    assert late.stopped_after[bad] == 16  # one epoch of 512 / 32: checked once, at its end
+    assert late.active.tolist() == every_step.active.tolist() == [True] * bad + [False]
+    assert totals.seen.tolist() == [512] * len(inits)  # every step until the check was counted

@@ -203,7 +203,7 @@ def test_verdict_rules():
 
 def test_probe_leaves_the_model_untouched(batch):
     spec = spec_of(0, arch="plain", depth=3, width=8, norm="batch", init="he", activation="relu")
-    from initsweep.train import build_initialized_model
+    from initsweep.build import build_initialized_model
 
     model = build_initialized_model(spec, torch.Generator().manual_seed(1)).eval()
     state = {k: v.clone() for k, v in model.state_dict().items()}

@@ -125,16 +125,16 @@ def test_max_runs_and_failed_runs_are_retried(tmp_path):
 
 def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
     """Inject an exception into one run's model build; the others must still run."""
-    import initsweep.train as train
+    import initsweep.build as build_module
 
-    real = train.build_model
+    real = build_module.build_model
 
     def build(arch, *, depth, **kw):
         if depth == 2:
             raise RuntimeError("injected failure for depth 2")
         return real(arch, depth=depth, **kw)
 
-    monkeypatch.setattr(train, "build_model", build)
+    monkeypatch.setattr(build_module, "build_model", build)
     config = write_config(tmp_path / "c.yaml", grid={"depth": [1, 2, 3]})
     outcome = run_sweep(config, results_dir=tmp_path / "res", device="cpu", workers=1)  # in-process: sees the patch
     assert outcome.counts == {"ok": 2, "failed": 1}
