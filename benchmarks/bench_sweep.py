@@ -94,7 +94,7 @@ def naive(args, pts: list[str], point: int | None = None) -> dict:
 
 def measure(args) -> list[dict]:
     from initsweep.models import measure_shape
-    from initsweep.store import load_results
+    from initsweep.results.read import load_results
 
     pts = points(args.seeds, args.inits)
     flops_per_sample = 6 * measure_shape("tutorial", depth=None, width=None).macs_per_sample
@@ -132,7 +132,7 @@ def measure(args) -> list[dict]:
 
 
 def study(args) -> dict:
-    from initsweep.store import load_results
+    from initsweep.results.read import load_results
 
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "initsweep", "run", args.study, "--results", str(Path(tmp) / "res"),

@@ -18,9 +18,9 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "load_results": "export",
-    "run_sweep": "sweep",
-    "summarize": "report",
+    "load_results": "results.read",
+    "run_sweep": "sweep.run",
+    "summarize": "report.stats",
     "load_config": "config",
     "expand": "config",
     "list_inits": "inits",

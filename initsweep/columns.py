@@ -1,10 +1,10 @@
 """The results store's columns: the one definition of a run's settings and results.
 
 Each table maps a column name to its SQLite type, in table order; where a value comes
-from is said beside each table. The SQLite schema and its migration (``store.py``),
+from is said beside each table. The SQLite schema and its migration (``results/store.py``),
 ``RunSpec.settings()`` (``config.py``), ``RunResult.to_row()`` (``train.py``), the
-probe's per-layer rows (``probe.py``), the report's setting columns (``report.py``) and
-the export's column types (``export.py``) all derive from these tables, so a new setting
+probe's per-layer rows (``probe.py``), the report's setting columns (``report/stats.py``) and
+the export's column types (``results/read.py``) all derive from these tables, so a new setting
 or result is one entry here (plus its field in the config or ``RunResult``);
 ``tests/test_columns.py`` checks the tables against the config's fields and
 ``RunResult``'s, so a field without its column fails there.

@@ -1,6 +1,6 @@
 """Domain errors and the exit codes they become at the CLI boundary.
 
-The library raises these; only ``cli.py`` turns them into one line on stderr and an exit
+The library raises these; only the CLI (``initsweep.cli``) turns them into one line on stderr and an exit
 code, so a notebook user gets an exception and a shell user gets a clean message.
 """
 

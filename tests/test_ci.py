@@ -13,11 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from initsweep.ci import in_shard, parse_duration, parse_shard
+from initsweep.sweep.planner import in_shard, parse_duration, parse_shard
 from initsweep.cli import app
 from initsweep.config import expand, validate
 from initsweep.errors import EXIT_BUDGET, InitsweepError
-from initsweep.store import load_results
+from initsweep.results.read import load_results
 from tolerances import assert_same_rows
 
 runner = CliRunner()

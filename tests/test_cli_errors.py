@@ -19,10 +19,10 @@ from test_ci import invoke, write_config
 
 import initsweep
 from initsweep import load_results, summarize
-from initsweep.ci import in_shard
+from initsweep.sweep.planner import in_shard
 from initsweep.config import expand, load_config
 from initsweep.errors import InitsweepError, OptionError
-from initsweep.sweep import plan_execution
+from initsweep.sweep.run import plan_execution
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW = ROOT / ".github/workflows/scheduled-sweep.yml"
@@ -128,11 +128,14 @@ def test_cli_choices_are_the_librarys():
     `initsweep -h` never imports); this holds the two equal."""
     from typing import get_args
 
-    from initsweep import cli, cli_probe, config, models, sweep
+    from initsweep import config, models
+    from initsweep.cli import probe as cli_probe
+    from initsweep.cli import sweep as cli_sweep
+    from initsweep.sweep import run as sweep_run
 
-    assert [c.value for c in cli.Vmap] == list(sweep.VMAP_MODES)
-    assert [c.value for c in cli.Executor] == list(sweep.EXECUTORS)
-    assert [c.value for c in cli.Precision] == list(config.PRECISIONS)
+    assert [c.value for c in cli_sweep.Vmap] == list(sweep_run.VMAP_MODES)
+    assert [c.value for c in cli_sweep.Executor] == list(sweep_run.EXECUTORS)
+    assert [c.value for c in cli_sweep.Precision] == list(config.PRECISIONS)
     assert get_args(config.TrainConfig.model_fields["precision"].annotation) == config.PRECISIONS
     assert [c.value for c in cli_probe.ArchChoice] == list(models.ARCHS)
     assert get_args(config.ModelConfig.model_fields["arch"].annotation) == models.ARCHS
@@ -249,8 +252,8 @@ def test_summarize_takes_one_column_as_a_string(store):
 def test_report_errors_from_python_name_the_parameter_and_the_cli_the_flag(store):
     """From a notebook the error names the parameter (``by``); at the CLI the same error
     names the flag (``--by``): one message, two readers (see errors.OptionError/ParamError)."""
-    from initsweep.ci import check_against
-    from initsweep.report import build_report
+    from initsweep.report.check import check_against
+    from initsweep.report.stats import build_report
 
     df = load_results(store)
     cases = [  # (the call, its message from Python, the start of its CLI line)

@@ -21,7 +21,7 @@ from initsweep.columns import (
     ENVIRONMENT_COLUMNS, LAYER_COLUMNS, RESULT_COLUMNS, RUN_COLUMNS, SETTING_COLUMNS, STORE_COLUMNS,
 )
 from initsweep.config import AXIS_TARGETS, SECTIONS, Choice, expand, load_config, validate
-from initsweep.store import Store
+from initsweep.results.store import Store
 from initsweep.train import EpochRecord, RunResult, environment
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -159,7 +159,7 @@ def test_the_shipped_studies_keep_their_run_ids(name, first, last, count):
 def test_run_into_an_older_store_adds_the_missing_columns_and_keeps_its_rows(tmp_path):
     """The migration path: a schema-1 store (without the newest result columns and the
     probe's v2 layer columns) takes a run through the CLI; its old row reads back as it was."""
-    from initsweep import store as store_module
+    from initsweep.results import store as store_module
 
     newest = list(RESULT_COLUMNS)[-2:]  # peak_rss_mb, compile_seconds: not in this older store
     v2_layers = ["pre_m2", "act_m2", "act_grad_norm2", "sigma_w2", "predicted_pre_m2", "predicted_act_m2",

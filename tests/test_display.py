@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from initsweep.cli import app
 from initsweep.config import expand, validate
-from initsweep.render import SweepDisplay
+from initsweep.cli.render import SweepDisplay
 from initsweep.train import RunResult
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import yaml
 
-from initsweep.store import load_results
-from initsweep.sweep import Observer, plan_execution, run_sweep
+from initsweep.results.read import load_results
+from initsweep.sweep.run import Observer, plan_execution, run_sweep
 from tolerances import assert_same_rows
 
 

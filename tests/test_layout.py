@@ -114,3 +114,39 @@ def test_run_ids_are_pinned(tmp_path, config, data, n_runs, first, digest):
     ids = [r["run_id"] for r in json.loads(result.stdout)["runs"]]
     assert len(ids) == n_runs and ids[:len(first)] == first
     assert hashlib.sha256(" ".join(ids).encode()).hexdigest()[:16] == digest
+
+
+# The folders in the order they may import each other: each may import the core and the
+# folders before it, never one after it (docs/architecture.md draws the same arrows).
+LAYERS = ("core", "results", "sweep", "report", "cli")
+
+
+def layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in LAYERS else "core"
+
+
+def test_imports_point_down_the_layers():
+    graph = import_graph()
+    upward = sorted(f"{a} imports {b}" for a, edges in graph.items() for b in edges
+                    if a not in ("initsweep", "initsweep.__main__")  # the package's lazy API and `python -m`
+                    and LAYERS.index(layer(b)) > LAYERS.index(layer(a)))
+    assert upward == []
+
+
+def test_no_module_imports_another_modules_private_names():
+    private = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("initsweep")):
+                private += [f"{module_name(path)}: {a.name}" for a in node.names
+                            if a.name.startswith("_") and not a.name.startswith("__")]
+    assert private == []
+
+
+def test_the_layer_check_sees_an_upward_import():
+    """The checks above read real edges: the CLI imports the sweep, and layer() ranks them."""
+    graph = import_graph()
+    assert any(e.startswith("initsweep.sweep.") for e in graph["initsweep.cli.sweep"])
+    assert LAYERS.index(layer("initsweep.cli.sweep")) > LAYERS.index(layer("initsweep.results.store"))
+    assert layer("initsweep.train") == "core"

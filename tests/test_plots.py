@@ -18,14 +18,14 @@ import yaml
 from typer.testing import CliRunner
 
 from initsweep.cli import app
-from initsweep.export import load_results, read_curves
-from initsweep.report import summarize
+from initsweep.results.read import load_results, read_curves
+from initsweep.report.stats import summarize
 
 matplotlib = pytest.importorskip("matplotlib")
 import matplotlib.text  # noqa: E402
 from PIL import Image  # noqa: E402  (matplotlib depends on pillow)
 
-from initsweep import plots  # noqa: E402
+from initsweep.report import plots  # noqa: E402
 
 runner = CliRunner()
 STEMS = {"heatmap_test_acc", "test_acc_vs_depth", "learning_curves", "activation_std"}
@@ -36,7 +36,7 @@ def store(tmp_path_factory) -> Path:
     """A 2x2x2 grid, 2 seeds, 2 epochs; its ``layers`` table replaced by known activation stds in
     the shape the diagnostics store them (N(0, 1) grows x3 per layer, He stays flat), so the
     figures can be checked against numbers whether or not the probe ran."""
-    from initsweep.sweep import run_sweep
+    from initsweep.sweep.run import run_sweep
 
     root = tmp_path_factory.mktemp("plots")
     config = root / "grid.yaml"
@@ -178,7 +178,7 @@ def test_html_is_self_contained_and_escapes_text(store, tmp_path):
 def mixed(tmp_path_factory) -> Path:
     """Two 1-epoch sweeps of one depth-1 run each in one folder, one leaving ``test_limit``
     unset: in the frame they share, test_limit is 256.0 and NaN."""
-    from initsweep.sweep import run_sweep
+    from initsweep.sweep.run import run_sweep
 
     root = tmp_path_factory.mktemp("mixed")
     for name, data in (("full", {"train_limit": 256}), ("limited", {"train_limit": 256, "test_limit": 256})):

@@ -20,8 +20,8 @@ from initsweep.config import expand, validate
 from initsweep.probe import (
     EXPLODING_FACTOR, GRAD_EXPLODING_FACTOR, GRAD_VANISHING_FACTOR, VANISHING_FACTOR, fixed_batch, judge, layer_factor, probe_model, probe_spec,
 )
-from initsweep.store import LAYER_COLUMNS, SCHEMA_VERSION, Store
-from initsweep.sweep import run_sweep
+from initsweep.results.store import LAYER_COLUMNS, SCHEMA_VERSION, Store
+from initsweep.sweep.run import run_sweep
 from initsweep.theory import InitRecipe
 from initsweep.train import run, splits_for
 
@@ -253,7 +253,7 @@ def test_layers_table_rows_and_verdict(tmp_path):
 
 def test_a_v1_database_gains_the_new_columns(tmp_path):
     """A schema-1 database (the layers table before the probe's columns) opens, migrates and takes rows."""
-    from initsweep import store as store_module
+    from initsweep.results import store as store_module
 
     v1_columns = ["kind", "fan_in", "pre_mean", "pre_std", "act_mean", "act_std", "act_grad_std",
                   "weight_grad_std", "weight_std", "dead_frac", "saturated_frac", "predicted_act_var"]

@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from initsweep.errors import StoreError
-from initsweep.store import load_results
-from initsweep.sweep import run_sweep
+from initsweep.results.read import load_results
+from initsweep.sweep.run import run_sweep
 from tolerances import assert_same_rows
 
 RAY = Path(sys.executable).with_name("ray")

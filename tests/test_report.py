@@ -18,10 +18,11 @@ from typer.testing import CliRunner
 import initsweep
 from initsweep.cli import app
 from initsweep.config import expand, validate
-from initsweep.export import load_results, read_runs
-from initsweep.report import build_report, compare, summarize, where_mask
-from initsweep.store import Store
-from initsweep.sweep import run_sweep
+from initsweep.report.stats import build_report, compare, summarize
+from initsweep.results.query import where_mask
+from initsweep.results.read import load_results, read_runs
+from initsweep.results.store import Store
+from initsweep.sweep.run import run_sweep
 
 runner = CliRunner()
 TINY = {"dataset": "mnist-sample", "train_limit": 256, "test_limit": 256, "val_fraction": 0.1}

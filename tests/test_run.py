@@ -18,8 +18,9 @@ from typer.testing import CliRunner
 
 from initsweep.cli import app
 from initsweep.config import expand, load_config, validate
-from initsweep.store import Store, load_results
-from initsweep.sweep import run_sweep
+from initsweep.results.read import load_results
+from initsweep.results.store import Store
+from initsweep.sweep.run import run_sweep
 from initsweep.train import run
 from tolerances import assert_differ, assert_same_rows
 

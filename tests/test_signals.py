@@ -23,7 +23,7 @@ import yaml
 
 from initsweep.config import expand, load_config
 from initsweep.data import resolve_source
-from initsweep.store import load_results
+from initsweep.results.read import load_results
 from test_executors import _wait, _worker_pids
 
 
@@ -108,7 +108,7 @@ def test_workers_exit_at_once_and_quietly_when_the_parent_is_killed(tmp_path):
 def test_a_worker_whose_parent_closed_its_pipe_exits_quietly(tmp_path, capfd):
     """The portable path (no prctl, parent still there): a broken pipe on send means nobody
     will store the result, so the worker exits at once, code 0, without a traceback."""
-    from initsweep.executors.pool import _worker_main
+    from initsweep.sweep.executors.pool import _worker_main
 
     cfg = load_config(_config(tmp_path / "c.yaml", depths=[1]))
     source = resolve_source(cfg.data)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from test_ci import invoke, write_config
 
-from initsweep.store import load_results
+from initsweep.results.read import load_results
 
 PAGE = 4096
 

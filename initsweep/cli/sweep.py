@@ -1,9 +1,6 @@
-"""The ``initsweep`` command line: plan, run, list-inits, list-activations.
-
-Thin Typer commands over the library; the shared app, consoles and error boundary live
-in ``cli_common.py``, and each other group of commands in its own module, imported at
-the bottom of this one so that they register.
-"""
+"""``initsweep plan``, ``run``, ``list-inits`` and ``list-activations``: thin Typer commands
+over ``initsweep.sweep`` and the registries; the shared app, consoles and error boundary
+live in ``app.py``."""
 
 from __future__ import annotations
 
@@ -14,11 +11,11 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from .cli_common import (
+from .app import (
     ConfigArg, Format, FormatOpt, ResultsOpt, app, boundary, choices, console, err_console, print_json,
     write_output,
 )
-from .errors import (
+from ..errors import (
     EXIT_BUDGET, EXIT_INTERRUPTED, EXIT_RUNS_FAILED, EXIT_TERMINATED,
     sigterm_as_interrupt,
 )
@@ -43,8 +40,8 @@ def plan(
 ) -> None:
     """Show the runs a config expands to, its axes, exclusions, the work it will take, and
     the data they will use (found, downloaded, or the fallback: the same run ids as run)."""
-    from .config import load_config
-    from .planner import plan_summary, resolve_plan
+    from ..config import load_config
+    from ..sweep.planner import plan_summary, resolve_plan
 
     source, runs = resolve_plan(load_config(config), offline=offline)
     summary = plan_summary(runs, source)
@@ -93,11 +90,11 @@ def run(
     Exit codes: 0 done, 1 a run failed, 2 bad input, 75 time budget spent with runs left
     (run again to resume), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
     """
-    from .ci import parse_duration, parse_shard
-    from .report import best_per_depth
+    from ..sweep.planner import parse_duration, parse_shard
+    from ..report.stats import best_per_depth
     from .render import SweepDisplay, render_sweep_summary
-    from .store import Store
-    from .sweep import run_sweep
+    from ..results.store import Store
+    from ..sweep.run import run_sweep
 
     sigterm_as_interrupt()  # SIGTERM stops a sweep like Ctrl-C (runs in flight marked), but exits 143
     shard_kn = parse_shard(shard) if shard is not None else None
@@ -138,7 +135,7 @@ def run(
 
 def _ci_outputs(outcome, df, best, junit: Optional[Path], summary_md: Optional[Path]) -> None:
     """JUnit XML and the Markdown summary (to a file, and/or GitHub's step summary)."""
-    from .ci import junit_xml, run_cases, sweep_summary_markdown
+    from ..report.ci import junit_xml, run_cases, sweep_summary_markdown
 
     if junit is not None:
         write_output(junit, junit_xml(outcome.sweep, run_cases(df)))
@@ -155,7 +152,7 @@ def _ci_outputs(outcome, df, best, junit: Optional[Path], summary_md: Optional[P
 @boundary
 def list_inits_cmd(fmt: FormatOpt = Format.table) -> None:
     """The registered initializers, their formulas and parameters."""
-    from .inits import list_inits
+    from ..inits import list_inits
 
     entries = [{"name": e.name, "formula": e.formula, "description": e.description,
                 "params": {p.name: {"default": p.default, "help": p.help,
@@ -176,7 +173,7 @@ def list_inits_cmd(fmt: FormatOpt = Format.table) -> None:
 @boundary
 def list_activations_cmd(fmt: FormatOpt = Format.table) -> None:
     """The registered activations, their gain for ``gain: auto`` and parameters."""
-    from .activations import list_activations
+    from ..activations import list_activations
 
     rows = [{"name": a.name, "formula": a.formula, "family": a.family,
              "gain": round(a.gain({p.name: p.default for p in a.params}), 6),
@@ -193,13 +190,3 @@ def list_activations_cmd(fmt: FormatOpt = Format.table) -> None:
         table.add_row(r["name"], r["formula"], r["family"], f"{r['gain']:.4f}", r["gain_source"],
                       ", ".join(p.describe() for p in a.params))
     console.print(table)
-
-
-# Command groups in their own modules register on the same app.
-from . import cli_ci, cli_report  # noqa: E402,F401
-from . import cli_probe  # noqa: E402,F401
-
-
-# The console script (``initsweep = "initsweep.cli:main"``) and ``python -m initsweep``: the
-# app's own group (``cli_common._Group``) turns click's usage errors into one line, exit 2.
-main = app

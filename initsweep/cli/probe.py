@@ -14,8 +14,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .cli_common import Format, FormatOpt, app, boundary, choices, console, err_console, print_json
-from .errors import InitsweepError
+from .app import Format, FormatOpt, app, boundary, choices, console, err_console, print_json
+from ..errors import InitsweepError
 
 
 # models.ARCHS and config's padding values, copied: importing them here would load torch for
@@ -33,7 +33,7 @@ def _parse_choice(value: str | None) -> Any:
         return None
     import yaml
 
-    from .config import parse_yaml
+    from ..config import parse_yaml
 
     text = value.strip()
     if text.startswith("{") or _looks_numeric(text):
@@ -167,10 +167,10 @@ def probe(
     """
     import torch
 
-    from .config import expand, load_yaml, validate
-    from .data import resolve_source
-    from .probe import fixed_batch, probe_spec
-    from .train import splits_for
+    from ..config import expand, load_yaml, validate
+    from ..data import resolve_source
+    from ..probe import fixed_batch, probe_spec
+    from ..train import splits_for
 
     if threads is not None:
         torch.set_num_threads(threads)
@@ -202,7 +202,7 @@ def probe(
             "layers": [{"layer": i, **l} for i, l in enumerate(result.layers)],
         })
     if plot is not None:
-        from .plots_probe import save_probe_figures
+        from ..report.plots_probe import save_probe_figures
 
         try:
             paths = save_probe_figures(entries, plot)

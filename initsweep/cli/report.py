@@ -1,7 +1,7 @@
 """``initsweep report``, ``export`` and ``show``: compare, export and inspect stored runs.
 
-Thin commands: reading and exports live in ``export.py``, statistics in ``report.py``,
-terminal views in ``render_report.py``, figures in ``plots.py`` (matplotlib is imported
+Thin commands: reading lives in ``results/read.py``, statistics in ``report/stats.py``, files
+in ``report/formats.py``, terminal views in ``render_report.py``, figures in ``report/plots.py`` (matplotlib is imported
 only for ``--plot`` and ``--format html``).
 """
 
@@ -16,8 +16,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli_common import Format, FormatOpt, ResultsOpt, app, boundary, console, err_console, print_json
-from .errors import InitsweepError
+from .app import Format, FormatOpt, ResultsOpt, app, boundary, console, err_console, print_json
+from ..errors import InitsweepError
 
 
 class ReportFormat(str, Enum):
@@ -44,8 +44,8 @@ WhereOpt = Annotated[Optional[str], typer.Option(
 
 def _load(results: Path, sweep: list[str] | None, where: str | None, machine: bool):
     """The runs to report on, or None after a friendly line when there are none."""
-    from .export import is_empty_folder, read_runs
-    from .report import filter_runs
+    from ..results.query import filter_runs
+    from ..results.read import is_empty_folder, read_runs
 
     say = err_console if machine else console
     hint = f"initsweep run configs/smoke.yaml --results {results}"
@@ -74,8 +74,8 @@ def _writing(option: str, path: Path):
 
 
 def _figures(runs, metric: str, results: Path):
-    from .export import read_curves
-    from .plots import make_figures
+    from ..results.read import read_curves
+    from ..report.plots import make_figures
 
     epochs, layers = read_curves(results, runs["row_id"].astype(int).tolist() if "row_id" in runs else [])
     return make_figures(runs, metric, epochs, layers)
@@ -109,8 +109,10 @@ def report(
 
     RESULTS may also be a file written by [bold]initsweep export[/].
     """
-    from .export import read_runs, report_html, report_text
-    from .report import build_report, filter_runs
+    from ..report.formats import report_html, report_text
+    from ..report.stats import build_report
+    from ..results.query import filter_runs
+    from ..results.read import read_runs
 
     fmt = fmt or ReportFormat(_REPORT_SUFFIXES.get(output.suffix.lower(), "table") if output else "table")
     runs = _load(results, sweep, where, machine=fmt is not ReportFormat.table)
@@ -121,7 +123,7 @@ def report(
                   sweeps=sweep, where=where)
     figures = None
     if plot is not None:
-        from .plots import save_figures
+        from ..report.plots import save_figures
 
         figures = _figures(runs, metric, results)
         with _writing("--plot", plot):
@@ -139,7 +141,7 @@ def report(
             render_report(Console(file=handle, width=160, no_color=True), rep)
         return
     if fmt is ReportFormat.html:
-        from .plots import png_bytes
+        from ..report.plots import png_bytes
 
         try:
             figures = figures if figures is not None else _figures(runs, metric, results)
@@ -171,7 +173,8 @@ def export_cmd(
     history: Annotated[bool, typer.Option("--history", help="Every attempt, not only each run's latest.")] = False,
 ) -> None:
     """Write the raw per-run table (every column) for pandas, spreadsheets or report --baseline."""
-    from .export import format_of, load_results, write_runs
+    from ..report.formats import write_runs
+    from ..results.read import format_of, load_results
 
     fmt_name = fmt.value if fmt else format_of(output) if output else "csv"
     if fmt_name is None:  # never guess: a spreadsheet app would open CSV bytes named .xlsx as garbage
@@ -196,7 +199,7 @@ def show(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """One run in full: settings, status, error, per-epoch curve, timings, versions, layers."""
-    from .export import find_run
+    from ..results.read import find_run
 
     detail = find_run(results, run_id.strip(), sweep)
     if fmt is Format.json:

@@ -1,6 +1,6 @@
 """Rich terminal renderings of ``initsweep report`` and ``initsweep show``.
 
-The frames come from ``report.py`` and the cell texts from ``export.py`` (the markdown and
+The frames come from ``report/stats.py`` and the cell texts from ``report/formats.py`` (the markdown and
 HTML reports use the same ones), so a number reads the same in every format. Colour only
 repeats what the text says: the best cell carries ★ and divergence †/‡, so a NO_COLOR
 terminal or a CI log loses nothing.
@@ -19,8 +19,8 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
-from .export import LEGEND, ColourScale, display_table, fallback_note, fmt_value, n_note, pivot_cell, usual_n
-from .report import Report, count_runs, lower_is_better, pivot_blocks
+from ..report.formats import LEGEND, ColourScale, display_table, fallback_note, fmt_value, n_note, pivot_cell, usual_n
+from ..report.stats import Report, count_runs, lower_is_better, pivot_blocks
 
 _BARS = "▁▂▃▄▅▆▇█"
 _CHANGE_STYLE = {"better": "bold #0072B2", "worse": "bold #D55E00", "new": "italic", "missing": "italic"}
@@ -133,7 +133,7 @@ def _flatten(spec: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 def run_as_json(detail: dict[str, Any]) -> dict[str, Any]:
     """``initsweep show --format json``: the row, its settings, curves, layers and attempts."""
-    from .jsontext import json_value
+    from ..jsontext import json_value
 
     def records(df: pd.DataFrame) -> list[dict[str, Any]]:
         return [{k: json_value(v) for k, v in r.items()} for r in df.to_dict("records")]

@@ -31,10 +31,10 @@ from typing import Iterator
 
 import torch
 
-from ..config import RunSpec
-from ..errors import interrupt_reason
-from ..store import Store
-from ..train import RunResult, environment
+from ...config import RunSpec
+from ...errors import interrupt_reason
+from ...results.store import Store
+from ...train import RunResult, environment
 from . import Task, claim_runs
 
 _PROGRESS_EVERY_S = 0.2
@@ -79,8 +79,8 @@ def _worker_main(worker_id: int, device: str, threads: int, compile: bool, tasks
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_parent(parent_pid)
     torch.set_num_threads(threads)
-    from ..batched import run_group
-    from ..train import run_safely
+    from ...batched import run_group
+    from ...train import run_safely
 
     while True:
         try:

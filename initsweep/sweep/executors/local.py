@@ -6,11 +6,11 @@ from typing import Iterator
 
 import torch
 
-from ..batched import run_group
-from ..config import RunSpec
-from ..errors import interrupt_reason
-from ..store import Store
-from ..train import RunResult
+from ...batched import run_group
+from ...config import RunSpec
+from ...errors import interrupt_reason
+from ...results.store import Store
+from ...train import RunResult
 from . import Task, claim_runs
 
 
@@ -22,7 +22,7 @@ def execute_in_process(tasks: list[Task], *, store: Store, device: torch.device,
     marks the runs in flight ``interrupted`` and propagates. No task starts once
     ``may_start()`` is false (a spent time budget).
     """
-    from ..train import run_safely
+    from ...train import run_safely
 
     for task in tasks:
         if not may_start():

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli_common import ResultsOpt, app, boundary, console, err_console, write_output
-from .errors import EXIT_RUNS_FAILED, InitsweepError
+from .app import ResultsOpt, app, boundary, console, err_console, write_output
+from ..errors import EXIT_RUNS_FAILED, InitsweepError
 
 
 @app.command()
@@ -25,7 +25,7 @@ def merge(
     with different results is a conflict: it is listed, the folder keeps what it had, and
     the command exits 1.
     """
-    from .ci import merge as merge_results
+    from ..results.merge import merge as merge_results
 
     report = merge_results(sources, into)
     console.print(f"merged {report.sources} source(s) into {into}: {report.added} run(s) added, "
@@ -54,8 +54,9 @@ def check(
     Exit 1 on a drop beyond --tolerance, a newly diverged or failed run, or a missing
     group (as --fail-on says); 0 when everything holds; 2 on bad input.
     """
-    from .ci import check_against, check_cases, junit_xml, markdown_table
-    from .export import read_runs
+    from ..report.check import check_against, check_cases
+    from ..report.ci import junit_xml, markdown_table
+    from ..results.read import read_runs
     from .render import render_runs
 
     current, base = read_runs(results), read_runs(baseline)

@@ -39,12 +39,12 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import pandas as pd
 
-from .columns import LAYER_COLUMNS, RESULT_COLUMNS, SETTING_COLUMNS
-from .errors import StoreError
+from ..columns import LAYER_COLUMNS, RESULT_COLUMNS, SETTING_COLUMNS
+from ..errors import StoreError
 
 if TYPE_CHECKING:  # importing config pulls in torch: ~2 s that report/export/show do not need
-    from .config import RunSpec
-    from .train import RunResult
+    from ..config import RunSpec
+    from ..train import RunResult
 
 DB_NAME = "initsweep.db"
 _SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite 3 database
@@ -448,11 +448,3 @@ class Store:
             return pd.read_sql_query(sql, self.conn, params=params)
 
 
-def load_results(results_dir: str | Path, sweep: str | list[str] | None = None, history: bool = False) -> pd.DataFrame:
-    """One row per run (its latest attempt), every setting a column: the public way in.
-
-    >>> df = load_results("results")                       # doctest: +SKIP
-    >>> df.groupby(["init", "activation", "depth"]).test_acc.mean()  # doctest: +SKIP
-    """
-    with Store(results_dir, create=False) as store:
-        return store.runs_frame(sweep, history=history)

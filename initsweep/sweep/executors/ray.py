@@ -24,10 +24,10 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from ..config import RunSpec
-from ..errors import InitsweepError, interrupt_reason
-from ..store import Store
-from ..train import RunResult, environment
+from ...config import RunSpec
+from ...errors import InitsweepError, interrupt_reason
+from ...results.store import Store
+from ...train import RunResult, environment
 from . import Task, claim_runs
 
 
@@ -50,7 +50,7 @@ def _train_task(specs: list[RunSpec], device: str, source, threads: int) -> list
     """What runs on a Ray worker: a task's runs, trained as in a local worker."""
     import torch
 
-    from ..batched import run_group
+    from ...batched import run_group
 
     torch.set_num_threads(threads)
     return run_group(specs, device, source=source)

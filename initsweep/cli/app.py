@@ -1,6 +1,6 @@
 """What every CLI command module shares: the Typer app, consoles, the error boundary, options.
 
-Command modules (``cli.py``, ``cli_report.py``, ...) register on :data:`app`; only they and
+Command modules (``sweep.py``, ``report.py``, ...) register on :data:`app`; only they and
 the renderers they call print. :func:`boundary` turns a domain error into one line per
 problem on stderr and its exit code (0 ok, 1 runs failed / check regressed, 2 bad usage or
 input, 130 Ctrl-C, 143 SIGTERM), so no user mistake ends in a traceback.
@@ -20,9 +20,9 @@ from typer.core import TyperGroup
 from rich.console import Console
 from rich.markup import escape
 
-from . import __version__
-from .errors import EXIT_TERMINATED, EXIT_USAGE, InitsweepError, interrupt_exit_code
-from .jsontext import json_text
+from .. import __version__
+from ..errors import EXIT_TERMINATED, EXIT_USAGE, InitsweepError, interrupt_exit_code
+from ..jsontext import json_text
 
 try:  # newer typer carries its own copy of click, whose errors derive from typer.TyperException
     _ClickError: type[Exception] = typer.TyperException

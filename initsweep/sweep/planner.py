@@ -1,4 +1,12 @@
-"""From an expanded config to the work to do: counts and cost estimates (``initsweep plan``).
+"""From a config to the work to do: the data and runs it plans, shards, time budgets, and
+counts and cost estimates (``initsweep plan``).
+
+* ``--shard K/N`` keeps the runs whose ``run_id`` (a hex hash) is ``K-1`` modulo ``N``:
+  N jobs over the same config cover the grid exactly once, whatever the grid, and a run
+  stays in its shard when other points are added or removed.
+* ``--time-budget 15m`` starts no new run once the budget is spent, lets the runs in
+  flight finish, and exits with :data:`~initsweep.errors.EXIT_BUDGET` (75); the next
+  invocation resumes where it stopped.
 
 Costs are counted, not guessed: each distinct model shape is built on the meta device and walked
 (layers, parameters, forward multiply-accumulates), and training is taken as 3x the
@@ -7,13 +15,15 @@ forward pass (forward + backward for activations and weights), 2 FLOPs per MAC.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from .config import Plan, RunSpec, SweepConfig, expand
-from .data import DataSource, dataset_sizes, resolve_source, split_sizes
-from .models import ModelShape, measure_shape
+from ..config import Plan, RunSpec, SweepConfig, expand
+from ..data import DataSource, dataset_sizes, resolve_source, split_sizes
+from ..errors import OptionError
+from ..models import ModelShape, measure_shape
 
 
 def resolve_plan(cfg: SweepConfig, *, offline: bool = False) -> tuple[DataSource, Plan]:
@@ -103,3 +113,38 @@ def plan_summary(plan: Plan, source: DataSource) -> dict[str, Any]:
                  "largest_params": work.largest_params, "largest_macs_per_sample": work.largest_macs},
         "runs": runs,
     }
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"2/4"`` -> ``(2, 4)``; K is 1-based."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
+    if not match:
+        raise OptionError("shard", text, "expected K/N, e.g. 1/4")
+    k, n = int(match[1]), int(match[2])
+    if n < 1:
+        raise OptionError("shard", text, "N must be at least 1")
+    if not 1 <= k <= n:
+        raise OptionError("shard", text, f"K must be between 1 and {n}")
+    return k, n
+
+
+def in_shard(run_id: str, k: int, n: int) -> bool:
+    return int(run_id, 16) % n == k - 1
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s)")
+
+
+def parse_duration(text: str) -> float:
+    """``"90s"``, ``"15m"``, ``"1h30m"``, ``"2.5h"`` or plain seconds -> seconds."""
+    text = (text or "").strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        seconds = float(text)
+    else:
+        parts = _DURATION.findall(text)
+        if not parts or "".join(f"{v}{u}" for v, u in parts) != text.replace(" ", ""):
+            raise OptionError("time_budget", text, "expected a duration such as 90s, 15m or 1h30m")
+        seconds = sum(float(v) * {"h": 3600, "m": 60, "s": 1}[u] for v, u in parts)
+    if seconds <= 0:
+        raise OptionError("time_budget", text, "must be more than zero")
+    return seconds

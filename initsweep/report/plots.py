@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import pandas as pd
 
-from .errors import InitsweepError
-from .report import CORE_AXES, lower_is_better, setting_text, summarize, varying_settings
+from ..errors import InitsweepError
+from .stats import CORE_AXES, lower_is_better, setting_text, summarize, varying_settings
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -48,7 +48,7 @@ def _matplotlib() -> Any:
     return matplotlib
 
 
-# The HTML report embeds figures at EMBED_DPI in a page column 1168 px wide (export.py's CSS).
+# The HTML report embeds figures at EMBED_DPI in a page column 1168 px wide (formats.py's CSS).
 # No figure is wider than MAX_WIDTH_IN, so none is scaled down there and text keeps its size:
 # 1 pt = 110/72 px, the smallest text (8 pt) 12 px. Before this cap, a 16-inch heatmap was
 # shrunk to 66% and its 8 pt cell values read at 8 px.

@@ -16,18 +16,17 @@ from typing import Iterator
 
 import torch
 
-from .batched import group_specs
-from .ci import in_shard
-from .config import PRECISIONS, RunSpec, SweepConfig, load_config
-from .data import DataSource
-from .errors import InitsweepError, OptionError, ParamError, terminated
+from ..batched import group_specs
+from ..config import PRECISIONS, RunSpec, SweepConfig, load_config
+from ..data import DataSource
+from ..errors import InitsweepError, OptionError, ParamError, terminated
 from .executors import Task
 from .executors.local import execute_in_process
 from .executors.pool import WorkerPool
 from .executors.ray import CONNECT_TIMEOUT_S
-from .planner import estimate_work, resolve_plan
-from .store import Store
-from .train import RunResult, resolve_device
+from .planner import estimate_work, in_shard, resolve_plan
+from ..results.store import Store
+from ..train import RunResult, resolve_device
 
 
 class Observer:

@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Generator
 
-from ..config import RunSpec
-from ..data import DataSource
+from ...config import RunSpec
+from ...data import DataSource
 
 if TYPE_CHECKING:
-    from ..store import Store
+    from ...results.store import Store
 
 
 @dataclass

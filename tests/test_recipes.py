@@ -1,0 +1,71 @@
+"""The recipes of docs/architecture.md hold: a new initializer or activation is one registry
+entry, and nothing else has to change for plan, run, the store, the probe and the report to
+take it. The entries are registered by the test alone and removed afterwards."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+from torch import nn
+from typer.testing import CliRunner
+
+from initsweep import activations, inits
+from initsweep.cli import app
+from initsweep.results.read import load_results
+from initsweep.results.store import Store
+
+runner = CliRunner()
+SCALE = 0.5  # the new init draws N(0, SCALE / fan_in)
+
+
+@pytest.fixture
+def new_entries():
+    """What a contributor would add to inits.py and activations.py, and nothing more."""
+    init = inits.Initializer(
+        "half_lecun_normal",
+        lambda t, p, g, gen: inits.variance_scaling_(t, scale=SCALE, mode="fan_in", distribution="normal",
+                                                     generator=gen),
+        "Half LeCun's variance (a test entry).", "w ~ N(0, 0.5/fan_in)",
+        lambda shape, p, g: (0.0, SCALE / inits.fans(shape)[0]))
+    act = activations.Activation("softsign", lambda: nn.Softsign(), "x / (1 + |x|) (a test entry).",
+                                 "x/(1+|x|)", "saturating")
+    inits._register(init)
+    activations._register(act)
+    yield init, act
+    del inits._REGISTRY[init.name], activations._REGISTRY[act.name]
+
+
+def test_a_new_initializer_and_activation_are_one_registry_entry_each(tmp_path: Path, new_entries):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "recipe", "data": {"dataset": "mnist-sample", "train_limit": 256, "test_limit": 256},
+        "model": {"arch": "plain", "width": 8, "depth": 2, "head": "flatten"},
+        "train": {"epochs": 1, "batch_size": 64},
+        "grid": {"init": ["half_lecun_normal", "he"], "activation": ["softsign", "relu"]},
+        "diagnostics": {"phases": ["init"]}}))
+    planned = runner.invoke(app, ["plan", str(config), "-f", "json"])
+    assert planned.exit_code == 0, planned.output
+    ran = runner.invoke(app, ["run", str(config), "--results", str(tmp_path / "res"), "--device", "cpu",
+                              "--workers", "1", "--threads", "1"])
+    assert ran.exit_code == 0, ran.output
+    runs = load_results(tmp_path / "res")
+    assert sorted(runs.run_id) == sorted(r["run_id"] for r in json.loads(planned.stdout)["runs"])
+    assert set(runs.init) == {"half_lecun_normal", "he"} and set(runs.activation) == {"softsign", "relu"}
+    assert (runs.status == "ok").all()
+    # the stored weights were drawn by the new entry: std sqrt(SCALE / fan_in) per layer
+    row_ids = runs.loc[runs.init == "half_lecun_normal", "row_id"].tolist()
+    with Store(tmp_path / "res", create=False) as store:
+        layers = store.layers_frame(row_ids)
+    assert len(layers) == 2 * 2  # two runs, two conv layers each, at init
+    for layer in layers.itertuples():
+        weights = layer.fan_in * 8  # out channels = width
+        expected = math.sqrt(SCALE / layer.fan_in)
+        assert layer.weight_std == pytest.approx(expected, rel=6 / math.sqrt(2 * weights))
+    listed = runner.invoke(app, ["list-inits", "-f", "json"])
+    assert "half_lecun_normal" in {e["name"] for e in json.loads(listed.stdout)}
+    report = runner.invoke(app, ["report", "--results", str(tmp_path / "res"), "-f", "csv", "--by", "init,activation"])
+    assert report.exit_code == 0 and "half_lecun_normal" in report.stdout and "softsign" in report.stdout
