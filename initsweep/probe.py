@@ -97,7 +97,6 @@ EXPLODING_FACTOR = 1 / 0.7
 GRAD_VANISHING_FACTOR = 0.8  # per-example gradient norm, per layer
 GRAD_EXPLODING_FACTOR = 1 / 0.8
 END_TO_END = 10.0  # and the factor must change the signal by more than this over the network
-VERDICTS = ("healthy", "vanishing", "exploding", "dead", "saturated")
 DEFAULT_BATCH = 64
 
 
