@@ -31,8 +31,10 @@ def new_entries():
                                                      generator=gen),
         "Half LeCun's variance (a test entry).", "w ~ N(0, 0.5/fan_in)",
         lambda shape, p, g: (0.0, SCALE / inits.fans(shape)[0]))
-    act = activations.Activation("softsign", lambda: nn.Softsign(), "x / (1 + |x|) (a test entry).",
-                                 "x/(1+|x|)", "saturating")
+    act = activations.Activation("scaled_softsign", lambda: nn.Sequential(nn.Softsign(), nn.Hardtanh(-0.5, 0.5)),
+                                 "softsign clipped at +-1/2 (a test entry).", "clip(x/(1+|x|), -1/2, 1/2)",
+                                 "saturating")
+    assert init.name not in inits._REGISTRY and act.name not in activations._REGISTRY
     inits._register(init)
     activations._register(act)
     yield init, act
@@ -45,7 +47,7 @@ def test_a_new_initializer_and_activation_are_one_registry_entry_each(tmp_path: 
         "name": "recipe", "data": {"dataset": "mnist-sample", "train_limit": 256, "test_limit": 256},
         "model": {"arch": "plain", "width": 8, "depth": 2, "head": "flatten"},
         "train": {"epochs": 1, "batch_size": 64},
-        "grid": {"init": ["half_lecun_normal", "he"], "activation": ["softsign", "relu"]},
+        "grid": {"init": ["half_lecun_normal", "he"], "activation": ["scaled_softsign", "relu"]},
         "diagnostics": {"phases": ["init"]}}))
     planned = runner.invoke(app, ["plan", str(config), "-f", "json"])
     assert planned.exit_code == 0, planned.output
@@ -54,7 +56,7 @@ def test_a_new_initializer_and_activation_are_one_registry_entry_each(tmp_path: 
     assert ran.exit_code == 0, ran.output
     runs = load_results(tmp_path / "res")
     assert sorted(runs.run_id) == sorted(r["run_id"] for r in json.loads(planned.stdout)["runs"])
-    assert set(runs.init) == {"half_lecun_normal", "he"} and set(runs.activation) == {"softsign", "relu"}
+    assert set(runs.init) == {"half_lecun_normal", "he"} and set(runs.activation) == {"scaled_softsign", "relu"}
     assert (runs.status == "ok").all()
     # the stored weights were drawn by the new entry: std sqrt(SCALE / fan_in) per layer
     row_ids = runs.loc[runs.init == "half_lecun_normal", "row_id"].tolist()
@@ -68,4 +70,4 @@ def test_a_new_initializer_and_activation_are_one_registry_entry_each(tmp_path: 
     listed = runner.invoke(app, ["list-inits", "-f", "json"])
     assert "half_lecun_normal" in {e["name"] for e in json.loads(listed.stdout)}
     report = runner.invoke(app, ["report", "--results", str(tmp_path / "res"), "-f", "csv", "--by", "init,activation"])
-    assert report.exit_code == 0 and "half_lecun_normal" in report.stdout and "softsign" in report.stdout
+    assert report.exit_code == 0 and "half_lecun_normal" in report.stdout and "scaled_softsign" in report.stdout
