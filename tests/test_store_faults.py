@@ -272,3 +272,36 @@ def test_a_read_only_folder_is_read_through_the_wal_a_killed_writer_left(made, t
         assert snapshot(folder) == before
     finally:
         folder.chmod(mode)
+
+
+def _open_store(folder: str, barrier, errors) -> None:
+    from initsweep.results.store import Store
+
+    barrier.wait()
+    try:
+        with Store(folder) as store:
+            store.finished_run_ids("s")
+    except Exception as exc:  # reported to the test, which names it
+        errors.put(repr(exc))
+
+
+def test_processes_that_open_a_fresh_results_folder_together_all_get_it(tmp_path):
+    """Three ``run``s started together on a new folder: switching it to WAL used to fail one
+    of them with "database is locked" in 22 of 60 tries (SQLite does not wait on that switch)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")  # the children only touch SQLite
+    errors = ctx.Queue()
+    for attempt in range(20):
+        barrier = ctx.Barrier(3)
+        procs = [ctx.Process(target=_open_store, args=(str(tmp_path / f"r{attempt}"), barrier, errors))
+                 for _ in range(3)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=120)
+        assert all(p.exitcode == 0 for p in procs)
+    failures = []
+    while not errors.empty():
+        failures.append(errors.get())
+    assert failures == []

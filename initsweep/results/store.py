@@ -178,9 +178,27 @@ class Store:
         self.conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
         self.conn.row_factory = sqlite3.Row
         self.conn.execute("PRAGMA busy_timeout = 60000")
-        self.conn.execute("PRAGMA journal_mode = WAL")
+        self._switch_to_wal()
         self.conn.execute("PRAGMA synchronous = NORMAL")
         self._migrate()
+
+    def _switch_to_wal(self, patience_s: float = 60.0) -> None:
+        """``PRAGMA journal_mode = WAL``, waiting for other processes as a write would.
+
+        Switching a new database to WAL needs it to itself, and SQLite answers "database is
+        locked" at once rather than through the busy timeout: two ``initsweep run`` started
+        together on a fresh folder failed that way (22 of 60 tries of three openers). The
+        mode is persistent, so once any process has switched, the others find it done.
+        """
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                self.conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     def _open_reader(self, given: Path) -> None:
         if not given.exists():
