@@ -22,7 +22,7 @@ from torchvision import transforms
 
 from initsweep.activations import get_activation
 from initsweep.data import DataSource, SAMPLE_PATH, load_raw
-from initsweep.inits import initialize, resolve_init_params
+from initsweep.inits import get_init, initialize
 from initsweep.jsontext import json_text
 from initsweep.models import build_model
 
@@ -81,7 +81,7 @@ def main() -> None:
         torch.manual_seed(seed)
         act = get_activation(act_name)
         model = build_model("tutorial", depth=None, width=None, activation=lambda: act.build({}))
-        initialize(model, init=init, init_params=resolve_init_params(init, {}), auto_gain=act.gain({}))
+        initialize(model, init=init, init_params=get_init(init).resolve({}), auto_gain=act.gain({}))
         model = model.to(device)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         for _ in range(args.epochs):

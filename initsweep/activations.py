@@ -119,11 +119,6 @@ def list_activations() -> list[Activation]:
     return list(_REGISTRY.values())
 
 
-def resolve_activation_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate an activation's parameters; raises ``ValueError`` naming the parameter."""
-    return get_activation(name).resolve(params)
-
-
 @lru_cache(maxsize=8)
 def gauss_rule(n: int, half_width: float = 12.0) -> tuple[np.ndarray, np.ndarray]:
     """Nodes and weights of composite Simpson's rule for E[f(z)], z ~ N(0, 1).

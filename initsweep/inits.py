@@ -274,11 +274,6 @@ def list_inits() -> list[Initializer]:
     return list(_REGISTRY.values())
 
 
-def resolve_init_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate an initializer's parameters; raises ``ValueError`` naming the parameter."""
-    return get_init(name).resolve(params)
-
-
 def init_weight_(
     weight: torch.Tensor, init: str | Initializer, params: Mapping[str, Any], auto_gain: float,
     generator: torch.Generator | None = None,
@@ -334,10 +329,6 @@ def get_bias_init(name: str) -> BiasInit:
         return _BIAS_INITS[name]
     except (KeyError, TypeError):
         raise unknown_name_error("bias init", name, _BIAS_INITS) from None
-
-
-def resolve_bias_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
-    return get_bias_init(name).resolve(params)
 
 
 def init_bias_(

@@ -8,7 +8,7 @@ import pickle
 import pytest
 import torch
 
-from initsweep.activations import gaussian_expectation, get_activation, list_activations, resolve_activation_params
+from initsweep.activations import gaussian_expectation, get_activation, list_activations
 
 X = torch.linspace(-4, 4, 97, dtype=torch.float64)
 sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
@@ -30,7 +30,7 @@ REFERENCE = {
 
 
 def module(name, **params):
-    return get_activation(name).build(resolve_activation_params(name, params))
+    return get_activation(name).build(get_activation(name).resolve(params))
 
 
 def test_every_registered_activation_has_a_reference():
@@ -59,7 +59,7 @@ def test_parameters_change_the_function():
     assert module("elu", alpha=0.5)(torch.tensor([-50.0])).item() == pytest.approx(-0.5)
     assert module("hardtanh", min_val=-2.0, max_val=3.0)(torch.tensor([5.0])).item() == 3.0
     with pytest.raises(ValueError, match="max_val"):
-        resolve_activation_params("hardtanh", {"min_val": 1.0, "max_val": 0.0})
+        get_activation("hardtanh").resolve({"min_val": 1.0, "max_val": 0.0})
     with pytest.raises(ValueError, match="did you mean 'leaky_relu'"):
         get_activation("leaky_rleu")
 
@@ -74,14 +74,14 @@ def test_parameters_change_the_function():
 ])
 def test_gains_follow_calculate_gain(name, params, gain):
     entry = get_activation(name)
-    assert entry.gain(resolve_activation_params(name, params)) == pytest.approx(gain)
+    assert entry.gain(get_activation(name).resolve(params)) == pytest.approx(gain)
 
 
 @pytest.mark.parametrize("name", ["elu", "gelu", "silu", "softplus", "softsign", "mish", "hardtanh"])
 def test_second_moment_gain_keeps_unit_second_moment(name):
     """For activations calculate_gain does not know: E[(gain * phi(z))^2] = 1, checked by Monte Carlo."""
     entry = get_activation(name)
-    params = resolve_activation_params(name, {})
+    params = get_activation(name).resolve({})
     gain = entry.gain(params)
     z = torch.randn(2_000_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     second_moment = (gain * entry.build(params)(z)).pow(2).mean().item()

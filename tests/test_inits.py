@@ -10,8 +10,7 @@ import torch
 from torch import nn
 
 from initsweep.inits import (
-    fans, get_bias_init, get_init, init_bias_, init_weight_, initialize, list_inits, resolve_bias_params,
-    resolve_init_params,
+    fans, get_bias_init, get_init, init_bias_, init_weight_, initialize, list_inits,
 )
 
 CONV = (128, 64, 3, 3)  # fan_in = 576, fan_out = 1152, 73,728 weights
@@ -21,7 +20,7 @@ SQRT2 = math.sqrt(2.0)
 
 def sample(name: str, shape, params=None, auto_gain: float = 1.0, seed: int = 0) -> torch.Tensor:
     w = torch.empty(shape)
-    init_weight_(w, name, resolve_init_params(name, params or {}), auto_gain, torch.Generator().manual_seed(seed))
+    init_weight_(w, name, get_init(name).resolve(params or {}), auto_gain, torch.Generator().manual_seed(seed))
     return w
 
 
@@ -66,7 +65,7 @@ def test_std_matches_formula(name, params, shape, std):
 def test_every_registered_init_matches_its_declared_moments(entry):
     """The moments the theory uses must be what the sampler draws, for every entry."""
     for shape in (CONV, LINEAR):
-        params = resolve_init_params(entry.name, {})
+        params = get_init(entry.name).resolve({})
         w = sample(entry.name, shape, params, auto_gain=1.3)
         mean, var = entry.moments(shape, params, 1.3)
         assert w.mean().item() == pytest.approx(mean, abs=6 * math.sqrt(var / w.numel()) + 1e-12)
@@ -159,9 +158,9 @@ def test_bias_inits():
     weight = torch.empty(CONV)
     bias = torch.empty(128 * 64)
     gen = torch.Generator().manual_seed(0)
-    init_bias_(bias, weight, "normal", resolve_bias_params("normal", {"std": math.sqrt(0.05)}), gen)
+    init_bias_(bias, weight, "normal", get_bias_init("normal").resolve({"std": math.sqrt(0.05)}), gen)
     assert bias.var().item() == pytest.approx(0.05, rel=0.05)
-    init_bias_(bias, weight, "constant", resolve_bias_params("constant", {"value": -3.0}), gen)
+    init_bias_(bias, weight, "constant", get_bias_init("constant").resolve({"value": -3.0}), gen)
     assert torch.all(bias == -3.0)
     init_bias_(bias, weight, "pytorch_default", {}, gen)
     assert bias.abs().max().item() <= 1 / math.sqrt(576)
@@ -180,7 +179,7 @@ def test_initialize_takes_registry_entries_as_it_takes_names():
     def fresh():
         return nn.Sequential(nn.Conv2d(1, 8, 3), nn.Flatten(), nn.Linear(8 * 26 * 26, 10))
     by_name, by_entry = fresh(), fresh()
-    params = resolve_bias_params("uniform", {"a": -0.2, "b": 0.3})
+    params = get_bias_init("uniform").resolve({"a": -0.2, "b": 0.3})
     initialize(by_name, init="he", init_params={}, auto_gain=SQRT2, bias="uniform", bias_params=params,
                generator=torch.Generator().manual_seed(3))
     initialize(by_entry, init=get_init("he"), init_params={}, auto_gain=SQRT2, bias=get_bias_init("uniform"),
@@ -195,8 +194,8 @@ def test_bias_inits_are_registry_entries():
     with pytest.raises(ValueError, match="unknown bias init 'nromal' — did you mean 'normal'"):
         get_bias_init("nromal")
     with pytest.raises(ValueError, match="b: must be greater than a"):
-        resolve_bias_params("uniform", {"a": 1, "b": 0})
-    assert get_bias_init("normal").moments(resolve_bias_params("normal", {"std": 0.5}), 9) == (0.0, 0.25)
+        get_bias_init("uniform").resolve({"a": 1, "b": 0})
+    assert get_bias_init("normal").moments(get_bias_init("normal").resolve({"std": 0.5}), 9) == (0.0, 0.25)
     assert get_bias_init("pytorch_default").moments({}, 9) == pytest.approx((0.0, 1 / 27))
 
 
@@ -210,13 +209,13 @@ def test_unknown_names_and_bad_params_are_value_errors_with_a_hint():
     with pytest.raises(ValueError, match="did you mean 'kaiming_normal'"):
         get_init("kaiming_nromal")
     with pytest.raises(ValueError, match="std: must be >= 0"):
-        resolve_init_params("normal", {"std": -1})
+        get_init("normal").resolve({"std": -1})
     with pytest.raises(ValueError, match="mode: must be one of"):
-        resolve_init_params("kaiming_normal", {"mode": "fan_avg"})
+        get_init("kaiming_normal").resolve({"mode": "fan_avg"})
     with pytest.raises(ValueError, match="takes no parameters"):
-        resolve_init_params("he", {"gain": 2})
+        get_init("he").resolve({"gain": 2})
     with pytest.raises(ValueError, match="b: must be greater than a"):
-        resolve_init_params("uniform", {"a": 1, "b": 0})
+        get_init("uniform").resolve({"a": 1, "b": 0})
 
 
 def test_tutorial_schemes_are_registered_with_their_formulas():
