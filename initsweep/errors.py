@@ -40,18 +40,23 @@ class OptionError(InitsweepError):
     user actually typed in either place. ``value`` is the offending value: one entry of a
     list parameter (``devices='cuda:7'``) when only that entry is wrong. Where the problem
     quotes the value itself (``unknown column 'dpeth'``), ``repeat_value=False`` names only
-    the parameter: ``by: unknown column 'dpeth'``, at the CLI ``--by: ...``.
+    the parameter: ``by: unknown column 'dpeth'``, at the CLI ``--by: ...``. ``see`` names
+    another parameter that governs the problem, appended in parentheses in either form
+    (``... within 15 s (ray_timeout)``, at the CLI ``(--ray-timeout)``).
     """
 
-    def __init__(self, param: str, value: Any, problem: str, *, repeat_value: bool = True):
-        self.param, self.value, self.problem, self.repeat_value = param, value, problem, repeat_value
-        super().__init__(f"{param}={value!r}: {problem}" if repeat_value else f"{param}: {problem}")
+    def __init__(self, param: str, value: Any, problem: str, *, repeat_value: bool = True,
+                 see: str | None = None):
+        self.param, self.value, self.problem, self.repeat_value, self.see = param, value, problem, repeat_value, see
+        said = problem + (f" ({see})" if see else "")
+        super().__init__(f"{param}={value!r}: {said}" if repeat_value else f"{param}: {said}")
 
     def cli_lines(self) -> list[str]:
+        said = self.problem + (f" ({flag(self.see)})" if self.see else "")
         if not self.repeat_value:
-            return [f"{flag(self.param)}: {self.problem}"]
+            return [f"{flag(self.param)}: {said}"]
         shown = ",".join(map(str, self.value)) if isinstance(self.value, (list, tuple)) else self.value
-        return [f"{flag(self.param)} {shown}: {self.problem}"]
+        return [f"{flag(self.param)} {shown}: {said}"]
 
 
 class ParamError(InitsweepError):

@@ -150,3 +150,22 @@ def test_the_layer_check_sees_an_upward_import():
     assert any(e.startswith("initsweep.sweep.") for e in graph["initsweep.cli.sweep"])
     assert LAYERS.index(layer("initsweep.cli.sweep")) > LAYERS.index(layer("initsweep.results.store"))
     assert layer("initsweep.train") == "core"
+
+
+def test_only_the_ledger_writes_runs():
+    """Executors train and never touch the store: claims, results and interruptions all go
+    through ``sweep/ledger.py``, so every executor leaves the same rows behind."""
+    graph = import_graph()
+    executors = {m for m in graph if m.startswith("initsweep.sweep.executors")}
+    assert {"initsweep.sweep.executors.local", "initsweep.sweep.executors.pool",
+            "initsweep.sweep.executors.ray"} <= executors
+    assert sorted(f"{m} imports {e}" for m in executors for e in graph[m] if e.startswith("initsweep.results")) == []
+    writers = set()
+    for path in (PACKAGE / "sweep").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                    and node.func.attr in ("claim", "finish", "mark_interrupted"):
+                receiver = node.func.value  # store.finish(...) or self.store.finish(...)
+                if getattr(receiver, "id", None) == "store" or getattr(receiver, "attr", None) == "store":
+                    writers.add(module_name(path))
+    assert writers == {"initsweep.sweep.ledger"}

@@ -71,3 +71,47 @@ def test_a_new_initializer_and_activation_are_one_registry_entry_each(tmp_path: 
     assert "half_lecun_normal" in {e["name"] for e in json.loads(listed.stdout)}
     report = runner.invoke(app, ["report", "--results", str(tmp_path / "res"), "-f", "csv", "--by", "init,activation"])
     assert report.exit_code == 0 and "half_lecun_normal" in report.stdout and "scaled_softsign" in report.stdout
+
+
+@pytest.fixture
+def new_executor():
+    """What a contributor would add for an executor: one registered class, nothing more. This
+    one trains the tasks in this process in reverse order, so the test can tell it ran."""
+    from initsweep.sweep import executors
+    from initsweep.train import run_safely
+
+    assert "backwards" not in executors.EXECUTORS
+
+    @executors.register_executor("backwards", help="this process, last task first (a test entry)")
+    class Backwards(executors.Executor):
+        def execute(self, tasks, ledger, observer, may_start):
+            for task in reversed(tasks):
+                for spec in ledger.claim(task.specs):
+                    observer.run_started(spec)
+                    ledger.finish(spec, run_safely(spec, self.execution.device, source=task.source))
+
+    yield Backwards
+    del executors.EXECUTORS["backwards"]
+
+
+def test_a_new_executor_is_one_registered_class(tmp_path: Path, new_executor):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "recipe", "data": {"dataset": "mnist-sample", "train_limit": 128, "test_limit": 128},
+        "model": {"arch": "mlp", "width": 8, "depth": 1}, "train": {"epochs": 1, "batch_size": 64},
+        "grid": {"init": ["he", "xavier_uniform", "orthogonal"]}, "diagnostics": {"enabled": False}}))
+    results = tmp_path / "res"
+    planned = json.loads(runner.invoke(app, ["plan", str(config), "-f", "json"]).stdout)["runs"]
+    ran = runner.invoke(app, ["run", str(config), "--results", str(results), "--executor", "backwards",
+                              "--device", "cpu"])
+    assert ran.exit_code == 0, ran.output
+    runs = load_results(results).sort_values("row_id")
+    assert (runs.status == "ok").all() and len(runs) == 3
+    # claimed last task first: the rows are the plan's runs in reverse (equal costs keep plan order)
+    assert runs.run_id.tolist() == [r["run_id"] for r in reversed(planned)]
+    again = runner.invoke(app, ["run", str(config), "--results", str(results), "--executor", "backwards"])
+    assert again.exit_code == 0 and len(load_results(results)) == 3  # resume holds: nothing rerun
+    # not a cluster executor: the cluster options are refused, as with local
+    refused = runner.invoke(app, ["run", str(config), "--results", str(results), "--executor", "backwards",
+                                  "--num-cpus", "2"])
+    assert refused.exit_code == 2 and "need --executor ray" in refused.stderr

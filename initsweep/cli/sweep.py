@@ -21,12 +21,13 @@ from ..errors import (
 )
 
 
-# The choices of run's options, so that --help lists them and click refuses a typo (exit 2).
-# The library's own lists (sweep.VMAP_MODES, sweep.EXECUTORS, config.PRECISIONS) are not
-# imported here because they sit behind torch, which `initsweep -h` and `report` never load;
+# The fixed choices of run's options, so that --help lists them and click refuses a typo
+# (exit 2). The library's own lists (sweep.VMAP_MODES, config.PRECISIONS) are not imported
+# here because they sit behind torch, which `initsweep -h` and `report` never load;
 # tests/test_cli_errors.py::test_cli_choices_are_the_librarys holds the two sides equal.
+# --executor is not among them: executors are a registry (sweep/executors), open to new
+# entries, so the library checks the name (one line, exit 2, did-you-mean).
 Vmap = choices("Vmap", "auto", "on", "off")
-Executor = choices("Executor", "local", "ray")
 Precision = choices("Precision", "fp32", "bf16")
 
 
@@ -71,7 +72,8 @@ def run(
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile each model (warm-up timed separately).")] = False,
     precision: Annotated[Optional[Precision], typer.Option(help="Override train.precision (bf16: CUDA only).")] = None,
     max_retries: Annotated[int, typer.Option(min=0, help="Retries of a run whose worker process died.")] = 2,
-    executor: Annotated[Executor, typer.Option(help="local (this machine) or ray (a Ray cluster).")] = Executor.local,
+    executor: Annotated[str, typer.Option(
+        metavar="NAME", help="Where to train: local (this machine), ray (a Ray cluster), or another registered executor.")] = "local",
     ray_address: Annotated[Optional[str], typer.Option(
         help="Ray cluster: auto or HOST:PORT \\[default: start a local Ray with this machine's cores].")] = None,
     ray_timeout: Annotated[Optional[float], typer.Option(
@@ -105,7 +107,7 @@ def run(
                             offline=offline, observer=display, workers=workers, threads=threads,
                             devices=devices.split(",") if devices else None, vmap=vmap.value, compile=compile,
                             precision=precision.value if precision else None, max_retries=max_retries,
-                            executor=executor.value,
+                            executor=executor,
                             ray_address=ray_address, num_cpus=num_cpus, num_gpus=num_gpus,
                             shard=shard_kn, time_budget=budget, ray_timeout=ray_timeout)
     finally:

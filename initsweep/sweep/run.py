@@ -1,46 +1,32 @@
 """Run a whole sweep: config -> data -> plan -> resume -> executor -> store.
 
 ``run_sweep`` is the library entry point behind ``initsweep run``; it prints nothing and
-reports progress to an :class:`Observer` (the CLI's draws the progress bars).
+reports progress to an :class:`Observer` (the CLI's draws the progress bars). The store is
+written in one place, the sweep's :class:`~initsweep.sweep.ledger.Ledger`: the executor
+claims and finishes runs through it, and this module marks the runs still in flight
+``interrupted`` when the sweep stops early.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
 from ..batched import group_specs
 from ..config import PRECISIONS, RunSpec, SweepConfig, load_config
 from ..data import DataSource
-from ..errors import InitsweepError, OptionError, ParamError, terminated
-from .executors import Task
-from .executors.local import execute_in_process
-from .executors.pool import WorkerPool
-from .executors.ray import CONNECT_TIMEOUT_S
+from ..errors import InitsweepError, OptionError, ParamError, interrupt_reason, terminated
+from .executors import CONNECT_TIMEOUT_S, Execution, Task, get_executor, usable_cores
+from .ledger import Claim, Ledger
+from .observer import Observer
 from .planner import estimate_work, in_shard, resolve_plan
 from ..results.store import Store
 from ..train import RunResult, resolve_device
-
-
-class Observer:
-    """Sweep events; subclass and override what you need (every method is a no-op here)."""
-
-    def data_resolved(self, source: DataSource) -> None: ...
-    def sweep_started(self, sweep: str, n_planned: int, n_todo: int, n_done: int) -> None: ...
-    def run_started(self, spec: RunSpec) -> None: ...
-    def run_progress(self, spec: RunSpec, epoch: int, step: int, steps: int) -> None: ...
-    def run_finished(self, spec: RunSpec, result: RunResult) -> None: ...
-    def run_skipped(self, spec: RunSpec, why: str) -> None: ...
-    def worker_died(self, worker: int, pid: int, cause: str, spec: RunSpec, attempt: int, max_retries: int) -> None:
-        """A worker process died (``cause``: "signal 9", "exit code 1") with ``spec`` unfinished;
-        it is retried if ``attempt <= max_retries``, else recorded ``failed``."""
 
 
 @dataclass
@@ -68,37 +54,8 @@ class SweepOutcome:
 # data); below this much training work (a few seconds in one process) it is not worth it.
 POOL_MIN_FLOPS = 300e9
 
-# The values of plan_execution's vmap and executor (the CLI's --vmap and --executor offer them)
+# The values of plan_execution's vmap (the CLI's --vmap offers them)
 VMAP_MODES = ("auto", "on", "off")
-EXECUTORS = ("local", "ray")
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-@dataclass(frozen=True)
-class Execution:
-    """How the runs are executed: resolved from the CLI flags and the machine."""
-
-    devices: list[torch.device]
-    workers: int
-    threads: int
-    vmap: bool
-    compile: bool = False
-    max_retries: int = 2
-    executor: str = "local"  # local | ray
-    ray_address: str | None = None
-    num_cpus: float = 1.0  # per Ray task
-    num_gpus: float = 0.0  # per Ray task; fractions share a GPU
-    ray_timeout: float = CONNECT_TIMEOUT_S  # seconds to wait for the cluster at ray_address
-
-    @property
-    def device(self) -> torch.device:
-        return self.devices[0]
 
 
 def plan_execution(device: str = "auto", devices: list[str] | None = None, workers: int | None = None,
@@ -111,14 +68,12 @@ def plan_execution(device: str = "auto", devices: list[str] | None = None, worke
     device is where the tasks run (CUDA when they ask for GPUs), not checked here."""
     if vmap not in VMAP_MODES:
         raise OptionError("vmap", vmap, "use auto, on or off")
-    if executor == "ray":
+    if get_executor(executor).cluster:
         num_gpus = num_gpus or 0.0
         kind = "cuda" if num_gpus else ("cpu" if device == "auto" else device)
         use_vmap = vmap == "on" or (vmap == "auto" and kind.startswith("cuda"))
         return Execution([torch.device(kind)], 1, max(1, int(num_cpus or 1)), use_vmap, compile, max_retries,
-                         "ray", ray_address, num_cpus or 1.0, num_gpus, ray_timeout or CONNECT_TIMEOUT_S)
-    if executor not in EXECUTORS:  # ray returned above
-        raise OptionError("executor", executor, "use local or ray")
+                         executor, ray_address, num_cpus or 1.0, num_gpus, ray_timeout or CONNECT_TIMEOUT_S)
     if ray_address or num_cpus or num_gpus or ray_timeout:
         raise ParamError("{ray_address}/{ray_timeout}/{num_cpus}/{num_gpus} need {executor=ray}")
     if devices:
@@ -133,7 +88,7 @@ def plan_execution(device: str = "auto", devices: list[str] | None = None, worke
     if threads is None:
         threads = max(1, cores // workers)
     use_vmap = vmap == "on" or (vmap == "auto" and resolved[0].type == "cuda")
-    return Execution(resolved, workers, threads, use_vmap, compile, max_retries)
+    return Execution(resolved, workers, threads, use_vmap, compile, max_retries, executor)
 
 
 def run_sweep(config: str | Path | SweepConfig, *, results_dir: str | Path = "results", device: str = "auto",
@@ -182,8 +137,7 @@ def run_sweep(config: str | Path | SweepConfig, *, results_dir: str | Path = "re
                                sum(spec.run_id in done for spec in planned), execution=execution,
                                run_ids={s.run_id for s in planned}, n_in_grid=len(plan.runs))
         observer.sweep_started(cfg.name, len(planned), len(todo), outcome.n_done_before)
-        claim_kwargs = {"dataset_requested": source.requested, "data_fallback": source.fallback_reason,
-                        "fresh_since": fresh_since}
+        ledger = Ledger(store, Claim(source.requested, source.fallback_reason, fresh_since), observer)
 
         def may_start() -> bool:
             if time_budget is None or time.monotonic() - started < time_budget:
@@ -192,16 +146,17 @@ def run_sweep(config: str | Path | SweepConfig, *, results_dir: str | Path = "re
             return False
 
         try:
-            for spec, result in _execute(tasks, execution, store, observer, claim_kwargs, may_start):
-                if result is None:
-                    outcome.n_skipped += 1
-                    observer.run_skipped(spec, "finished or running in another process")
-                else:
-                    outcome.results.append((spec, result))
-                    observer.run_finished(spec, result)
+            with get_executor(execution.executor)(execution) as executor:
+                try:
+                    executor.execute(tasks, ledger, observer, may_start)
+                except BaseException as exc:  # marked before the executor's shutdown, which may take seconds
+                    ledger.interrupt_open(interrupt_reason(exc))
+                    raise
         except KeyboardInterrupt as exc:
             outcome.interrupted = True
             outcome.terminated = terminated(exc)
+        finally:
+            outcome.results, outcome.n_skipped = ledger.results, ledger.n_skipped
     return outcome
 
 
@@ -216,34 +171,3 @@ def _fit_workers(execution: Execution, tasks: list[Task], todo: list[RunSpec], t
     if workers == execution.workers:
         return execution
     return replace(execution, workers=workers, threads=threads or max(1, usable_cores() // workers))
-
-
-def _execute(tasks: list[Task], execution: Execution, store: Store, observer, claim_kwargs: dict,
-             may_start) -> Iterator[tuple[RunSpec, RunResult | None]]:
-    """On Ray; in this process for one worker; else in a pool of warm worker processes."""
-    if execution.executor == "ray":
-        from .executors.ray import execute_ray
-
-        yield from execute_ray(tasks, store=store, observer=observer, claim_kwargs=claim_kwargs,
-                               device=str(execution.device), address=execution.ray_address,
-                               num_cpus=execution.num_cpus, num_gpus=execution.num_gpus,
-                               max_retries=execution.max_retries, cluster_cpus=usable_cores(),
-                               may_start=may_start, timeout=execution.ray_timeout)
-        return
-    if execution.workers <= 1:
-        previous = torch.get_num_threads()
-        torch.set_num_threads(execution.threads)
-        try:
-            yield from execute_in_process(tasks, store=store, device=execution.device, observer=observer,
-                                          claim_kwargs=claim_kwargs, compile=execution.compile,
-                                          may_start=may_start)
-        finally:
-            torch.set_num_threads(previous)
-        return
-    pool = WorkerPool(min(execution.workers, len(tasks)), [str(d) for d in execution.devices], execution.threads,
-                      execution.compile)
-    try:
-        yield from pool.execute(tasks, store=store, observer=observer, claim_kwargs=claim_kwargs,
-                                max_retries=execution.max_retries, may_start=may_start)
-    finally:
-        pool.close()

@@ -1,19 +1,38 @@
-"""Executors: how a list of claimed runs gets trained (in-process, worker pool, Ray).
+"""Executors: where and how a sweep's tasks are trained (this machine, a Ray cluster).
 
-Each executor trains runs with ``train.run_safely`` somewhere and hands every result back
-to the process that owns the store, which records it the moment it arrives.
+An executor trains; it never touches the store. ``run_sweep`` hands it the tasks and a
+:class:`~initsweep.sweep.ledger.Ledger`, which claims a task's runs before they are trained
+and records each result the moment it comes back. An executor is a context manager: its
+``__enter__`` starts what it needs (worker processes, a cluster connection) and its
+``__exit__`` stops it, so that ``run_sweep`` can mark the runs in flight ``interrupted``
+*before* a slow shutdown when the sweep is stopped.
+
+Adding an executor is one module in this package with a class decorated
+``@register_executor("name")``: every module here is imported when an executor is first
+looked up, so ``run_sweep(executor="name")`` and ``initsweep run --executor name`` take it
+with no other edit.
 """
 
 from __future__ import annotations
 
+import importlib
+import os
+import pkgutil
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Generator
+from typing import TYPE_CHECKING, Callable
+
+import torch
 
 from ...config import RunSpec
 from ...data import DataSource
+from ...errors import OptionError
+from ...registry import did_you_mean
 
 if TYPE_CHECKING:
-    from ...results.store import Store
+    from ..ledger import Ledger
+    from ..observer import Observer
+
+CONNECT_TIMEOUT_S = 15.0  # --ray-timeout's default: room for a slow network, short of looking hung
 
 
 @dataclass
@@ -24,23 +43,93 @@ class Task:
     specs: list[RunSpec]
     source: DataSource
     attempts: int = 0
-    row_ids: dict[str, int] = field(default_factory=dict)  # run_id -> claimed row
-    done: set[str] = field(default_factory=set)  # run_ids whose result came back
+    done: set[str] = field(default_factory=set)  # run_ids finished, failed, or taken by another process
 
 
-def claim_runs(specs: list[RunSpec], store: "Store",
-               claim_kwargs: dict) -> Generator[tuple[RunSpec, None], None, dict[str, int]]:
-    """Claim each run in the store before it is trained; every executor does this.
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
-    Yields ``(spec, None)`` for a run that another process finished or holds (the
-    executors pass it on as skipped) and returns ``run_id -> row id`` of the runs claimed:
-    ``rows = yield from claim_runs(...)``.
+
+@dataclass(frozen=True)
+class Execution:
+    """How the runs are executed: resolved from the CLI flags and the machine (``plan_execution``)."""
+
+    devices: list[torch.device]
+    workers: int
+    threads: int
+    vmap: bool
+    compile: bool = False
+    max_retries: int = 2
+    executor: str = "local"  # a name in EXECUTORS
+    ray_address: str | None = None
+    num_cpus: float = 1.0  # per cluster task
+    num_gpus: float = 0.0  # per cluster task; fractions share a GPU
+    ray_timeout: float = CONNECT_TIMEOUT_S  # seconds to wait for the cluster at ray_address
+
+    @property
+    def device(self) -> torch.device:
+        return self.devices[0]
+
+
+class Executor:
+    """The interface: construct with the :class:`Execution`, enter, ``execute``, exit.
+
+    ``cluster = True`` marks an executor that takes the cluster parameters (``ray_address``,
+    ``num_cpus``, ``num_gpus``, ``ray_timeout``); the others refuse them.
     """
-    rows = {}
-    for spec in specs:
-        row_id = store.claim(spec, **claim_kwargs)
-        if row_id is None:
-            yield spec, None
-        else:
-            rows[spec.run_id] = row_id
-    return rows
+
+    name = ""
+    cluster = False
+    help = ""
+
+    def __init__(self, execution: Execution):
+        self.execution = execution
+
+    def __enter__(self) -> "Executor":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        return None
+
+    def execute(self, tasks: list[Task], ledger: "Ledger", observer: "Observer",
+                may_start: Callable[[], bool]) -> None:
+        """Train every task whose runs ``ledger.claim`` grants, handing each result to
+        ``ledger.finish`` as it arrives; start no task once ``may_start()`` is false."""
+        raise NotImplementedError
+
+
+EXECUTORS: dict[str, type[Executor]] = {}
+
+
+def register_executor(name: str, help: str = "") -> Callable[[type[Executor]], type[Executor]]:
+    """Class decorator: make an :class:`Executor` subclass available under ``name``."""
+
+    def register(cls: type[Executor]) -> type[Executor]:
+        if name in EXECUTORS and EXECUTORS[name] is not cls:
+            raise ValueError(f"executor {name!r} is registered already")
+        cls.name, cls.help = name, help or cls.help
+        EXECUTORS[name] = cls
+        return cls
+
+    return register
+
+
+def _import_executors() -> None:
+    """Import every module of this package (once: Python caches them), so that each
+    registers its executor."""
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+
+
+def get_executor(name: str) -> type[Executor]:
+    """The executor registered under ``name``, or an ``OptionError`` on ``executor``."""
+    _import_executors()
+    try:
+        return EXECUTORS[name]
+    except KeyError:
+        names = list(EXECUTORS)
+        listed = " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+        raise OptionError("executor", name, f"use {listed}" + did_you_mean(name, names)) from None

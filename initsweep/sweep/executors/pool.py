@@ -1,6 +1,6 @@
 """A pool of warm worker processes: each imports torch and loads the data once, then trains
-task after task. The parent owns the store: it claims a task's runs when it hands the task
-out and records each result the moment it comes back.
+task after task. The parent owns the store: it claims a task's runs (through the sweep's
+ledger) when it hands the task out and records each result the moment it comes back.
 
 Why processes, not threads: two single-threaded processes train the tutorial CNN faster
 together than one process with two threads (the kernels of these small convs do not
@@ -27,15 +27,16 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from typing import Iterator
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from ...config import RunSpec
-from ...errors import interrupt_reason
-from ...results.store import Store
 from ...train import RunResult, environment
-from . import Task, claim_runs
+from . import Task
+
+if TYPE_CHECKING:
+    from ..ledger import Ledger
 
 _PROGRESS_EVERY_S = 0.2
 _PARENT_CHECK_S = 0.5
@@ -169,53 +170,45 @@ class WorkerPool:
             worker.tasks.close()
             worker.events.close()
 
-    def execute(self, tasks: list[Task], *, store: Store, observer, claim_kwargs: dict,
-                max_retries: int = 2, may_start=lambda: True) -> Iterator[tuple[RunSpec, RunResult | None]]:
-        """Hand tasks to idle workers and yield ``(spec, result)`` as each result is stored.
-
-        ``result`` is ``None`` for a run that another process finished or claimed meanwhile.
-        """
+    def execute(self, tasks: list[Task], *, ledger: "Ledger", observer, max_retries: int = 2,
+                may_start: Callable[[], bool] = lambda: True) -> None:
+        """Hand tasks to idle workers, claiming their runs then, and give each result to the
+        ledger as it comes back. A stopped sweep (an exception out of here) leaves the runs in
+        flight to ``run_sweep``, which marks them ``interrupted``, and the workers to
+        ``close``."""
         pending: deque[Task] = deque(tasks)
         inflight: dict[int, Task] = {}
         by_run: dict[str, RunSpec] = {s.run_id: s for t in tasks for s in t.specs}
-        try:
-            while pending or inflight:
-                if pending and not may_start():
-                    pending.clear()  # budget spent: let the runs in flight finish, start nothing new
-                yield from self._dispatch(pending, inflight, store, claim_kwargs)
-                if not inflight:
-                    continue
-                handles = {w.events: i for i, w in self.workers.items()}
-                handles.update({w.proc.sentinel: i for i, w in self.workers.items()})
-                for handle in wait(list(handles), timeout=1.0):
-                    worker_id = handles[handle]
-                    if handle is self.workers[worker_id].events:
-                        yield from self._read_events(worker_id, inflight, store, by_run, observer)
-                yield from self._replace_dead(inflight, pending, store, by_run, observer, max_retries)
-        except BaseException as exc:
-            for task in inflight.values():
-                for run_id, row_id in task.row_ids.items():
-                    if run_id not in task.done:
-                        store.mark_interrupted(row_id, interrupt_reason(exc))
-            raise
+        while pending or inflight:
+            if pending and not may_start():
+                pending.clear()  # budget spent: let the runs in flight finish, start nothing new
+            self._dispatch(pending, inflight, ledger)
+            if not inflight:
+                continue
+            handles = {w.events: i for i, w in self.workers.items()}
+            handles.update({w.proc.sentinel: i for i, w in self.workers.items()})
+            for handle in wait(list(handles), timeout=1.0):
+                worker_id = handles[handle]
+                if handle is self.workers[worker_id].events:
+                    self._read_events(worker_id, inflight, ledger, by_run, observer)
+            self._replace_dead(inflight, pending, ledger, by_run, observer, max_retries)
 
-    def _dispatch(self, pending: deque[Task], inflight: dict[int, Task], store: Store,
-                  claim_kwargs: dict) -> Iterator[tuple[RunSpec, None]]:
+    def _dispatch(self, pending: deque[Task], inflight: dict[int, Task], ledger: "Ledger") -> None:
         """Give each idle worker the next task, claiming its runs now (not earlier; a retry
         claims its unfinished runs again: a new row per attempt)."""
         for worker_id, worker in self.workers.items():
             while worker_id not in inflight and pending:
                 task = pending.popleft()
-                unclaimed = [s for s in task.specs if s.run_id not in task.row_ids]
-                task.row_ids.update((yield from claim_runs(unclaimed, store, claim_kwargs)))
-                task.done.update(s.run_id for s in unclaimed if s.run_id not in task.row_ids)
+                unclaimed = [s for s in task.specs if s.run_id not in task.done and not ledger.is_open(s.run_id)]
+                claimed = {s.run_id for s in ledger.claim(unclaimed)}
+                task.done.update(s.run_id for s in unclaimed if s.run_id not in claimed)
                 todo = [s for s in task.specs if s.run_id not in task.done]
                 if todo:
                     worker.tasks.send((task.task_id, todo, task.source))
                     inflight[worker_id] = task
 
-    def _read_events(self, worker_id: int, inflight: dict[int, Task], store: Store,
-                     by_run: dict[str, RunSpec], observer) -> Iterator[tuple[RunSpec, RunResult]]:
+    def _read_events(self, worker_id: int, inflight: dict[int, Task], ledger: "Ledger",
+                     by_run: dict[str, RunSpec], observer) -> None:
         conn = self.workers[worker_id].events
         try:
             while conn.poll():
@@ -228,17 +221,15 @@ class WorkerPool:
                     observer.run_started(by_run[event[1]])
                 elif kind == "result":
                     _, run_id, result = event
-                    task = inflight[worker_id]
-                    store.finish(task.row_ids[run_id], result)
-                    task.done.add(run_id)
-                    yield by_run[run_id], result
+                    ledger.finish(by_run[run_id], result)
+                    inflight[worker_id].done.add(run_id)
                 elif kind == "idle":
                     inflight.pop(worker_id, None)
         except (EOFError, OSError):
             return  # the worker died mid-message; _replace_dead deals with it
 
-    def _replace_dead(self, inflight: dict[int, Task], pending: deque[Task], store: Store,
-                      by_run: dict[str, RunSpec], observer, max_retries: int) -> Iterator[tuple[RunSpec, RunResult]]:
+    def _replace_dead(self, inflight: dict[int, Task], pending: deque[Task], ledger: "Ledger",
+                      by_run: dict[str, RunSpec], observer, max_retries: int) -> None:
         """Restart dead workers; retry their unfinished runs or record them as failed.
 
         Each death is reported (``observer.worker_died``) and leaves a trace in the store:
@@ -249,7 +240,7 @@ class WorkerPool:
         for worker_id, worker in list(self.workers.items()):
             if worker.proc.is_alive():
                 continue
-            yield from self._read_events(worker_id, inflight, store, by_run, observer)  # what it sent before dying
+            self._read_events(worker_id, inflight, ledger, by_run, observer)  # what it sent before dying
             worker.proc.join()
             code, pid = worker.proc.exitcode, worker.proc.pid
             worker.tasks.close()
@@ -267,14 +258,11 @@ class WorkerPool:
             for spec in unfinished:
                 observer.worker_died(worker_id, pid, cause, spec, task.attempts, max_retries)
                 if retry:  # this attempt's row stays as history; the retry claims a new one
-                    store.mark_interrupted(task.row_ids.pop(spec.run_id),
-                                           f"worker {worker_id} (pid {pid}) died ({cause}); retried as a new attempt")
+                    ledger.abandon(spec, f"worker {worker_id} (pid {pid}) died ({cause}); retried as a new attempt")
             if retry:
                 pending.appendleft(task)
                 continue
             reason = f"worker process died ({cause}) in {task.attempts} attempt(s)"
             for spec in unfinished:
-                result = RunResult(spec.run_id, "failed", error=reason, environment=environment())
-                store.finish(task.row_ids[spec.run_id], result)
+                ledger.finish(spec, RunResult(spec.run_id, "failed", error=reason, environment=environment()))
                 task.done.add(spec.run_id)
-                yield spec, result

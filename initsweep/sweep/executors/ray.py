@@ -1,8 +1,9 @@
 """The Ray executor: every task (one run, or a vmapped group on GPU) is a Ray task.
 
 The driver — the ``initsweep run`` process — owns the store exactly as with the local
-executor: it claims a task's runs when it submits the task and records each result the
-moment it comes back, so resume, summaries and exit codes behave the same. Ray brings
+executor: it claims a task's runs (through the sweep's ledger) when it submits the task and
+records each result the moment it comes back, so resume, summaries and exit codes behave
+the same. Ray brings
 the cluster: placement by resources (``num_cpus``, fractional ``num_gpus``), and retries
 of a task whose worker process died (``max_retries``); a retried run is still stored once,
 because only the driver writes. Data is loaded once per Ray worker process (the loaders
@@ -22,27 +23,30 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from ...config import RunSpec
-from ...errors import InitsweepError, interrupt_reason
-from ...results.store import Store
+from ...errors import OptionError, ParamError
 from ...train import RunResult, environment
-from . import Task, claim_runs
+from . import CONNECT_TIMEOUT_S, Executor, Task, register_executor, usable_cores
+
+if TYPE_CHECKING:
+    from ..ledger import Ledger
 
 
-CONNECT_TIMEOUT_S = 15.0  # --ray-timeout's default: room for a slow network, short of looking hung
+def _no_answer(address: str, timeout: float) -> OptionError:
+    return OptionError("ray_address", address, f"no answer from Ray within {timeout:g} s", see="ray_timeout")
 
 
-def _no_answer(address: str, timeout: float) -> InitsweepError:
-    return InitsweepError(f"--ray-address {address}: no answer from Ray within {timeout:g} s (--ray-timeout)")
+def _cannot_connect(address: str | None, why: object) -> OptionError:
+    return OptionError("ray_address", address, f"cannot connect to Ray: {why}".splitlines()[0])
 
 
 def _import_ray():
     try:
         import ray
     except ImportError:
-        raise InitsweepError("--executor ray needs Ray: pip install 'initsweep[ray]'") from None
+        raise ParamError("{executor=ray} needs Ray: pip install 'initsweep[ray]'") from None
     return ray
 
 
@@ -101,7 +105,7 @@ def _check_listening(address: str, timeout: float) -> None:
     except TimeoutError:
         raise _no_answer(address, timeout) from None
     except OSError as exc:
-        raise InitsweepError(f"--ray-address {address}: cannot connect to Ray: {exc.strerror or exc}") from None
+        raise _cannot_connect(address, exc.strerror or exc) from None
 
 
 class RayCluster:
@@ -131,7 +135,7 @@ class RayCluster:
                     else:  # in this thread: Ray ties the processes it starts to the thread that starts them
                         self.ray.init(**kwargs)
             except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise InitsweepError(f"--ray-address {address}: cannot connect to Ray: {exc}".splitlines()[0]) from None
+                raise _cannot_connect(address, exc) from None
             finally:
                 if sigterm is not None and threading.current_thread() is threading.main_thread():
                     signal.signal(signal.SIGTERM, sigterm)
@@ -168,53 +172,58 @@ class RayCluster:
             self.ray.shutdown()
 
 
-def execute_ray(tasks: list[Task], *, store: Store, observer, claim_kwargs: dict, device: str,
-                address: str | None = None, num_cpus: float = 1, num_gpus: float = 0, max_retries: int = 2,
-                cluster_cpus: int = 1, may_start=lambda: True,
-                timeout: float = CONNECT_TIMEOUT_S) -> Iterator[tuple[RunSpec, RunResult | None]]:
-    """Submit tasks to Ray as room frees up; yield ``(spec, result)`` as each result is stored."""
-    cluster = RayCluster(address, cluster_cpus, timeout)
-    ray = cluster.ray
-    remote = ray.remote(_train_task).options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries,
-                                             name="initsweep-train")
-    threads = max(1, int(num_cpus))
-    room = cluster.capacity(num_cpus, num_gpus)
-    pending = list(tasks)
-    inflight: dict = {}  # ObjectRef -> (task, row_ids)
-    try:
-        while pending or inflight:
-            if pending and not may_start():
-                pending.clear()  # budget spent: let the tasks in flight finish, submit nothing new
-            while pending and len(inflight) < room:
-                task = pending.pop(0)
-                rows = yield from claim_runs(task.specs, store, claim_kwargs)
-                specs = [s for s in task.specs if s.run_id in rows]
-                if specs:
-                    for spec in specs:
-                        observer.run_started(spec)
-                    inflight[remote.remote(specs, device, task.source, threads)] = (specs, rows)
-            if not inflight:
-                continue
-            done, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
-            for ref in done:
-                specs, rows = inflight.pop(ref)
-                try:
-                    results = ray.get(ref)
-                except Exception as exc:  # noqa: BLE001 — the task's worker kept dying, or Ray failed it
-                    error = f"Ray task failed after {max_retries} retries: {type(exc).__name__}: {exc}".splitlines()[0]
-                    results = [RunResult(s.run_id, "failed", error=error, environment=environment()) for s in specs]
-                for spec, result in zip(specs, results):
-                    store.finish(rows.pop(spec.run_id), result)
-                    yield spec, result
-    except BaseException as exc:
-        for ref, (specs, rows) in inflight.items():
-            ray.cancel(ref, force=True)
-            for row_id in rows.values():
-                store.mark_interrupted(row_id, interrupt_reason(exc))
-        raise
-    finally:
-        deadline = time.monotonic() + 10
-        while inflight and time.monotonic() < deadline:  # let cancelled tasks go before shutdown
-            _, still = ray.wait(list(inflight), num_returns=len(inflight), timeout=0.5)
-            inflight = {ref: inflight[ref] for ref in still}
-        cluster.close()
+@register_executor("ray", help="a Ray cluster")
+class RayExecutor(Executor):
+    """Connects on enter (or starts a local cluster with this machine's cores), submits tasks as
+    room frees up, and on exit lets cancelled tasks go before it disconnects."""
+
+    cluster = True
+
+    def __enter__(self) -> "RayExecutor":
+        self.cluster_ = RayCluster(self.execution.ray_address, usable_cores(), self.execution.ray_timeout)
+        self.inflight: dict = {}  # ObjectRef -> the specs it trains
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        ray, deadline = self.cluster_.ray, time.monotonic() + 10
+        while self.inflight and time.monotonic() < deadline:  # let cancelled tasks go before shutdown
+            _, still = ray.wait(list(self.inflight), num_returns=len(self.inflight), timeout=0.5)
+            self.inflight = {ref: self.inflight[ref] for ref in still}
+        self.cluster_.close()
+
+    def execute(self, tasks: list[Task], ledger: "Ledger", observer, may_start: Callable[[], bool]) -> None:
+        ex, ray, inflight = self.execution, self.cluster_.ray, self.inflight
+        remote = ray.remote(_train_task).options(num_cpus=ex.num_cpus, num_gpus=ex.num_gpus,
+                                                 max_retries=ex.max_retries, name="initsweep-train")
+        threads = max(1, int(ex.num_cpus))
+        room = self.cluster_.capacity(ex.num_cpus, ex.num_gpus)
+        pending = list(tasks)
+        try:
+            while pending or inflight:
+                if pending and not may_start():
+                    pending.clear()  # budget spent: let the tasks in flight finish, submit nothing new
+                while pending and len(inflight) < room:
+                    task = pending.pop(0)
+                    specs = ledger.claim(task.specs)
+                    if specs:
+                        for spec in specs:
+                            observer.run_started(spec)
+                        inflight[remote.remote(specs, str(ex.device), task.source, threads)] = specs
+                if not inflight:
+                    continue
+                done, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
+                for ref in done:
+                    specs = inflight.pop(ref)
+                    try:
+                        results = ray.get(ref)
+                    except Exception as exc:  # noqa: BLE001 — the task's worker kept dying, or Ray failed it
+                        error = (f"Ray task failed after {ex.max_retries} retries: "
+                                 f"{type(exc).__name__}: {exc}").splitlines()[0]
+                        results = [RunResult(s.run_id, "failed", error=error, environment=environment())
+                                   for s in specs]
+                    for spec, result in zip(specs, results):
+                        ledger.finish(spec, result)
+        except BaseException:
+            for ref in inflight:  # the sweep is stopping: run_sweep marks their runs interrupted
+                ray.cancel(ref, force=True)
+            raise

@@ -1,0 +1,76 @@
+"""The one place a sweep writes its runs to the store: claims, results, interruptions.
+
+Executors train and never touch the store. Before training a task they ask the ledger to
+claim its runs (a run that another process finished or holds meanwhile is passed over,
+and counted as skipped); each result they hand to :meth:`Ledger.finish` the moment it
+arrives; a run whose worker died and is retried gives back its attempt with
+:meth:`Ledger.abandon`. When the sweep stops early (Ctrl-C, SIGTERM, an error),
+``run_sweep`` calls :meth:`Ledger.interrupt_open`, which marks every run still in flight
+``interrupted``. So whatever the executor, the store tells the same story.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..config import RunSpec
+from ..results.store import Store
+from ..train import RunResult
+
+if TYPE_CHECKING:
+    from .observer import Observer
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What every claimed row of one sweep invocation records besides its spec."""
+
+    dataset_requested: str | None = None  # the dataset the config asked for
+    data_fallback: str | None = None  # why another dataset was used, if one was
+    fresh_since: str | None = None  # --fresh: results finished before this ISO time are rerun
+
+
+@dataclass
+class Ledger:
+    store: Store
+    claim_as: Claim
+    observer: "Observer"
+    results: list[tuple[RunSpec, RunResult]] = field(default_factory=list)
+    n_skipped: int = 0  # finished or claimed by another process meanwhile
+    _open: dict[str, int] = field(default_factory=dict)  # run_id -> the row of its attempt in flight
+
+    def claim(self, specs: list[RunSpec]) -> list[RunSpec]:
+        """Claim each run for this process; return the ones claimed, in order."""
+        claimed = []
+        for spec in specs:
+            row_id = self.store.claim(spec, dataset_requested=self.claim_as.dataset_requested,
+                                      data_fallback=self.claim_as.data_fallback,
+                                      fresh_since=self.claim_as.fresh_since)
+            if row_id is None:
+                self.n_skipped += 1
+                self.observer.run_skipped(spec, "finished or running in another process")
+            else:
+                self._open[spec.run_id] = row_id
+                claimed.append(spec)
+        return claimed
+
+    def finish(self, spec: RunSpec, result: RunResult) -> None:
+        """Store a claimed run's result (its epochs and layers with it, atomically)."""
+        self.store.finish(self._open.pop(spec.run_id), result)
+        self.results.append((spec, result))
+        self.observer.run_finished(spec, result)
+
+    def abandon(self, spec: RunSpec, reason: str) -> None:
+        """End a claimed run's attempt as ``interrupted`` (its row stays as history); a
+        retry claims the run again, as a new attempt with a new row."""
+        self.store.mark_interrupted(self._open.pop(spec.run_id), reason)
+
+    def interrupt_open(self, reason: str) -> None:
+        """Mark every run claimed and not finished ``interrupted``: the sweep is stopping."""
+        while self._open:
+            _, row_id = self._open.popitem()
+            self.store.mark_interrupted(row_id, reason)
+
+    def is_open(self, run_id: str) -> bool:
+        return run_id in self._open
