@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+import initsweep
 from initsweep.models import build_model, list_archs, measure_shape
 
 x = torch.randn(3, 1, 28, 28)
@@ -109,6 +110,7 @@ def test_each_arch_entry_states_what_its_builder_takes():
     it must be exactly the builder's keywords. The shipped facts are pinned (run ids hang on them)."""
     for arch in list_archs():
         assert set(inspect.signature(arch.builder).parameters) == {"activation", *arch.uses}, arch.name
+    assert initsweep.list_archs() == list_archs()  # the notebook API's view of the registry
     facts = {a.name: (a.unused, a.channels_last, a.fixed_shape) for a in list_archs()}
     assert facts == {"plain": ((), True, False), "tutorial": (("depth", "width", "padding", "head"), True, True),
                      "mlp": (("padding", "head"), False, False)}
