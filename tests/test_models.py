@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import initsweep
+from initsweep import models
 from initsweep.models import build_model, list_archs, measure_shape
 
 x = torch.randn(3, 1, 28, 28)
@@ -114,5 +115,8 @@ def test_each_arch_entry_states_what_its_builder_takes():
     facts = {a.name: (a.unused, a.channels_last, a.fixed_shape) for a in list_archs()}
     assert facts == {"plain": ((), True, False), "tutorial": (("depth", "width", "padding", "head"), True, True),
                      "mlp": (("padding", "head"), False, False)}
+    with pytest.raises(ValueError, match=r"uses unknown settings \['depht'\]"):
+        models._register(models.Arch("typo", lambda activation, depht: None, "a typo (a test entry)", ("depht",)))
+    assert "typo" not in {a.name for a in list_archs()}
     with pytest.raises(ValueError, match=r"^unknown arch 'mpl' — did you mean 'mlp'\?$"):
         build_model("mpl", depth=2, width=4, activation=nn.ReLU)
