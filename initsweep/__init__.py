@@ -7,7 +7,7 @@ The notebook API (imported lazily, so ``import initsweep`` stays cheap):
 * ``summarize(df, metric, by)`` -> seed statistics per group;
 * ``run_sweep(config, results_dir=..., device=...)`` -> ``SweepOutcome``;
 * ``load_config(path)``, ``expand(config)`` -> the runs a config plans;
-* the registries: ``list_inits()``, ``list_activations()``.
+* the registries: ``list_inits()``, ``list_activations()``, ``list_archs()``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ _EXPORTS = {
     "expand": "config",
     "list_inits": "inits",
     "list_activations": "activations",
+    "list_archs": "models",
 }
 __all__ = ["__version__", *_EXPORTS]
 

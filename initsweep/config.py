@@ -24,12 +24,13 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, Strict, ValidationError,
                       field_validator, model_validator)
+from pydantic_core import PydanticCustomError
 
 from .activations import get_activation
 from .columns import SETTING_COLUMNS
 from .errors import ConfigError
 from .inits import get_bias_init, get_init
-from .models import ARCHS, measure_shape
+from .models import get_arch, list_archs, measure_shape
 from .registry import did_you_mean
 
 # Bumped when the meaning of a setting changes, so old run ids stop matching.
@@ -136,7 +137,7 @@ PRECISIONS = ("fp32", "bf16")
 
 
 class ModelConfig(_Section):
-    arch: Literal[ARCHS] = "plain"  # the names models.py builds
+    arch: str = "plain"  # a name in models.py's arch registry (checked by _arch)
     depth: Int = Field(4, ge=1, le=1000)
     width: Int = Field(32, ge=1, le=4096)
     norm: Literal["none", "batch"] = "none"
@@ -147,6 +148,19 @@ class ModelConfig(_Section):
     init: Choice = _choice("kaiming_normal", get_init)
     activation: Choice = _choice("relu", get_activation)
     bias: Choice = _choice("zeros", get_bias_init)
+
+    @field_validator("arch", mode="before")
+    @classmethod
+    def _arch(cls, v: Any) -> str:
+        """Checked against the registry when validated, not when the class was defined, so an
+        arch registered later is taken. Refused as pydantic refuses a ``Literal``, so the line
+        reads as it always has: ``model.arch: input should be 'plain', 'tutorial' or 'mlp'``."""
+        names = [entry.name for entry in list_archs()]
+        if not (isinstance(v, str) and v in names):
+            quoted = [f"'{name}'" for name in names]
+            expected = " or ".join(filter(None, [", ".join(quoted[:-1]), quoted[-1]]))
+            raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
+        return v
 
     @field_validator("init", mode="before")
     @classmethod
@@ -616,7 +630,7 @@ def _size_problems(cfg: SweepConfig, axes: dict) -> list[str]:
     for arch, depth, width in itertools.product(
         values.get("arch", [m.arch]), values.get("depth", [m.depth]), values.get("width", [m.width])
     ):
-        if arch == "tutorial":
+        if get_arch(arch).fixed_shape:
             continue
         n_params = measure_shape(arch, depth=depth, width=width).n_params
         if n_params > MAX_PARAMS:
@@ -634,12 +648,10 @@ def load_config(path: str | Path) -> SweepConfig:
 # ---------------------------------------------------------------- expansion
 
 
-# Settings an arch does not use; pinned to their defaults so runs that differ only there hash equal.
-_UNUSED_BY_ARCH = {"tutorial": ("depth", "width", "padding", "head"), "mlp": ("padding", "head")}
-
-
 def _without_unused(model: ModelConfig) -> ModelConfig:
-    unused = _UNUSED_BY_ARCH.get(model.arch, ())
+    """Settings the arch does not use pinned to their defaults, so runs that differ only
+    there hash equal."""
+    unused = get_arch(model.arch).unused
     return model.model_copy(update={name: ModelConfig.model_fields[name].default for name in unused})
 
 
@@ -698,8 +710,8 @@ def expand(cfg: SweepConfig, dataset: str | None = None) -> Plan:
         notes.append(f"{n_duplicates} point(s) resolved to an already planned run "
                      "(e.g. depth/width with arch: tutorial, which has a fixed shape) and were merged")
     swept = {axes[a][1] for a in names}
-    for arch, unused in _UNUSED_BY_ARCH.items():
-        if any(r.model.arch == arch for r in runs) and set(unused) & swept:
-            notes.append(f"arch {arch} does not use {', '.join(sorted(set(unused) & swept))}")
+    for arch in list_archs():
+        if any(r.model.arch == arch.name for r in runs) and set(arch.unused) & swept:
+            notes.append(f"arch {arch.name} does not use {', '.join(sorted(set(arch.unused) & swept))}")
     n_points = math.prod(len(axes[a][2]) for a in names) * len(cfg.train.seeds)
     return Plan(cfg, runs, display_axes, n_points, n_excluded, n_duplicates, notes)

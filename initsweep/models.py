@@ -25,6 +25,11 @@ the probe hook every layer's pre-activation and activation the same way for all 
   not apply.
 * ``mlp``: ``depth`` hidden layers of ``width`` units on the flattened image (Glorot &
   Bengio 2010 style studies).
+
+Each arch is one :class:`Arch` registry entry: its builder and the facts the rest of the
+code asks about it (which model settings it reads, whether it is a conv net), so a new
+architecture is one ``_register`` call and config validation, run ids, training and the
+probe follow without naming it anywhere else.
 """
 
 from __future__ import annotations
@@ -36,9 +41,12 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .registry import unknown_name_error
+
 IMAGE_SHAPE = (1, 28, 28)
 N_CLASSES = 10
-ARCHS = ("plain", "tutorial", "mlp")
+# The model settings (config.ModelConfig fields) a builder may take besides the activation
+MODEL_SETTINGS = ("depth", "width", "norm", "padding", "head")
 
 
 class Block(nn.Module):
@@ -85,7 +93,57 @@ class ModelShape:
     macs_per_sample: int  # multiply-accumulates of one forward pass
 
 
-def _plain(depth: int, width: int, act: Callable[[], nn.Module], norm: str, padding: str, head: str) -> Net:
+@dataclass(frozen=True)
+class Arch:
+    """One architecture: its builder and what the rest of the code asks about it.
+
+    ``builder`` takes ``activation`` (a zero-argument module factory) and, as keywords,
+    exactly the settings in ``uses``; the others do not change the model, so a run's
+    identity pins them to their defaults (``config``) and the probe's titles leave them out.
+    ``channels_last`` marks a conv net, which trains faster in that memory format on the CPU.
+    """
+
+    name: str
+    builder: Callable[..., Net]
+    description: str
+    uses: tuple[str, ...]  # a subset of MODEL_SETTINGS
+    channels_last: bool = False
+
+    @property
+    def unused(self) -> tuple[str, ...]:
+        """The model settings this arch ignores, in ``MODEL_SETTINGS`` order."""
+        return tuple(s for s in MODEL_SETTINGS if s not in self.uses)
+
+    @property
+    def fixed_shape(self) -> bool:
+        """Neither depth nor width changes the model: its size need not be checked per point."""
+        return "depth" not in self.uses and "width" not in self.uses
+
+
+_REGISTRY: dict[str, Arch] = {}
+
+
+def _register(entry: Arch) -> None:
+    unknown = set(entry.uses) - set(MODEL_SETTINGS)
+    if unknown:
+        raise ValueError(f"arch {entry.name!r} uses unknown settings {sorted(unknown)} (valid: {MODEL_SETTINGS})")
+    _REGISTRY[entry.name] = entry
+
+
+def get_arch(name: str) -> Arch:
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise unknown_name_error("arch", name, _REGISTRY) from None
+
+
+def list_archs() -> list[Arch]:
+    """Every registered arch, in registration order (read at call time, so later entries count)."""
+    return list(_REGISTRY.values())
+
+
+def _plain(depth: int, width: int, activation: Callable[[], nn.Module], norm: str, padding: str,
+           head: str) -> Net:
     second_stride_at = max(1, depth // 4)
     blocks = []
     for i in range(depth):
@@ -93,31 +151,40 @@ def _plain(depth: int, width: int, act: Callable[[], nn.Module], norm: str, padd
         conv = nn.Conv2d(IMAGE_SHAPE[0] if i == 0 else width, width, 3, stride=stride,
                          padding=1, padding_mode=padding)
         bn = nn.BatchNorm2d(width) if norm == "batch" else None
-        blocks.append(Block(conv, act(), bn))
+        blocks.append(Block(conv, activation(), bn))
     if head == "gap":
         return Net(blocks, nn.Linear(width, N_CLASSES), global_pool=True)
     side = 14 if depth == 1 else 7
     return Net(blocks, nn.Linear(width * side * side, N_CLASSES), global_pool=False)
 
 
-def _tutorial(act: Callable[[], nn.Module], norm: str) -> Net:
+def _tutorial(activation: Callable[[], nn.Module], norm: str) -> Net:
     bn = (lambda c: nn.BatchNorm2d(c)) if norm == "batch" else (lambda c: None)
     blocks = [
-        Block(nn.Conv2d(1, 32, 3), act(), bn(32), nn.MaxPool2d(2)),   # 28 -> 26 -> 13
-        Block(nn.Conv2d(32, 64, 3), act(), bn(64), nn.MaxPool2d(2)),  # 13 -> 11 -> 5
-        Block(nn.Conv2d(64, 64, 3), act(), bn(64)),                   # 5 -> 3
-        Block(nn.Linear(64 * 3 * 3, 64), act(), flatten_input=True),
+        Block(nn.Conv2d(1, 32, 3), activation(), bn(32), nn.MaxPool2d(2)),   # 28 -> 26 -> 13
+        Block(nn.Conv2d(32, 64, 3), activation(), bn(64), nn.MaxPool2d(2)),  # 13 -> 11 -> 5
+        Block(nn.Conv2d(64, 64, 3), activation(), bn(64)),                   # 5 -> 3
+        Block(nn.Linear(64 * 3 * 3, 64), activation(), flatten_input=True),
     ]
     return Net(blocks, nn.Linear(64, N_CLASSES), global_pool=False)
 
 
-def _mlp(depth: int, width: int, act: Callable[[], nn.Module], norm: str) -> Net:
+def _mlp(depth: int, width: int, activation: Callable[[], nn.Module], norm: str) -> Net:
     blocks = []
     for i in range(depth):
         fan_in = IMAGE_SHAPE[0] * IMAGE_SHAPE[1] * IMAGE_SHAPE[2] if i == 0 else width
         bn = nn.BatchNorm1d(width) if norm == "batch" else None
-        blocks.append(Block(nn.Linear(fan_in, width), act(), bn, flatten_input=(i == 0)))
+        blocks.append(Block(nn.Linear(fan_in, width), activation(), bn, flatten_input=(i == 0)))
     return Net(blocks, nn.Linear(width, N_CLASSES), global_pool=False)
+
+
+# channels_last: the conv nets (train.memory_format_for says why)
+_register(Arch("plain", _plain, "depth 3x3 convs of width channels, strided at two layers, linear head.",
+               ("depth", "width", "norm", "padding", "head"), channels_last=True))
+_register(Arch("tutorial", _tutorial, "The audited tutorial's Keras CNN, fixed shape.",
+               ("norm",), channels_last=True))
+_register(Arch("mlp", _mlp, "depth hidden layers of width units on the flattened image.",
+               ("depth", "width", "norm")))
 
 
 def build_model(
@@ -127,15 +194,12 @@ def build_model(
     """Build an uninitialized model (weights as PyTorch leaves them; see ``inits.initialize``).
 
     ``activation`` is a zero-argument factory, called once per block so each block owns its
-    own module (hooks can then tell the layers apart).
+    own module (hooks can then tell the layers apart). The arch's builder gets only the
+    settings it ``uses``.
     """
-    if arch == "plain":
-        return _plain(depth, width, activation, norm, padding, head)
-    if arch == "tutorial":
-        return _tutorial(activation, norm)
-    if arch == "mlp":
-        return _mlp(depth, width, activation, norm)
-    raise ValueError(f"unknown arch {arch!r} (valid: {', '.join(ARCHS)})")
+    entry = get_arch(arch)
+    settings = {"depth": depth, "width": width, "norm": norm, "padding": padding, "head": head}
+    return entry.builder(activation=activation, **{name: settings[name] for name in entry.uses})
 
 
 def measure_shape(arch: str, *, depth: int | None, width: int | None, norm: str = "none",

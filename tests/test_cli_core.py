@@ -47,7 +47,7 @@ BAD_CONFIGS = [
     ("name: t\nmodel: {activation: 3}\n", ["model.activation: must be a name or a mapping"]),
     ("name: t\ndata: {dataset: cifar}\n", ["data.dataset: input should be 'mnist', 'fashion-mnist' or 'mnist-sample'"]),
     ("name: t\ndata: {val_fraction: 1.5}\n", ["data.val_fraction:"]),
-    ("name: t\nmodel: {arch: resnet}\n", ["model.arch:"]),
+    ("name: t\nmodel: {arch: resnet}\n", ["model.arch: input should be 'plain', 'tutorial' or 'mlp' (got 'resnet')"]),
     ("name: t\n  bad: : indent\n", ["not valid YAML"]),
     ("name: 'bad name!'\n", ["name: 'bad name!' is not a valid sweep name: use letters, digits"]),
     ("name: t\ngrid: {seed: [1, 2]}\n", ["grid.seed: seeds are not a grid axis"]),

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 from torch import nn
 
-from initsweep.models import build_model, measure_shape
+import initsweep
+from initsweep import models
+from initsweep.models import build_model, list_archs, measure_shape
 
 x = torch.randn(3, 1, 28, 28)
 
@@ -100,3 +104,19 @@ def test_plain_flatten_head_reads_the_whole_map(depth, features):
     assert model.head.in_features == features
     assert model(x).shape == (3, 10)
     assert measure_shape("plain", depth=depth, width=8, head="flatten").n_params == sum(p.numel() for p in model.parameters())
+
+
+def test_each_arch_entry_states_what_its_builder_takes():
+    """``uses`` decides which settings a run's id pins (config) and the probe's titles show:
+    it must be exactly the builder's keywords. The shipped facts are pinned (run ids hang on them)."""
+    for arch in list_archs():
+        assert set(inspect.signature(arch.builder).parameters) == {"activation", *arch.uses}, arch.name
+    assert initsweep.list_archs() == list_archs()  # the notebook API's view of the registry
+    facts = {a.name: (a.unused, a.channels_last, a.fixed_shape) for a in list_archs()}
+    assert facts == {"plain": ((), True, False), "tutorial": (("depth", "width", "padding", "head"), True, True),
+                     "mlp": (("padding", "head"), False, False)}
+    with pytest.raises(ValueError, match=r"uses unknown settings \['depht'\]"):
+        models._register(models.Arch("typo", lambda activation, depht: None, "a typo (a test entry)", ("depht",)))
+    assert "typo" not in {a.name for a in list_archs()}
+    with pytest.raises(ValueError, match=r"^unknown arch 'mpl' — did you mean 'mlp'\?$"):
+        build_model("mpl", depth=2, width=4, activation=nn.ReLU)

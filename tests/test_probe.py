@@ -323,6 +323,9 @@ def test_cli_config_grid_flags_and_plot(tmp_path):
 
 
 def test_cli_errors_are_one_line_exit_2():
+    out = runner.invoke(app, ["probe", "--arch", "plian"])  # checked by the config, as --init is
+    assert out.exit_code == 2 and out.stderr.strip().splitlines() == [
+        "error: flags: model.arch: input should be 'plain', 'tutorial' or 'mlp' (got 'plian')"]
     out = runner.invoke(app, ["probe", "--init", "kaiming_nromal"])
     assert out.exit_code == 2
     assert "did you mean 'kaiming_normal'" in out.output and "Traceback" not in out.output

@@ -1,22 +1,28 @@
-"""The recipes of docs/architecture.md hold: a new initializer or activation is one registry
-entry, and nothing else has to change for plan, run, the store, the probe and the report to
-take it. The entries are registered by the test alone and removed afterwards."""
+"""The recipes of docs/architecture.md hold: a new initializer, activation, architecture or
+executor is one registry entry, and nothing else has to change for plan, run, the store, the
+probe and the report to take it. The entries are registered by the test alone and removed
+afterwards."""
 
 from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from torch import nn
 from typer.testing import CliRunner
 
-from initsweep import activations, inits
+from initsweep import activations, inits, models
 from initsweep.cli import app
+from initsweep.config import expand, validate
 from initsweep.results.read import load_results
 from initsweep.results.store import Store
+from initsweep.train import memory_format_for
 
 runner = CliRunner()
 SCALE = 0.5  # the new init draws N(0, SCALE / fan_in)
@@ -115,3 +121,74 @@ def test_a_new_executor_is_one_registered_class(tmp_path: Path, new_executor):
     refused = runner.invoke(app, ["run", str(config), "--results", str(results), "--executor", "backwards",
                                   "--num-cpus", "2"])
     assert refused.exit_code == 2 and "need --executor ray" in refused.stderr
+
+
+@pytest.fixture
+def new_arch():
+    """What a contributor would add to models.py for a new architecture, and nothing more."""
+    def one_hidden(width, activation):
+        hidden = models.Block(nn.Linear(math.prod(models.IMAGE_SHAPE), width), activation(), flatten_input=True)
+        return models.Net([hidden], nn.Linear(width, models.N_CLASSES), global_pool=False)
+
+    arch = models.Arch("one_hidden", one_hidden, "One hidden layer of width units (a test entry).", ("width",))
+    assert arch.name not in {a.name for a in models.list_archs()}
+    models._register(arch)
+    yield arch
+    del models._REGISTRY[arch.name]
+
+
+def test_a_new_architecture_is_one_registry_entry(tmp_path: Path, new_arch):
+    config = tmp_path / "c.yaml"
+    raw = {"name": "arch-recipe", "data": {"dataset": "mnist-sample", "train_limit": 256, "test_limit": 256},
+           "model": {"arch": "mlp", "width": 8}, "train": {"epochs": 1, "batch_size": 64},
+           "grid": {"arch": ["one_hidden", "mlp"], "depth": [1, 2]}, "diagnostics": {"phases": ["init"]}}
+    config.write_text(yaml.safe_dump(raw))
+    planned = runner.invoke(app, ["plan", str(config), "-f", "json"])
+    assert planned.exit_code == 0, planned.output
+    plan = json.loads(planned.stdout)
+    # the entry says one_hidden does not use depth: its two depths are one run
+    assert [(r["arch"], r["depth"]) for r in plan["runs"]] == [("one_hidden", 1), ("mlp", 1), ("mlp", 2)]
+    assert "arch one_hidden does not use depth" in plan["notes"]
+    assert plan["runs"][0]["params"] == 784 * 8 + 8 + 8 * 10 + 10  # measured on the meta device
+    ran = runner.invoke(app, ["run", str(config), "--results", str(tmp_path / "res"), "--device", "cpu",
+                              "--workers", "1", "--threads", "1"])
+    assert ran.exit_code == 0, ran.output
+    runs = load_results(tmp_path / "res")
+    assert sorted(runs.run_id) == sorted(r["run_id"] for r in plan["runs"])
+    assert sorted(runs.arch) == ["mlp", "mlp", "one_hidden"] and (runs.status == "ok").all()
+    mine = runs[runs.arch == "one_hidden"]
+    assert mine.depth.tolist() == [4] and mine.width.tolist() == [8]  # unused depth pinned to its default
+    with Store(tmp_path / "res", create=False) as store:
+        layers = store.layers_frame(mine.row_id.tolist())
+    assert layers.fan_in.tolist() == [784]  # the one hidden layer, probed at init
+    report = runner.invoke(app, ["report", "--results", str(tmp_path / "res"), "-f", "csv", "--by", "arch"])
+    assert report.exit_code == 0 and "one_hidden" in report.stdout
+    # not a conv net: no channels_last; the plain CNN still gets it
+    (spec,) = [r for r in expand(validate(raw)).runs if r.model.arch == "one_hidden"]
+    assert memory_format_for(spec, torch.device("cpu")) == torch.contiguous_format
+    plain = expand(validate({**raw, "model": {"arch": "plain", "width": 4}, "grid": {}})).runs[0]
+    assert memory_format_for(plain, torch.device("cpu")) == torch.channels_last
+
+    probed = runner.invoke(app, ["probe", "--arch", "one_hidden", "--width", "8", "--init", "he", "--activation", "relu",
+                                 "--batch-size", "16", "-f", "json", "--plot", str(tmp_path / "fig")])
+    assert probed.exit_code == 0, probed.output
+    (entry,) = json.loads(probed.stdout)
+    assert entry["settings"]["arch"] == "one_hidden" and [l["fan_in"] for l in entry["layers"]] == [784]
+    assert [p.name for p in (tmp_path / "fig").iterdir()] == ["probe_one_hidden_w8.png"]
+    table = runner.invoke(app, ["probe", "--arch", "one_hidden", "--width", "8", "--init", "he", "--batch-size", "16"])
+    assert table.exit_code == 0 and "he + relu · one_hidden width 8 · seed 0" in table.stdout
+
+    # a wrong name is still one line and exit 2, the new entry among the names it lists
+    expected = "model.arch: input should be 'plain', 'tutorial', 'mlp' or 'one_hidden' (got 'one_hiden')"
+    refused = runner.invoke(app, ["probe", "--arch", "one_hiden"])
+    assert refused.exit_code == 2 and refused.stderr.strip().splitlines() == [f"error: flags: {expected}"]
+    config.write_text(yaml.safe_dump({**raw, "model": {"arch": "one_hiden"}, "grid": {}}))
+    refused = runner.invoke(app, ["plan", str(config)])
+    assert refused.exit_code == 2 and refused.stderr.strip().splitlines() == [f"error: {config}: {expected}"]
+
+
+def test_the_cli_keeps_no_copy_of_the_arch_names():
+    """`--arch` is checked by the config against the registry; importing the CLI loads no torch."""
+    code = "import sys, initsweep.cli, initsweep.cli.probe as p; print('torch' in sys.modules, hasattr(p, 'ArchChoice'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False False", out.stderr

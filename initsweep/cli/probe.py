@@ -18,9 +18,10 @@ from .app import Format, FormatOpt, app, boundary, choices, console, err_console
 from ..errors import InitsweepError
 
 
-# models.ARCHS and config's padding values, copied: importing them here would load torch for
-# every command (tests/test_cli_errors.py::test_cli_choices_are_the_librarys holds them equal).
-ArchChoice = choices("ArchChoice", "plain", "tutorial", "mlp")
+# config's padding values, copied: importing them here would load torch for every command
+# (tests/test_cli_errors.py::test_cli_choices_are_the_librarys holds them equal). --arch is a
+# plain string that config validation checks against models.py's registry, so a registered
+# arch needs no edit here.
 PaddingChoice = choices("PaddingChoice", "zeros", "circular")
 
 
@@ -79,11 +80,13 @@ def _settings(spec) -> dict[str, Any]:
 
 
 def _label(entry: dict[str, Any]) -> str:
+    from ..models import get_arch  # torch is loaded by now: the probe built the model
+
     s = entry["settings"]
-    shape = s["arch"] if s["arch"] == "tutorial" else f"{s['arch']} depth {s['depth']} width {s['width']}"
-    extra = f" padding {s['padding']}" if s["arch"] == "plain" else ""
+    uses = get_arch(s["arch"]).uses
+    shape = " ".join([s["arch"], *(f"{k} {s[k]}" for k in ("depth", "width", "padding") if k in uses)])
     bias = "" if s["bias_label"] == "zeros" else f" bias {s['bias_label']}"
-    return f"{s['init_label']} + {s['activation_label']} · {shape}{extra}{bias} · seed {entry['seed']}"
+    return f"{s['init_label']} + {s['activation_label']} · {shape}{bias} · seed {entry['seed']}"
 
 
 def _fmt(value: Any, spec: str = ".3g") -> str:
@@ -145,7 +148,8 @@ def probe(
     activation: Annotated[Optional[str], typer.Option("--activation", help=f"Activation: {_CHOICE_HELP}.")] = None,
     depth: Annotated[Optional[int], typer.Option("--depth", min=1, max=1000, help="Layers (plain, mlp).")] = None,
     width: Annotated[Optional[int], typer.Option("--width", min=1, max=4096, help="Channels or units.")] = None,
-    arch: Annotated[Optional[ArchChoice], typer.Option("--arch", help="Model family.")] = None,
+    arch: Annotated[Optional[str], typer.Option(
+        "--arch", help="Model family: plain, tutorial, mlp, or any other registered in models.py.")] = None,
     padding: Annotated[Optional[PaddingChoice], typer.Option("--padding", help="plain only.")] = None,
     bias: Annotated[Optional[str], typer.Option("--bias", help="Bias init: zeros, a number, or a YAML mapping "
                                                                "such as '{name: normal, std: 0.2236}'.")] = None,
@@ -176,7 +180,7 @@ def probe(
         torch.set_num_threads(threads)
     overrides = {k: v for k, v in {
         "init": _parse_choice(init), "activation": _parse_choice(activation), "depth": depth, "width": width,
-        "arch": arch.value if arch else None, "padding": padding.value if padding else None,
+        "arch": arch, "padding": padding.value if padding else None,
         "bias": _parse_choice(bias)}.items() if v is not None}
     if config is not None:
         raw, source_name, name = load_yaml(config), str(config), config.stem

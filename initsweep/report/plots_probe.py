@@ -16,6 +16,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..models import get_arch
+
 
 def _group_key(entry: dict[str, Any]) -> tuple:
     s = entry["settings"]
@@ -24,9 +26,8 @@ def _group_key(entry: dict[str, Any]) -> tuple:
 
 def _slug(key: tuple) -> str:
     arch, depth, width, padding, norm, head, bias = key
-    parts = [arch] if arch == "tutorial" else [arch, f"d{depth}", f"w{width}"]
-    if arch == "plain":
-        parts.append(padding)
+    shown = {"depth": f"d{depth}", "width": f"w{width}", "padding": padding}
+    parts = [arch, *(text for setting, text in shown.items() if setting in get_arch(arch).uses)]
     if norm != "none":
         parts.append(norm)
     if bias != "zeros":
