@@ -191,3 +191,12 @@ def test_ray_flags_without_the_ray_executor_exit_2(tmp_path):
     for flag, value in (("--num-gpus", "0.5"), ("--ray-timeout", "5")):
         result = CliRunner().invoke(app, ["run", config, flag, value])
         assert result.exit_code == 2 and "need --executor ray" in result.stderr
+
+
+def test_executor_ray_without_an_address_starts_its_own_even_beside_a_running_cluster(tmp_path, cluster):
+    """With a cluster already up on this machine, ``ray.init(num_cpus=...)`` would join it and
+    refuse num_cpus ("must not be provided"); the executor asks for a new local instance."""
+    config = write_config(tmp_path / "c.yaml", depths=1, train_limit=256)
+    outcome = run_sweep(config, results_dir=tmp_path / "res", executor="ray")
+    assert outcome.counts == {"ok": 1}
+    assert len(load_results(tmp_path / "res")) == 1

@@ -122,7 +122,10 @@ class RayCluster:
         self.timeout = timeout
         self.started_here = not self.ray.is_initialized()
         if self.started_here:
-            kwargs = {"address": address} if address else {"num_cpus": num_cpus, "include_dashboard": False}
+            # "local" starts a new local instance even when a cluster already runs on this machine
+            # (without it, ray.init would join that cluster and refuse num_cpus)
+            kwargs = {"address": address} if address else {"address": "local", "num_cpus": num_cpus,
+                                                            "include_dashboard": False}
             kwargs.update(log_to_driver=False, configure_logging=False)
             deadline = time.monotonic() + timeout
             if address:
