@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from ..errors import InitsweepError
+from ..errors import ParamError
 from ..jsontext import json_text
 from ..results.read import need_pyarrow
 from .stats import count_runs
@@ -33,8 +33,8 @@ def write_runs(df: pd.DataFrame, fmt: str, output: Path | None) -> str | None:
     """Write the raw runs table; returns the text when ``output`` is None (stdout)."""
     if fmt == "parquet":
         if output is None:
-            raise InitsweepError("--format parquet needs --output FILE (parquet is binary)")
-        need_pyarrow("--format parquet")
+            raise ParamError("{format=parquet} needs {output} FILE (parquet is binary)")
+        need_pyarrow("parquet", param="format")
         df.to_parquet(output, index=False)
         return None
     text = df.to_csv(index=False) if fmt == "csv" else to_json_text(df)
