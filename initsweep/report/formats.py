@@ -44,14 +44,21 @@ def write_runs(df: pd.DataFrame, fmt: str, output: Path | None) -> str | None:
     return None
 
 
-def markdown_table(df: pd.DataFrame, right: set[str] = frozenset()) -> str:
-    """A GitHub-flavoured markdown table (``|`` escaped); ``right`` columns right-aligned."""
+def markdown_table(df: pd.DataFrame, right: set[str] = frozenset(), align: bool = True) -> str:
+    """The one GitHub-flavoured markdown table writer: each cell ``str(value)`` with ``|``
+    escaped and a line break as `` · `` (either would break the row); ``right`` columns and
+    numeric ones right-aligned, the others left (``align=False``: plain ``---``, as the CI
+    summary writes it)."""
     def cell(value: Any) -> str:
         return str(value).replace("|", "\\|").replace("\n", " · ")
 
-    align = [c in right or pd.api.types.is_numeric_dtype(df[c]) for c in df.columns]
+    def rule(column: str) -> str:
+        if not align:
+            return "---"
+        return "---:" if column in right or pd.api.types.is_numeric_dtype(df[column]) else ":---"
+
     lines = ["| " + " | ".join(cell(c) for c in df.columns) + " |",
-             "|" + "|".join("---:" if a else ":---" for a in align) + "|"]
+             "|" + "|".join(rule(c) for c in df.columns) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines)
 
