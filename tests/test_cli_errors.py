@@ -193,6 +193,21 @@ def test_export_refuses_a_suffix_it_cannot_write_unless_format_is_given(store, t
     assert target.read_text() == invoke("export", "--results", str(store)).stdout
 
 
+@pytest.mark.parametrize("command,value,line", [
+    ("report", "mardown", "'mardown' is not one of 'table', 'markdown', 'csv', 'json', 'html' — did you mean "
+                          "'markdown'?"),
+    ("export", "jsn", "'jsn' is not one of 'csv', 'json', 'parquet' — did you mean 'json'?"),
+    ("export", "xlsx", "'xlsx' is not one of 'csv', 'json', 'parquet'"),
+])
+def test_a_format_not_registered_is_one_usage_line(store, command, value, line):
+    """--format takes the names of the format registry (report/formats.py): a typo is one line,
+    worded as click words a choice (as when the choices were an Enum), with the nearest name."""
+    result = invoke(command, "--results", str(store), "--format", value)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert error_lines(result) == [f"error: initsweep {command}: Invalid value for '--format' / '-f': Value error, "
+                                   f"{line} (see initsweep {command} -h)"]
+
+
 def test_parquet_errors_name_format_and_output_from_python_and_the_flags_at_the_cli(store, tmp_path, monkeypatch):
     from initsweep.report.formats import write_runs
 
