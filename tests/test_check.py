@@ -133,3 +133,32 @@ def test_every_command_of_the_example_workflow_parses_and_is_tested():
               "check": "test_check.py"}
     for command, test_file in tested.items():
         assert f'"{command}"' in (ROOT / "tests" / test_file).read_text()
+
+
+def test_the_markdown_summary_is_the_gate_table_cell_for_cell(sweep):
+    """The summary's table, byte for byte: a ``---`` rule per column, floats at 4 decimals,
+    missing values as ``–`` (the CI summary's style, written by report/formats.py's one
+    table writer)."""
+    from initsweep.report.check import check_against
+    from initsweep.results.read import read_runs
+
+    def better_he(df):
+        df.loc[(df.init == "he") & (df.depth == 2), "test_acc"] += 0.05
+
+    base = edited_baseline(sweep, "drop-md.csv", better_he)
+    result = invoke("check", "--baseline", base, "--results", sweep / "less", "--summary-md", sweep / "drop.md")
+    assert result.exit_code == 1
+    table = check_against(read_runs(sweep / "less"), read_runs(base)).table
+    assert table["verdict"].isin(["missing"]).any() and table.isna().any().any()  # a row with gaps
+
+    def cell(v):
+        if v is None or (isinstance(v, float) and v != v):
+            return "–"
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    rows = ["| " + " | ".join(map(cell, row)) + " |" for row in table.itertuples(index=False)]
+    assert (sweep / "drop.md").read_text(encoding="utf-8") == (
+        f"## initsweep check: test_acc against {base}\n\n{int((table['verdict'] != 'ok').sum())} of {len(table)} "
+        "group(s) failed (tolerance 0.01).\n\n"
+        + "| " + " | ".join(table.columns) + " |\n" + "|" + "|".join("---" for _ in table.columns) + "|\n"
+        + "\n".join(rows) + "\n")

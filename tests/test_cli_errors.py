@@ -192,6 +192,59 @@ def test_export_refuses_a_suffix_it_cannot_write_unless_format_is_given(store, t
     assert target.read_text() == invoke("export", "--results", str(store)).stdout
 
 
+@pytest.mark.parametrize("command,value,line", [
+    ("report", "mardown", "'mardown' is not one of 'table', 'markdown', 'csv', 'json', 'html' — did you mean "
+                          "'markdown'?"),
+    ("export", "jsn", "'jsn' is not one of 'csv', 'json', 'parquet' — did you mean 'json'?"),
+    ("export", "xlsx", "'xlsx' is not one of 'csv', 'json', 'parquet'"),
+])
+def test_a_format_not_registered_is_one_usage_line(store, command, value, line):
+    """--format takes the names of the format registry (report/formats.py): a typo is one line,
+    worded as click words a choice (as when the choices were an Enum), with the nearest name."""
+    result = invoke(command, "--results", str(store), "--format", value)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert error_lines(result) == [f"error: initsweep {command}: Invalid value for '--format' / '-f': Value error, "
+                                   f"{line} (see initsweep {command} -h)"]
+
+
+def test_parquet_errors_name_format_and_output_from_python_and_the_flags_at_the_cli(store, tmp_path, monkeypatch):
+    from initsweep.report.formats import write_runs
+
+    df = load_results(store)
+    result = invoke("export", "--results", str(store), "--format", "parquet")
+    assert result.exit_code == 2
+    assert error_lines(result) == ["error: --format parquet needs --output FILE (parquet is binary)"]
+    with pytest.raises(InitsweepError) as info:
+        write_runs(df, "parquet", None)
+    assert str(info.value) == "format='parquet' needs output FILE (parquet is binary)"
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if the 'parquet' extra were not installed
+    target = tmp_path / "runs.parquet"
+    result = invoke("export", "--results", str(store), "--output", str(target))
+    problem = "parquet needs pyarrow (initsweep's 'parquet' extra): pip install pyarrow"
+    assert result.exit_code == 2 and error_lines(result) == [f"error: --format parquet: {problem}"]
+    with pytest.raises(OptionError) as info:
+        write_runs(df, "parquet", target)
+    assert str(info.value) == f"format='parquet': {problem}"
+    assert not target.exists()
+
+
+def test_a_run_stored_by_two_sweeps_asks_for_sweep_as_the_caller_names_it(tmp_path):
+    from initsweep.results.read import find_run
+
+    res = tmp_path / "res"
+    for name in ("a", "b"):  # the same point in two sweeps is the same run id
+        config = write_config(tmp_path / f"{name}.yaml", {"depth": [1]}, name=name)
+        assert invoke("run", str(config), "--results", str(res), *CPU, "--quiet").exit_code == 0
+    [run_id] = set(load_results(res)["run_id"])
+    problem = f"run {run_id} is stored by sweeps a, b; pick one with"
+    result = invoke("show", run_id[:6], "--results", str(res))
+    assert result.exit_code == 2 and error_lines(result) == [f"error: {problem} --sweep"]
+    with pytest.raises(InitsweepError) as info:
+        find_run(res, run_id[:6])
+    assert str(info.value) == f"{problem} sweep"
+    assert invoke("show", run_id[:6], "--results", str(res), "--sweep", "b").exit_code == 0
+
+
 # ---------------------------------------------------------------- empty plans
 
 

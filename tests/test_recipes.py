@@ -1,7 +1,7 @@
-"""The recipes of docs/architecture.md hold: a new initializer, activation, architecture or
-executor is one registry entry, and nothing else has to change for plan, run, the store, the
-probe and the report to take it. The entries are registered by the test alone and removed
-afterwards."""
+"""The recipes of docs/architecture.md hold: a new initializer, activation, architecture,
+executor or report format is one registry entry, and nothing else has to change for plan, run,
+the store, the probe and the report to take it. The entries are registered by the test alone
+and removed afterwards."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import json
 import math
 import subprocess
 import sys
+from io import StringIO
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -20,6 +22,7 @@ from typer.testing import CliRunner
 from initsweep import activations, inits, models
 from initsweep.cli import app
 from initsweep.config import expand, validate
+from initsweep.report import formats
 from initsweep.results.read import load_results
 from initsweep.results.store import Store
 from initsweep.train import memory_format_for
@@ -192,3 +195,46 @@ def test_the_cli_keeps_no_copy_of_the_arch_names():
     code = "import sys, initsweep.cli, initsweep.cli.probe as p; print('torch' in sys.modules, hasattr(p, 'ArchChoice'))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False False", out.stderr
+
+
+@pytest.fixture
+def tsv_format():
+    """What a contributor would add to report/formats.py for a new report format: a writer
+    and its registry entry, nothing more."""
+    def write_tsv(report, figures, source):
+        return formats.report_frame(report).to_csv(sep="\t", index=False)
+
+    entry = formats.FileFormat("tsv", write_tsv, "tab-separated (a test entry)", suffixes=(".tsv",))
+    assert entry.name not in {f.name for f in formats.list_report_formats()}
+    formats._register_report_format(entry)
+    yield entry
+    del formats._REPORT_FORMATS[entry.name]
+
+
+def test_a_new_report_format_is_one_registry_entry(tmp_path: Path, tsv_format):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "recipe", "data": {"dataset": "mnist-sample", "train_limit": 256, "test_limit": 256},
+        "model": {"arch": "plain", "width": 4, "depth": 1, "head": "flatten"},
+        "train": {"epochs": 1, "batch_size": 64}, "grid": {"init": ["he", "orthogonal"]},
+        "diagnostics": {"enabled": False}}))
+    res = str(tmp_path / "res")
+    ran = runner.invoke(app, ["run", str(config), "--results", res, "--device", "cpu", "--workers", "1",
+                              "--threads", "1", "--quiet"])
+    assert ran.exit_code == 0, ran.output
+    tsv = runner.invoke(app, ["report", "--results", res, "--format", "tsv"])
+    assert tsv.exit_code == 0, tsv.output
+    csv = runner.invoke(app, ["report", "--results", res, "--format", "csv"]).stdout
+    assert tsv.stdout.splitlines()[0].split("\t")[:2] == ["metric", "init"] and len(tsv.stdout.splitlines()) == 3
+    pd.testing.assert_frame_equal(pd.read_csv(StringIO(tsv.stdout), sep="\t"), pd.read_csv(StringIO(csv)))
+    # --output's suffix implies it: the same bytes in the file, nothing on stdout
+    out = runner.invoke(app, ["report", "--results", res, "--output", str(tmp_path / "r.tsv")])
+    assert out.exit_code == 0 and out.stdout == ""
+    assert (tmp_path / "r.tsv").read_text(encoding="utf-8") == tsv.stdout
+    assert "<table|markdown|csv|json|html|tsv>" in runner.invoke(app, ["report", "-h"], env={"COLUMNS": "200"}).stdout
+    # a name that is not registered: one usage line, exit 2, the nearest name suggested
+    bad = runner.invoke(app, ["report", "--results", res, "--format", "tsvv"])
+    assert bad.exit_code == 2 and bad.stdout == ""
+    assert bad.stderr.splitlines() == [
+        "error: initsweep report: Invalid value for '--format' / '-f': Value error, 'tsvv' is not one of 'table', "
+        "'markdown', 'csv', 'json', 'html', 'tsv' — did you mean 'tsv'? (see initsweep report -h)"]

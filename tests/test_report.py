@@ -426,3 +426,18 @@ def test_markdown_and_html_say_which_runs_they_cover(store, tmp_path):
     assert invoke("export", "-r", str(store), "-o", str(base)).exit_code == 0
     compared = invoke("report", "-r", str(store), "--where", where, "--baseline", str(base), "-f", "markdown").stdout
     assert f"Runs: `--where {where}` (the baseline filtered by the same --where)" in compared
+
+
+def test_one_markdown_table_writer_for_the_report_and_the_ci_summary():
+    """report/formats.py's ``markdown_table`` writes both tables: ``|`` escaped and a line break
+    as `` · `` in either (a raw one would end the row); the report aligns (numbers right), the
+    CI summary formats its numbers, marks gaps with ``–`` and escapes HTML (GitHub renders it)."""
+    from initsweep.report.ci import summary_table
+    from initsweep.report.formats import markdown_table
+
+    df = pd.DataFrame({"name": ["a|b", "x\ny", "<i>"], "n": [1, 2, 3], "acc": [0.5, float("nan"), 0.123456]})
+    assert markdown_table(df) == ("| name | n | acc |\n|:---|---:|---:|\n| a\\|b | 1 | 0.5 |\n"
+                                  "| x · y | 2 | nan |\n| <i> | 3 | 0.123456 |")
+    assert markdown_table(df[["name"]], right={"name"}).splitlines()[1] == "|---:|"
+    assert summary_table(df, ["name", "acc"]) == ("| name | acc |\n|---|---|\n| a\\|b | 0.5000 |\n| x · y | – |\n"
+                                                  "| &lt;i&gt; | 0.1235 |\n")

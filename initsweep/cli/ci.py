@@ -55,7 +55,7 @@ def check(
     group (as --fail-on says); 0 when everything holds; 2 on bad input.
     """
     from ..report.check import check_against, check_cases
-    from ..report.ci import junit_xml, markdown_table
+    from ..report.ci import junit_xml, summary_table
     from ..results.read import read_runs
     from .render import render_runs
 
@@ -71,7 +71,7 @@ def check(
     if junit is not None:
         write_output(junit, junit_xml(f"{sweep} check", check_cases(result, sweep)))
     markdown = (f"## initsweep check: {metric} against {baseline}\n\n{len(failures)} of {len(table)} group(s) "
-                f"failed (tolerance {tolerance}).\n\n" + markdown_table(table, list(table.columns)))
+                f"failed (tolerance {tolerance}).\n\n" + summary_table(table, list(table.columns)))
     target = summary_md or (Path(os.environ["GITHUB_STEP_SUMMARY"]) if os.environ.get("GITHUB_STEP_SUMMARY") else None)
     if target is not None:
         mode = "w" if summary_md is not None else "a"

@@ -10,32 +10,52 @@ from __future__ import annotations
 import sys
 from contextlib import contextmanager
 from dataclasses import replace
-from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from .app import Format, FormatOpt, ResultsOpt, app, boundary, console, err_console, print_json
 from ..errors import InitsweepError
+from ..registry import did_you_mean
 
 
-class ReportFormat(str, Enum):
-    table = "table"
-    markdown = "markdown"
-    csv = "csv"
-    json = "json"
-    html = "html"
+def _format_names(command: str) -> list[str]:
+    """``--format``'s values: for ``report``, ``table`` (the terminal's view) and the registered
+    report formats; for ``export``, the run formats. Read when the command runs or shows its
+    help, not at import: the registries sit beside the writers, which import pandas, and
+    ``initsweep -h`` does not."""
+    from ..report.formats import list_report_formats, list_run_formats
+
+    if command == "report":
+        return ["table", *(f.name for f in list_report_formats())]
+    return [f.name for f in list_run_formats()]
 
 
-class ExportFormat(str, Enum):
-    csv = "csv"
-    json = "json"
-    parquet = "parquet"
+def _choice(command: str) -> Callable[[str], str]:
+    """The parser of ``command``'s ``--format``: a name not registered is the ``ValueError``
+    click shows as one usage line, worded as click words a choice, with the nearest name."""
+    def parse(value: str) -> str:
+        names = _format_names(command)
+        if value not in names:
+            raise ValueError(f"{value!r} is not one of {', '.join(map(repr, names))}{did_you_mean(value, names)}")
+        return value
+
+    return parse
 
 
-_REPORT_SUFFIXES = {".md": "markdown", ".markdown": "markdown", ".csv": "csv", ".json": "json",
-                    ".html": "html", ".htm": "html"}
+class _FormatsCommand(TyperCommand):
+    """A command whose ``--format`` help lists the registry's names as they are when the help
+    is shown (a format registered after import is listed too)."""
+
+    def format_help(self, ctx: typer.Context, formatter: Any) -> None:
+        for param in self.params:
+            if param.name == "fmt":
+                param.metavar = "<" + "|".join(_format_names(self.name)) + ">"
+        super().format_help(ctx, formatter)
+
+
 SweepOpt = Annotated[Optional[list[str]], typer.Option("--sweep", help="Only these sweeps (repeatable).")]
 WhereOpt = Annotated[Optional[str], typer.Option(
     "--where", help="Keep runs matching, e.g. 'depth >= 8 and activation == \"relu\"' (columns, comparisons, "
@@ -81,7 +101,7 @@ def _figures(runs, metric: str, results: Path):
     return make_figures(runs, metric, epochs, layers)
 
 
-@app.command()
+@app.command(cls=_FormatsCommand)
 @boundary
 def report(
     results: ResultsOpt = Path("results"),
@@ -99,8 +119,9 @@ def report(
         "--top", min=1, help="Only the first N groups (the best first unless --sort).")] = None,
     baseline: Annotated[Optional[Path], typer.Option(
         "--baseline", help="Compare with an export (csv/json/parquet) or another results folder.")] = None,
-    fmt: Annotated[Optional[ReportFormat], typer.Option(
-        "--format", "-f", help="Output format (default: from --output's suffix, else table).")] = None,
+    fmt: Annotated[Optional[str], typer.Option(
+        "--format", "-f", parser=_choice("report"), show_default=False,
+        help="Output format (default: from --output's suffix, else table).")] = None,
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="Write to this file instead of stdout.")] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write PNG and SVG figures into this folder.")] = None,
@@ -109,13 +130,13 @@ def report(
 
     RESULTS may also be a file written by [bold]initsweep export[/].
     """
-    from ..report.formats import report_html, report_text
+    from ..report.formats import get_report_format, report_format_of, report_text
     from ..report.stats import build_report
     from ..results.query import filter_runs
     from ..results.read import read_runs
 
-    fmt = fmt or ReportFormat(_REPORT_SUFFIXES.get(output.suffix.lower(), "table") if output else "table")
-    runs = _load(results, sweep, where, machine=fmt is not ReportFormat.table)
+    fmt = fmt or (report_format_of(output) if output else None) or "table"
+    runs = _load(results, sweep, where, machine=fmt != "table")
     if runs is None:
         return
     base = filter_runs(read_runs(baseline), where) if baseline is not None else None
@@ -129,7 +150,7 @@ def report(
         with _writing("--plot", plot):
             paths = save_figures(figures, plot)
         err_console.print(f"plots: {len(paths)} files in {plot}", markup=False, highlight=False)
-    if fmt is ReportFormat.table:
+    if fmt == "table":
         from rich.console import Console
 
         from .render_report import render_report
@@ -140,7 +161,8 @@ def report(
         with _writing("--output", output), output.open("w", encoding="utf-8") as handle:
             render_report(Console(file=handle, width=160, no_color=True), rep)
         return
-    if fmt is ReportFormat.html:
+    captions = {}
+    if get_report_format(fmt).plots:
         from ..report.plots import png_bytes
 
         try:
@@ -150,9 +172,7 @@ def report(
             figures = {}
         captions = {(fig.get_suptitle() or name).replace("\n", " · "): png_bytes(fig)
                     for name, fig in figures.items()}
-        text = report_html(rep, captions, str(results))
-    else:
-        text = report_text(rep, fmt.value)
+    text = report_text(rep, fmt, captions, str(results))
     if output is None:
         sys.stdout.write(text)
         return
@@ -160,14 +180,15 @@ def report(
         output.write_text(text, encoding="utf-8")
 
 
-@app.command("export")
+@app.command("export", cls=_FormatsCommand)
 @boundary
 def export_cmd(
     results: ResultsOpt = Path("results"),
     sweep: SweepOpt = None,
     where: WhereOpt = None,
-    fmt: Annotated[Optional[ExportFormat], typer.Option(
-        "--format", "-f", help="csv, json or parquet (default: from --output's suffix, else csv).")] = None,
+    fmt: Annotated[Optional[str], typer.Option(
+        "--format", "-f", parser=_choice("export"), show_default=False,
+        help="Output format (default: from --output's suffix, else csv).")] = None,
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="File to write (stdout for csv/json if omitted).")] = None,
     history: Annotated[bool, typer.Option("--history", help="Every attempt, not only each run's latest.")] = False,
@@ -176,7 +197,7 @@ def export_cmd(
     from ..report.formats import write_runs
     from ..results.read import format_of, load_results
 
-    fmt_name = fmt.value if fmt else format_of(output) if output else "csv"
+    fmt_name = fmt or (format_of(output) if output else "csv")
     if fmt_name is None:  # never guess: a spreadsheet app would open CSV bytes named .xlsx as garbage
         what = f"its suffix {output.suffix!r}" if output.suffix else "a name without a suffix"
         raise InitsweepError(f"--output {output}: export cannot tell the format from {what}; it writes "

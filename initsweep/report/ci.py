@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from .formats import markdown_table
+
 
 # ---------------------------------------------------------------- merge
 
@@ -66,19 +68,19 @@ def run_cases(df: pd.DataFrame, fail_on: set[str] = frozenset({"failed", "diverg
     return cases
 
 
-def markdown_table(df: pd.DataFrame, columns: list[str], floatfmt: str = ".4f") -> str:
-    """A GitHub-flavoured Markdown table (no extra dependency)."""
+def summary_table(df: pd.DataFrame, columns: list[str], floatfmt: str = ".4f") -> str:
+    """The CI summary's Markdown table of ``columns``: floats at ``floatfmt``, missing as
+    ``–``, text HTML-escaped (GitHub renders HTML in a summary), written by the report's
+    one table writer without alignment marks."""
     def cell(v) -> str:
         if v is None or (isinstance(v, float) and math.isnan(v)):
             return "–"
         if isinstance(v, float):
             return format(v, floatfmt)
-        return html.escape(str(v)).replace("|", "\\|")
+        return html.escape(str(v))
 
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    for row in df[columns].itertuples(index=False):
-        lines.append("| " + " | ".join(cell(v) for v in row) + " |")
-    return "\n".join(lines) + "\n"
+    cells = pd.DataFrame([[cell(v) for v in row] for row in df[columns].itertuples(index=False)], columns=columns)
+    return markdown_table(cells, align=False) + "\n"
 
 
 def sweep_summary_markdown(sweep: str, df: pd.DataFrame, best: pd.DataFrame, note: str = "") -> str:
@@ -88,7 +90,7 @@ def sweep_summary_markdown(sweep: str, df: pd.DataFrame, best: pd.DataFrame, not
         text += note + "\n\n"
     if not best.empty:
         text += "Best setting per depth (mean test accuracy over seeds):\n\n"
-        text += markdown_table(best.rename(columns={"mean": "test_acc", "n": "seeds"}),
+        text += summary_table(best.rename(columns={"mean": "test_acc", "n": "seeds"}),
                                ["depth", "setting", "test_acc", "seeds"])
     return text
 

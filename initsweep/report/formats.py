@@ -1,5 +1,10 @@
 """Run tables out to files, and report tables as markdown, html, csv and json text.
 
+Each output format is one registry entry: ``_REPORT_FORMATS`` for ``initsweep report``
+(the writer, the file suffixes that imply it, its help), ``_RUN_FORMATS`` for ``initsweep
+export``. The CLI takes its ``--format`` choices, its suffix inference and its dispatch from
+them, so a new format is a writer and its ``_register_report_format`` entry.
+
 What ``initsweep export`` writes (csv, json, parquet), ``results/read.py`` reads back to
 the same values: csv floats are written as Python's shortest round-trip repr, json through
 the strict stdlib encoder (pandas' ``to_json`` keeps 10 digits and would turn a zero delta
@@ -10,15 +15,75 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
 
-from ..errors import InitsweepError
+from ..errors import ParamError
 from ..jsontext import json_text
+from ..registry import unknown_name_error
 from ..results.read import need_pyarrow
 from .stats import count_runs
+
+
+# ---------------------------------------------------------------------- the registries
+
+
+@dataclass(frozen=True)
+class FileFormat:
+    """One ``--format`` value. ``write`` is ``(report, figures, source) -> str`` for a report
+    format and ``(runs, output) -> str | None`` (the text for stdout, or None once written)
+    for a run format. ``binary`` formats go to a file only; ``plots`` asks the CLI to draw
+    the figures (matplotlib) for the writer; ``suffixes`` are the ``--output`` names that
+    imply the format."""
+
+    name: str
+    write: Callable[..., Any]
+    help: str
+    suffixes: tuple[str, ...] = ()
+    binary: bool = False
+    plots: bool = False
+
+
+_REPORT_FORMATS: dict[str, FileFormat] = {}
+_RUN_FORMATS: dict[str, FileFormat] = {}
+
+
+def _register_report_format(entry: FileFormat) -> None:
+    _REPORT_FORMATS[entry.name] = entry
+
+
+def _register_run_format(entry: FileFormat) -> None:
+    _RUN_FORMATS[entry.name] = entry
+
+
+def get_report_format(name: str) -> FileFormat:
+    try:
+        return _REPORT_FORMATS[name]
+    except KeyError:
+        raise unknown_name_error("report format", name, _REPORT_FORMATS) from None
+
+
+def list_report_formats() -> list[FileFormat]:
+    return list(_REPORT_FORMATS.values())
+
+
+def get_run_format(name: str) -> FileFormat:
+    try:
+        return _RUN_FORMATS[name]
+    except KeyError:
+        raise unknown_name_error("run format", name, _RUN_FORMATS) from None
+
+
+def list_run_formats() -> list[FileFormat]:
+    return list(_RUN_FORMATS.values())
+
+
+def report_format_of(path: Path) -> str | None:
+    """The report format ``--output``'s suffix implies (``report.md`` -> markdown), if any."""
+    return next((f.name for f in _REPORT_FORMATS.values() if path.suffix.lower() in f.suffixes), None)
 
 
 # ---------------------------------------------------------------------- writing
@@ -31,27 +96,49 @@ def to_json_text(df: pd.DataFrame) -> str:
 
 def write_runs(df: pd.DataFrame, fmt: str, output: Path | None) -> str | None:
     """Write the raw runs table; returns the text when ``output`` is None (stdout)."""
-    if fmt == "parquet":
+    entry = get_run_format(fmt)
+    if entry.binary and output is None:
+        raise ParamError(f"{{format={fmt}}} needs {{output}} FILE ({fmt} is binary)")
+    return entry.write(df, output)
+
+
+def _text_writer(to_text: Callable[[pd.DataFrame], str]) -> Callable[[pd.DataFrame, Path | None], str | None]:
+    def write(df: pd.DataFrame, output: Path | None) -> str | None:
+        text = to_text(df)
         if output is None:
-            raise InitsweepError("--format parquet needs --output FILE (parquet is binary)")
-        need_pyarrow("--format parquet")
-        df.to_parquet(output, index=False)
+            return text
+        output.write_text(text, encoding="utf-8")
         return None
-    text = df.to_csv(index=False) if fmt == "csv" else to_json_text(df)
-    if output is None:
-        return text
-    output.write_text(text, encoding="utf-8")
-    return None
+
+    return write
 
 
-def markdown_table(df: pd.DataFrame, right: set[str] = frozenset()) -> str:
-    """A GitHub-flavoured markdown table (``|`` escaped); ``right`` columns right-aligned."""
+def _write_parquet(df: pd.DataFrame, output: Path) -> None:
+    need_pyarrow("parquet", param="format")
+    df.to_parquet(output, index=False)
+
+
+_register_run_format(FileFormat("csv", _text_writer(lambda df: df.to_csv(index=False)),
+                                 "comma-separated, one row per run"))
+_register_run_format(FileFormat("json", _text_writer(to_json_text), "a list of run records"))
+_register_run_format(FileFormat("parquet", _write_parquet, "columnar, needs pyarrow", binary=True))
+
+
+def markdown_table(df: pd.DataFrame, right: set[str] = frozenset(), align: bool = True) -> str:
+    """The one GitHub-flavoured markdown table writer: each cell ``str(value)`` with ``|``
+    escaped and a line break as `` · `` (either would break the row); ``right`` columns and
+    numeric ones right-aligned, the others left (``align=False``: plain ``---``, as the CI
+    summary writes it)."""
     def cell(value: Any) -> str:
         return str(value).replace("|", "\\|").replace("\n", " · ")
 
-    align = [c in right or pd.api.types.is_numeric_dtype(df[c]) for c in df.columns]
+    def rule(column: str) -> str:
+        if not align:
+            return "---"
+        return "---:" if column in right or pd.api.types.is_numeric_dtype(df[column]) else ":---"
+
     lines = ["| " + " | ".join(cell(c) for c in df.columns) + " |",
-             "|" + "|".join("---:" if a else ":---" for a in align) + "|"]
+             "|" + "|".join(rule(c) for c in df.columns) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines)
 
@@ -270,12 +357,10 @@ def report_markdown(report: Any) -> str:
     return "\n".join(lines)
 
 
-def report_text(report: Any, fmt: str) -> str:
-    """The report as csv, json or markdown text."""
-    if fmt == "markdown":
-        return report_markdown(report)
-    frame = report_frame(report)
-    return frame.to_csv(index=False) if fmt == "csv" else to_json_text(frame)
+def report_text(report: Any, fmt: str, figures: dict[str, bytes] | None = None, source: str = "") -> str:
+    """The report in a registered format (see :func:`list_report_formats`); ``figures`` (PNG bytes
+    by caption) and ``source`` (the results it came from) for a page that shows them."""
+    return get_report_format(fmt).write(report, figures or {}, source)
 
 
 # ---------------------------------------------------------------------- report as one html file
@@ -373,3 +458,13 @@ def report_html(report: Any, figures: dict[str, bytes], source: str) -> str:
     return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>initsweep report: {escape(report.metric)}</title><style>{_CSS}</style></head>\n<body>\n"
             + "\n".join(parts) + "\n</body></html>\n")
+
+
+_register_report_format(FileFormat("markdown", lambda report, figures, source: report_markdown(report),
+                                  "tables for a pull request", suffixes=(".md", ".markdown")))
+_register_report_format(FileFormat("csv", lambda report, figures, source: report_frame(report).to_csv(index=False),
+                                  "the table, raw numbers", suffixes=(".csv",)))
+_register_report_format(FileFormat("json", lambda report, figures, source: to_json_text(report_frame(report)),
+                                  "the table as records, raw numbers", suffixes=(".json",)))
+_register_report_format(FileFormat("html", report_html, "one self-contained page with the plots",
+                                  suffixes=(".html", ".htm"), plots=True))

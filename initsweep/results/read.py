@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from ..columns import RUN_COLUMNS
-from ..errors import InitsweepError, OptionError, StoreError
+from ..errors import InitsweepError, OptionError, ParamError, StoreError
 from .query import filter_runs
 from .store import DB_NAME, Store
 
@@ -65,12 +65,16 @@ def current_rows(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["row_id"] == latest]
 
 
-def need_pyarrow(what: str) -> Any:
+def need_pyarrow(what: str, param: str | None = None) -> Any:
+    """pyarrow, or an error about ``what`` needing it: ``what`` is a file, or with ``param``
+    the value of that parameter (``format='parquet'``, at the CLI ``--format parquet``)."""
     try:
         import pyarrow
     except ImportError:
-        raise InitsweepError(f"{what}: parquet needs pyarrow (initsweep's 'parquet' extra): "
-                             "pip install pyarrow") from None
+        problem = "parquet needs pyarrow (initsweep's 'parquet' extra): pip install pyarrow"
+        if param is not None:
+            raise OptionError(param, what, problem) from None
+        raise InitsweepError(f"{what}: {problem}") from None
     return pyarrow
 
 
@@ -173,7 +177,7 @@ def find_run(source: str | Path, prefix: str, sweep: str | None = None) -> dict[
             shown = ", ".join(ids[:4]) + (", ..." if len(ids) > 4 else "")
             raise InitsweepError(f"{prefix!r} matches {len(ids)} runs ({shown}); give more characters")
         if len(hits) > 1:
-            raise InitsweepError(f"run {ids[0]} is stored by sweeps {', '.join(hits['sweep'])}; pick one with --sweep")
+            raise ParamError(f"run {ids[0]} is stored by sweeps {', '.join(hits['sweep'])}; pick one with {{sweep}}")
         run = hits.iloc[0]
         attempts = every[(every["run_id"] == run["run_id"]) & (every["sweep"] == run["sweep"])]
         return {"run": run, "epochs": store.epochs_frame([int(run["row_id"])]),
