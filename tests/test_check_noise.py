@@ -179,3 +179,17 @@ def test_a_bad_sigma_is_one_line_exit_2(sweep, bad):
     result = invoke("check", "--baseline", sweep / "a", "--results", sweep / "a", "--sigma", bad)
     assert result.exit_code == 2
     assert result.stderr.splitlines() == [f"error: --sigma {float(bad)}: must be a number >= 0"]
+
+
+def test_the_recipe_a_field_check_compares_is_one_environment_entry(sweep, monkeypatch):
+    """docs/architecture.md, "Where to add": a run column in ``ENVIRONMENT`` and nothing else
+    gives its warning line and its --strict-env failure."""
+    from initsweep.report import check
+
+    monkeypatch.setattr(check, "ENVIRONMENT", (*check.ENVIRONMENT, "python_version"))
+    base = edited(sweep, "a", "a-python.csv", lambda df: df.assign(python_version="2.7.18"))
+    python = load_results(sweep / "a").python_version.iloc[0]
+    result = invoke("check", "--baseline", base, "--results", sweep / "a", "--strict-env")
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [f"warning: python_version differs: baseline 2.7.18, current {python}",
+                                          "check failed: environment differs (--strict-env): python_version"]
