@@ -80,7 +80,7 @@ def test_noisy_but_equal_results_pass_only_because_of_the_standard_error(sweep):
     assert "check passed: 2 group(s)" in passed.stdout
     failed = invoke("check", "--baseline", sweep / "a", "--results", sweep / "b", "--sigma", "0")
     assert failed.exit_code == 1
-    assert f"check failed: 1 of 2 group(s): regressed {-drop:+.4f} (beyond 0.0100)" in failed.stderr
+    assert f"check failed: 1 of 2 group(s): regressed {-drop:+.4f} (beyond 0.0100 = tolerance)" in failed.stderr
 
 
 def test_the_standard_errors_are_those_scipy_computes_from_the_stored_runs(sweep):
@@ -131,7 +131,7 @@ def test_an_injected_drop_of_0_2_fails_with_both_numbers_in_every_output(sweep, 
     assert code == 1 and out["passed"] is False and out["failures"] == 2
     for group in out["groups"]:
         assert group["delta"] == pytest.approx(-0.2) and 2 * group["se"] < 0.2
-        assert group["verdict"] == f"regressed -0.2000 (beyond {group['threshold']:.4f})"
+        assert group["verdict"] == f"regressed -0.2000 (beyond {group['threshold']:.4f} = 2×se)"
     cases = ET.parse(tmp_path / "check.xml").getroot().iter("testcase")
     messages = [case.find("failure").get("message") for case in cases]
     assert len(messages) == 2

@@ -124,7 +124,8 @@ def check_against(current: pd.DataFrame, baseline: pd.DataFrame, *, metric: str 
                 reasons.append("missing")
         else:
             if pd.notna(row.delta) and sign * row.delta < -row.threshold:
-                reasons.append(f"regressed {row.delta:+.4f} (beyond {row.threshold:.4f})")
+                bound = f"{sigma:g}×se" if sigma * row.se > tolerance else "tolerance"  # NaN se: the tolerance
+                reasons.append(f"regressed {row.delta:+.4f} (beyond {row.threshold:.4f} = {bound})")
             if "diverged" in fail_on and (row.diverged or 0) > 0 and not (row.base_diverged or 0) > 0:
                 reasons.append("newly diverged")
             if "failed" in fail_on and (row.failed or 0) > 0:
