@@ -159,6 +159,6 @@ def test_the_markdown_summary_is_the_gate_table_cell_for_cell(sweep):
     rows = ["| " + " | ".join(map(cell, row)) + " |" for row in table.itertuples(index=False)]
     assert (sweep / "drop.md").read_text(encoding="utf-8") == (
         f"## initsweep check: test_acc against {base}\n\n{int((table['verdict'] != 'ok').sum())} of {len(table)} "
-        "group(s) failed (tolerance 0.01).\n\n"
+        "group(s) failed (a group regresses when its drop exceeds max(tolerance 0.01, 2 × se)).\n\n"
         + "| " + " | ".join(table.columns) + " |\n" + "|" + "|".join("---" for _ in table.columns) + "|\n"
         + "\n".join(rows) + "\n")

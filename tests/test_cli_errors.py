@@ -321,6 +321,7 @@ def test_report_errors_from_python_name_the_parameter_and_the_cli_the_flag(store
          "--fail-on slow: use any of"),
         (lambda: check_against(df, df, tolerance=-1.0), "tolerance=-1.0: must be a number >= 0",
          "--tolerance -1.0: must be"),
+        (lambda: check_against(df, df, sigma=float("nan")), "sigma=nan: must be a number >= 0", "--sigma nan: must be"),
         (lambda: plan_execution(ray_address="auto"), "ray_address/ray_timeout/num_cpus/num_gpus need executor='ray'",
          "--ray-address/--ray-timeout/--num-cpus/--num-gpus need --executor ray"),
     ]
