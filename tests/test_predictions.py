@@ -2,17 +2,21 @@
 test image, through the CLI on real stored sweeps.
 
 Checked for the single and the vmapped path: one byte per test image, and the stored
-accuracy is their count of hits (exactly: it is a count); ``merge`` carries them; a store of schema 2 (before the table) is read as it is, merges,
+accuracy is their count of hits (exactly: it is a count); ``show`` prints the per-class
+accuracy and confusion matrix recomputed here from the BLOBs read with plain sqlite3;
+``merge`` carries them; a store of schema 2 (before the table) is read as it is, merges,
 and migrates in place when written to.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from test_ci import invoke, write_config
 
@@ -72,6 +76,26 @@ def test_every_run_stores_one_byte_per_test_image_and_its_accuracy_is_their_coun
         assert (predicted == target).sum() / len(target) == run.test_acc  # a count over 256: exact
 
 
+def test_show_prints_per_class_accuracy_and_the_confusion_matrix(store):
+    run = load_results(store).iloc[0]
+    predicted, target = stored_predictions(store)[run.run_id]
+    result = invoke("show", run.run_id, "--results", str(store), "-f", "json")
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)["predictions"]
+    matrix = pd.crosstab(pd.Series(target, name="true"), pd.Series(predicted, name="predicted")).reindex(
+        index=range(10), columns=range(10), fill_value=0)
+    assert shown["confusion"] == matrix.to_numpy().tolist() and shown["n"] == 256
+    assert shown["correct"] == int((predicted == target).sum()) == round(run.test_acc * 256)
+    for k, entry in enumerate(shown["per_class"]):
+        assert entry["class"] == k and entry["n"] == int((target == k).sum())
+        assert entry["correct"] == int(((target == k) & (predicted == k)).sum())
+        assert entry["accuracy"] == pytest.approx(entry["correct"] / entry["n"], rel=1e-12)
+    table = invoke("show", run.run_id, "--results", str(store))
+    assert table.exit_code == 0
+    assert f"test predictions: {shown['correct']}/256 right (rows: true class, columns: predicted)" in table.stdout
+    assert "accuracy" in table.stdout and "no per-example predictions" not in table.stdout
+
+
 def test_merge_carries_the_predictions_with_their_runs(store, tmp_path):
     result = invoke("merge", str(store), "--into", str(tmp_path / "merged"))
     assert result.exit_code == 0 and "24 run(s) added" in result.stdout
@@ -95,6 +119,13 @@ def schema_2_copy(store: Path, folder: Path) -> Path:
 
 def test_an_old_store_is_read_as_it_is_then_migrates_in_place_and_merges(store, tmp_path):
     old = schema_2_copy(store, tmp_path / "old")
+    run_id = load_results(old).iloc[0].run_id
+    shown = invoke("show", run_id, "--results", str(old))
+    assert shown.exit_code == 0, shown.output
+    assert "no per-example predictions (stored before store schema 3)" in shown.stdout
+    as_json = json.loads(invoke("show", run_id, "--results", str(old), "-f", "json").stdout)
+    assert as_json["predictions"] is None
+    assert as_json["predictions_note"] == "no per-example predictions (stored before store schema 3)"
     # merging the old store carries its runs (without predictions) into a new one
     merged = invoke("merge", str(old), "--into", str(tmp_path / "merged"))
     assert merged.exit_code == 0 and "24 run(s) added" in merged.stdout
@@ -109,4 +140,6 @@ def test_an_old_store_is_read_as_it_is_then_migrates_in_place_and_merges(store, 
     predictions = stored_predictions(old)
     (new_run,) = load_results(old, where="depth == 3")["run_id"]
     assert list(predictions) == [new_run] and len(load_results(old)) == 25
+    again = invoke("show", run_id, "--results", str(old))
+    assert "no per-example predictions (stored before store schema 3)" in again.stdout
 
