@@ -1,9 +1,9 @@
 """``initsweep merge``: combine results folders (CI shards) into one.
 
-The current rows of each source (with their epochs, layers and predictions) are copied into the target
-in one transaction; a run already there with the same result is skipped, one with a
-different result is a conflict, reported and left as it was. Every source is opened and
-checked before the target is touched, so a failed merge changes nothing.
+The current rows of each source (with their epochs, layers and predictions) are copied
+into the target in one transaction; a run already there with the same result is skipped,
+one with a different result is a conflict, reported and left as it was. Every source is
+opened and checked before the target is touched, so a failed merge changes nothing.
 """
 
 from __future__ import annotations
