@@ -175,3 +175,18 @@ def test_runs_stored_before_predictions_are_compared_without_mcnemar(store, tmp_
         assert group["mcnemar_p"] is None and group["a_only_correct"] is None and group["p_value"] is not None
         assert "no mcnemar: runs without stored predictions (stored before schema 3, or read from an export)" \
             in group["why"]
+
+
+def test_a_metric_without_spread_gives_empty_tests_and_says_why(store):
+    """``epochs`` is 1 for every run: every paired difference is 0 (a zero-width interval, no
+    t-test, no Wilcoxon) and neither set has spread (no Welch test); McNemar still compares
+    the test classifications, which do differ."""
+    (paired,) = compare_json(store, f"{HE} and depth == 1", f"{XAVIER} and depth == 1", "--metric", "epochs")["groups"]
+    assert paired["n_pairs"] == 6 and (paired["mean_diff"], paired["ci_low"], paired["ci_high"]) == (0.0, 0.0, 0.0)
+    assert paired["p_value"] is None and paired["wilcoxon_p"] is None and paired["mcnemar_p"] is not None
+    assert paired["why"] == ("every pair differs by the same amount: no t-test; "
+                             "wilcoxon needs 6 non-zero differences, has 0")
+    (welch,) = compare_json(store, f"{HE} and depth == 1 and seed < 3", f"{XAVIER} and depth == 1 and seed >= 3",
+                            "--metric", "epochs")["groups"]
+    assert welch["test"] == "welch" and welch["p_value"] is None and welch["ci_low"] is None
+    assert welch["why"] == "no seed pairs: Welch's test; no spread in either set: no Welch test"

@@ -23,14 +23,14 @@ Per group, over the pairs' differences d = A - B of the metric:
 
 A group without pairs (seeds that do not match, or repeat within a set) falls back to
 Welch's test of the two sets (``scipy.stats.ttest_ind(equal_var=False)``, its interval with
-the Welch-Satterthwaite degrees of freedom; needs 2 runs a side) and says so. With several
-groups, each p column is also Holm-adjusted over the groups that have one (``*_holm``).
+the Welch-Satterthwaite degrees of freedom; needs 2 runs a side and some spread) and says
+so. With several groups, each p column is also Holm-adjusted over the groups that have one
+(``*_holm``).
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -54,7 +54,7 @@ Predictions = dict[int, tuple[np.ndarray, np.ndarray]]  # row_id -> (predicted, 
 
 @dataclass
 class Comparison:
-    """One row per group (``groups``), what differs between A and B, and the notes to print."""
+    """What differs between A and B, the settings that group them, and one row per group."""
 
     metric: str
     a: str
@@ -199,10 +199,11 @@ def _welch(x: np.ndarray, y: np.ndarray, why: list[str]) -> dict[str, Any]:
     if len(x) < 2 or len(y) < 2:
         why.append("Welch's test needs 2 runs in each set")
         return out
-    with warnings.catch_warnings():  # no spread in either set: scipy warns and answers NaN
-        warnings.simplefilter("ignore", RuntimeWarning)
-        result = stats.ttest_ind(x, y, equal_var=False)
-        interval = result.confidence_interval(LEVEL)
+    if x.std() == 0 and y.std() == 0:  # scipy would warn and answer NaN
+        why.append("no spread in either set: no Welch test")
+        return out
+    result = stats.ttest_ind(x, y, equal_var=False)
+    interval = result.confidence_interval(LEVEL)
     out.update(p_value=float(result.pvalue), ci_low=float(interval.low), ci_high=float(interval.high))
     return out
 
@@ -238,6 +239,5 @@ def per_class(matrix: np.ndarray) -> pd.DataFrame:
     """Per true class: its test images, those classified right, and the accuracy."""
     n = matrix.sum(1)
     right = np.diag(matrix)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        accuracy = np.where(n > 0, right / np.maximum(n, 1), np.nan)
+    accuracy = np.where(n > 0, right / np.maximum(n, 1), np.nan)  # a class absent from the split: no accuracy
     return pd.DataFrame({"class": np.arange(len(n)), "n": n, "correct": right, "accuracy": accuracy})
