@@ -143,3 +143,21 @@ def test_an_old_store_is_read_as_it_is_then_migrates_in_place_and_merges(store, 
     again = invoke("show", run_id, "--results", str(old))
     assert "no per-example predictions (stored before store schema 3)" in again.stdout
 
+
+
+def test_show_says_a_run_that_did_not_finish_has_no_predictions(store, tmp_path):
+    """A failed attempt is stored without predictions (``Store.finish`` of a failed result):
+    here one run's row made so by hand, as a failed retry would leave it."""
+    folder = tmp_path / "res"
+    shutil.copytree(store, folder)
+    run_id = load_results(folder).iloc[0].run_id
+    conn = sqlite3.connect(folder / "initsweep.db")
+    conn.execute("DELETE FROM predictions WHERE row_id = (SELECT row_id FROM runs WHERE run_id = ?)", (run_id,))
+    conn.execute("UPDATE runs SET status = 'failed', error = 'RuntimeError: boom' WHERE run_id = ?", (run_id,))
+    conn.commit()
+    conn.close()
+    shown = invoke("show", run_id, "--results", str(folder))
+    assert shown.exit_code == 0 and "no per-example predictions (the run did not finish)" in shown.stdout
+    as_json = json.loads(invoke("show", run_id, "--results", str(folder), "-f", "json").stdout)
+    assert as_json["predictions"] is None
+    assert as_json["predictions_note"] == "no per-example predictions (the run did not finish)"

@@ -255,7 +255,7 @@ def _render_predictions(console: Console, detail: dict[str, Any]) -> None:
         table.add_column(str(k), justify="right")
     table.add_column("n", justify="right")
     table.add_column("accuracy", justify="right")
-    for k, (row, stats) in enumerate(zip(matrix, summary["per_class"])):
+    for k, (row, entry) in enumerate(zip(matrix, summary["per_class"])):
         cells = [Text(str(v), style="bold" if j == k else "dim" if v == 0 else "") for j, v in enumerate(row)]
-        table.add_row(str(k), *cells, str(stats["n"]), fmt_value(stats["accuracy"]))
+        table.add_row(str(k), *cells, str(entry["n"]), fmt_value(entry["accuracy"]))
     console.print(table)
