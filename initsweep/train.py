@@ -106,6 +106,10 @@ class RunResult:
     compile_seconds: float | None = None  # torch.compile warm-up, excluded from train_seconds
     peak_rss_mb: float | None = None  # the training process's peak resident memory
     verdict: str | None = None  # the probe's diagnosis at init (probe.py); None when diagnostics are off
+    # the predicted class and the true class of every test image, one byte each in the test
+    # split's order (``predictions`` table): McNemar's test, per-class accuracy, confusion
+    predicted: bytes | None = None
+    targets: bytes | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,9 +131,9 @@ class RunResult:
 
 
 # RunResult fields that are no column of ``runs``: the key (set at claim), the tables of
-# their own (epochs, layers), the environment (spread over ENVIRONMENT_COLUMNS), and the
-# dataset trained on, which the run's ``dataset`` setting already records.
-_NOT_COLUMNS = ("run_id", "epochs", "layers", "environment", "data_source")
+# their own (epochs, layers, predictions), the environment (spread over ENVIRONMENT_COLUMNS),
+# and the dataset trained on, which the run's ``dataset`` setting already records.
+_NOT_COLUMNS = ("run_id", "epochs", "layers", "environment", "data_source", "predicted", "targets")
 
 
 def resolve_device(name: str, param: str = "device") -> torch.device:
@@ -297,6 +301,13 @@ class Metrics:
 
     loss: list[float | None]
     acc: list[float | None]
+    predicted: torch.Tensor | None = None  # [K, n] uint8 on the CPU, when asked for
+
+
+def as_bytes(labels: torch.Tensor) -> bytes:
+    """Class indices [n] as one byte each (``RunResult.predicted``/``targets``): 10 classes
+    need no more, and a run's 10,000 MNIST test images cost 10 KB."""
+    return labels.to(device="cpu", dtype=torch.uint8).numpy().tobytes()
 
 
 @dataclass
@@ -350,20 +361,32 @@ def eval_batch_size(device: torch.device, k: int) -> int:
     return EVAL_BATCH_CPU if device.type == "cpu" else max(EVAL_BATCH_CPU, EVAL_BATCH // k)
 
 
-def evaluate(model: Lockstep, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Metrics:
-    """Mean cross-entropy and accuracy of each model over ``batches`` (no gradients)."""
+def evaluate(model: Lockstep, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+             keep_predictions: bool = False) -> Metrics:
+    """Mean cross-entropy and accuracy of each model over ``batches`` (no gradients).
+
+    ``keep_predictions``: also each model's predicted class per example, in batch order; the
+    accuracy counts these very predictions, so it can be recomputed from them exactly.
+    """
     loss_sum = torch.zeros(model.k, dtype=torch.float64, device=model.device)
     correct = torch.zeros(model.k, dtype=torch.int64, device=model.device)
+    kept: list[torch.Tensor] = []
     n = 0
     with torch.no_grad():
         for xb, yb in batches:
             logits = model.eval_logits(xb)  # [K, b, C]
             loss_sum += per_model_loss(logits, yb, reduction="sum").double()
-            correct += (logits.argmax(-1) == yb).sum(-1)
+            predicted = logits.argmax(-1)  # [K, b]
+            correct += (predicted == yb).sum(-1)
+            if keep_predictions:
+                kept.append(predicted.to(torch.uint8))
             n += len(yb)
+    predictions = None
+    if keep_predictions:
+        predictions = torch.cat(kept, 1).cpu() if kept else torch.zeros(model.k, 0, dtype=torch.uint8)
     if n == 0:
-        return Metrics([float("nan")] * model.k, [float("nan")] * model.k)
-    return Metrics((loss_sum / n).tolist(), (correct.double() / n).tolist())
+        return Metrics([float("nan")] * model.k, [float("nan")] * model.k, predictions)
+    return Metrics((loss_sum / n).tolist(), (correct.double() / n).tolist(), predictions)
 
 
 def _judge(model: Lockstep, state: TrainState, pending: list[tuple[int, torch.Tensor, torch.Tensor]]) -> None:
@@ -488,8 +511,10 @@ def fit(model: Lockstep, opt: torch.optim.Optimizer, specs: list[RunSpec], split
         if probed is not None:
             result.layers += probed.rows("final")
     t_eval = time.perf_counter()
-    test = evaluate(model, iterate_batches(splits.test_x, splits.test_y, eval_batch, shuffle=False))
+    test = evaluate(model, iterate_batches(splits.test_x, splits.test_y, eval_batch, shuffle=False),
+                    keep_predictions=True)
     eval_seconds += time.perf_counter() - t_eval
+    targets = as_bytes(splits.test_y)
     peak = peak_rss_mb()
     for m, result in enumerate(results):
         if state.diverged_step[m] is not None:
@@ -499,6 +524,7 @@ def fit(model: Lockstep, opt: torch.optim.Optimizer, specs: list[RunSpec], split
         if compiled:
             result.compile_seconds = state.first_step_seconds
         result.test_loss, result.test_acc, result.best_val_acc = test.loss[m], test.acc[m], best_val[m]
+        result.predicted, result.targets = as_bytes(test.predicted[m]), targets
         result.train_seconds, result.eval_seconds = train_seconds, eval_seconds
         result.samples_per_sec = samples[m] / train_seconds if train_seconds > 0 else None
         result.wall_seconds, result.peak_rss_mb = time.perf_counter() - t_start, peak

@@ -8,7 +8,7 @@ draw their output. Only this package prints.
 
 from __future__ import annotations
 
-from . import ci, probe, report, sweep  # noqa: F401  (each registers its commands on the app)
+from . import ci, compare, probe, report, sweep  # noqa: F401  (each registers its commands on the app)
 from .app import app
 
 # The console script (``initsweep = "initsweep.cli:main"``) and ``python -m initsweep``: the

@@ -140,7 +140,8 @@ def run_as_json(detail: dict[str, Any]) -> dict[str, Any]:
 
     run = {k: json_value(v) for k, v in detail["run"].items() if k != "spec_json"}
     return {"run": run, "settings": json.loads(detail["run"]["spec_json"]), "epochs": records(detail["epochs"]),
-            "layers": records(detail["layers"]), "attempts": records(detail["attempts"])}
+            "layers": records(detail["layers"]), "attempts": records(detail["attempts"]),
+            **_predictions_json(detail)}
 
 
 def _pairs(title: str, items: list[tuple[str, Any]]) -> Table:
@@ -176,6 +177,7 @@ def render_run(console: Console, detail: dict[str, Any]) -> None:
     console.print(_pairs("where and when", versions))
     _render_epochs(console, detail["epochs"])
     _render_layers(console, detail["layers"])
+    _render_predictions(console, detail)
     attempts = detail["attempts"]
     if len(attempts) > 1:
         console.print(f"{len(attempts)} attempts: " + ", ".join(
@@ -216,3 +218,44 @@ def _render_layers(console: Console, layers: pd.DataFrame) -> None:
         if "act_std" in part and part["act_std"].notna().any():
             console.print(f"  act_std ({phase}, log scale) {sparkline(part['act_std'].tolist(), log=True)}",
                           highlight=False)
+
+
+def _no_predictions(run: Any) -> str:
+    from ..results.store import FINISHED, PREDICTIONS_SINCE
+
+    why = (f"stored before store schema {PREDICTIONS_SINCE}" if run["status"] in FINISHED
+           else "the run did not finish")
+    return f"no per-example predictions ({why})"
+
+
+def _predictions_json(detail: dict[str, Any]) -> dict[str, Any]:
+    """``show -f json``'s ``predictions`` (per-class accuracy, confusion matrix) or, when the
+    run has none, ``predictions: null`` and the reason."""
+    from ..report.compare import prediction_summary
+
+    if detail["predictions"] is None:
+        return {"predictions": None, "predictions_note": _no_predictions(detail["run"])}
+    return {"predictions": prediction_summary(*detail["predictions"])}
+
+
+def _render_predictions(console: Console, detail: dict[str, Any]) -> None:
+    """The confusion matrix of the test split (rows: true class), each row's n and accuracy."""
+    from ..report.compare import prediction_summary
+
+    if detail["predictions"] is None:
+        console.print(_no_predictions(detail["run"]), style="dim", highlight=False)
+        return
+    summary = prediction_summary(*detail["predictions"])
+    matrix = summary["confusion"]
+    console.print(f"test predictions: {summary['correct']}/{summary['n']} right (rows: true class, "
+                  "columns: predicted)", highlight=False)
+    table = Table()
+    table.add_column("true", justify="right")
+    for k in range(len(matrix)):
+        table.add_column(str(k), justify="right")
+    table.add_column("n", justify="right")
+    table.add_column("accuracy", justify="right")
+    for k, (row, entry) in enumerate(zip(matrix, summary["per_class"])):
+        cells = [Text(str(v), style="bold" if j == k else "dim" if v == 0 else "") for j, v in enumerate(row)]
+        table.add_row(str(k), *cells, str(entry["n"]), fmt_value(entry["accuracy"]))
+    console.print(table)

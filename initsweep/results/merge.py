@@ -1,9 +1,9 @@
 """``initsweep merge``: combine results folders (CI shards) into one.
 
-The current rows of each source (with their epochs and layers) are copied into the target
-in one transaction; a run already there with the same result is skipped, one with a
-different result is a conflict, reported and left as it was. Every source is opened and
-checked before the target is touched, so a failed merge changes nothing.
+The current rows of each source (with their epochs, layers and predictions) are copied
+into the target in one transaction; a run already there with the same result is skipped,
+one with a different result is a conflict, reported and left as it was. Every source is
+opened and checked before the target is touched, so a failed merge changes nothing.
 """
 
 from __future__ import annotations
@@ -90,9 +90,11 @@ def _merge_one(src: sqlite3.Connection, conn: sqlite3.Connection, run_cols: list
         cursor = conn.execute(f"INSERT INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
                               [row[c] for c in cols])
         new_id = cursor.lastrowid
-        for table in ("epochs", "layers"):
+        for table in ("epochs", "layers", "predictions"):
             target_cols = [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
             source_cols = {r[1] for r in src.execute(f"PRAGMA table_info({table})")}
+            if not source_cols:  # a source older than the table (predictions: schema 3) has none to copy
+                continue
             cols_t = [c for c in target_cols if c in source_cols]
             for child in src.execute(f"SELECT * FROM {table} WHERE row_id = ?", (row["row_id"],)):
                 values = [new_id if c == "row_id" else child[c] for c in cols_t]

@@ -161,8 +161,19 @@ def read_curves(source: str | Path, row_ids: list[int]) -> tuple[pd.DataFrame | 
         return store.epochs_frame(row_ids), store.layers_frame(row_ids)
 
 
+def read_predictions(source: str | Path, row_ids: list[int]) -> dict[int, tuple[Any, Any]]:
+    """``row_id -> (predicted, target)`` of these attempts (``Store.predictions``); none from
+    an export file, which holds only the runs table, or for runs stored before schema 3."""
+    path = Path(source)
+    if not (path / DB_NAME).is_file():
+        return {}
+    with Store(path, create=False) as store:
+        return store.predictions(row_ids)
+
+
 def find_run(source: str | Path, prefix: str, sweep: str | None = None) -> dict[str, Any]:
-    """The run whose id starts with ``prefix``: its current row, attempts, epochs and layers."""
+    """The run whose id starts with ``prefix``: its current row, attempts, epochs, layers and
+    test predictions (``(predicted, target)``, or None when it has none)."""
     with Store(source, create=False) as store:
         if sweep is not None:
             _check_sweeps(sweep, _stored_sweeps(store), Path(source))
@@ -182,4 +193,5 @@ def find_run(source: str | Path, prefix: str, sweep: str | None = None) -> dict[
         attempts = every[(every["run_id"] == run["run_id"]) & (every["sweep"] == run["sweep"])]
         return {"run": run, "epochs": store.epochs_frame([int(run["row_id"])]),
                 "layers": store.layers_frame([int(run["row_id"])]),
+                "predictions": store.predictions([int(run["row_id"])]).get(int(run["row_id"])),
                 "attempts": attempts[["row_id", "status", "claimed_at", "finished_at", "error"]]}

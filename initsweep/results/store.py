@@ -12,6 +12,9 @@ Tables (schema version in ``meta``):
   (a failed attempt before a retry, a result before ``--fresh``), never overwritten.
 * ``epochs`` — per-epoch curves of each attempt.
 * ``layers`` — per-layer signal statistics (at init and after training).
+* ``predictions`` — each finished attempt's predicted and true class of every test image
+  (two BLOBs, one byte per image, in the test split's order): McNemar's test, per-class
+  accuracy and the confusion matrix, without retraining and without the dataset.
 
 Their columns are defined once, in ``columns.py``; the schema below is built from them.
 
@@ -37,6 +40,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
+import numpy as np
 import pandas as pd
 
 from ..columns import LAYER_COLUMNS, RESULT_COLUMNS, SETTING_COLUMNS
@@ -50,7 +54,11 @@ DB_NAME = "initsweep.db"
 _SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite 3 database
 # 2: layers gained pre_m2, act_m2, act_grad_norm2, sigma_w2 and predicted_* (probe.py);
 #    older databases get the missing columns (NULL in old rows) when opened for writing.
-SCHEMA_VERSION = 2
+# 3: the predictions table; older databases get it (empty: their runs lack predictions)
+#    when opened for writing. An initsweep of schema 2 refuses a schema-3 store, so its
+#    ``merge`` cannot copy runs and leave their predictions behind.
+SCHEMA_VERSION = 3
+PREDICTIONS_SINCE = 3  # the first schema whose runs store their test predictions
 STALE_CLAIM_S = 6 * 3600.0
 FINISHED = ("ok", "diverged")
 STATUSES = ("running", "ok", "diverged", "failed", "interrupted")
@@ -80,6 +88,12 @@ CREATE TABLE IF NOT EXISTS layers (
     layer INTEGER NOT NULL,
     {", ".join(f"{c} {t}" for c, t in LAYER_COLUMNS.items())},
     PRIMARY KEY (row_id, phase, layer)
+);
+CREATE TABLE IF NOT EXISTS predictions (
+    row_id INTEGER PRIMARY KEY REFERENCES runs (row_id),
+    run_id TEXT NOT NULL,
+    predicted BLOB NOT NULL,
+    target BLOB NOT NULL
 );
 """
 
@@ -400,7 +414,8 @@ class Store:
             return int(cursor.lastrowid)
 
     def finish(self, row_id: int, result: RunResult) -> None:
-        """Record a finished attempt (a ``train.RunResult``) with its epochs and layers, atomically.
+        """Record a finished attempt (a ``train.RunResult``) with its epochs, layers and test
+        predictions, atomically.
 
         The row's columns are the result's own (``RunResult.to_row()``, which names them after
         ``columns.RESULT_COLUMNS``), so a new result field needs no line here.
@@ -422,6 +437,9 @@ class Store:
                     f"INSERT INTO layers ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
                     [[row_id, result.run_id, layer["phase"], layer["layer"],
                       *(_clean(layer.get(c)) for c in LAYER_COLUMNS)] for layer in result.layers])
+            if result.predicted is not None:
+                conn.execute("INSERT INTO predictions VALUES (?, ?, ?, ?)",
+                             (row_id, result.run_id, result.predicted, result.targets))
 
     def mark_interrupted(self, row_id: int, reason: str) -> None:
         with self._write() as conn:
@@ -460,6 +478,18 @@ class Store:
         if row_ids is not None:
             sql += f" WHERE row_id IN ({', '.join(str(int(r)) for r in row_ids) or 'NULL'})"
         return self._frame(sql + " ORDER BY row_id, phase, layer")
+
+    def predictions(self, row_ids: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """``row_id -> (predicted, target)`` (uint8 arrays, one entry per test image) of the
+        attempts that have them; a store older than schema 3, read as it is, has none."""
+        with self.guard():
+            if not self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'predictions'").fetchone():
+                return {}
+            rows = self.conn.execute(
+                f"SELECT row_id, predicted, target FROM predictions "
+                f"WHERE row_id IN ({', '.join(str(int(r)) for r in row_ids) or 'NULL'})").fetchall()
+        return {int(r["row_id"]): (np.frombuffer(r["predicted"], dtype=np.uint8),
+                                   np.frombuffer(r["target"], dtype=np.uint8)) for r in rows}
 
     def _frame(self, sql: str, params: list | tuple = ()) -> pd.DataFrame:
         with self.guard():

@@ -56,7 +56,7 @@ class Ledger:
         return claimed
 
     def finish(self, spec: RunSpec, result: RunResult) -> None:
-        """Store a claimed run's result (its epochs and layers with it, atomically)."""
+        """Store a claimed run's result (its epochs, layers and predictions with it, atomically)."""
         self.store.finish(self._open.pop(spec.run_id), result)
         self.results.append((spec, result))
         self.observer.run_finished(spec, result)
