@@ -185,9 +185,13 @@ class SeedVerdict:
     @property
     def label(self) -> str:
         """``healthy``, or ``exploding (2 of 3 seeds)`` when some seeds' own verdicts differ."""
+        return self.counted("seeds")
+
+    def counted(self, noun: str) -> str:
+        """The label counting ``noun``: a report group that spans other settings too counts runs."""
         if self.agreeing == self.seeds:
             return self.verdict
-        return f"{self.verdict} ({self.agreeing} of {self.seeds} seeds)"
+        return f"{self.verdict} ({self.agreeing} of {self.seeds} {noun})"
 
 
 def over_seeds(per_seed: list[dict[str, Any]]) -> SeedVerdict:

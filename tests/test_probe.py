@@ -427,6 +427,60 @@ def test_over_seeds_judges_the_median_of_constructed_factors():
     assert end_to_end(one["layers"][:1]) == (None, None)
 
 
+def test_report_judges_a_group_over_its_seeds_stored_diagnostics(tmp_path):
+    """`report` shows each group's verdict over its seeds and the median factor with its range,
+    all recomputed here from the stored init rows; an export (no layers) keeps the runs' consensus."""
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "s", "data": {"dataset": "mnist-sample", "train_limit": 256, "test_limit": 64},
+        "model": {"arch": "mlp", "depth": 3, "width": 4, "activation": "relu"},
+        "train": {"epochs": 1, "batch_size": 64, "seeds": [0, 1, 2]}, "grid": {"init": ["he", "xavier_normal"]},
+        "diagnostics": {"batch_size": 16, "phases": ["init"]}}))
+    run_sweep(config, results_dir=tmp_path / "res", device="cpu")
+    with Store(tmp_path / "res") as store:
+        runs, layers = store.runs_frame(), store.layers_frame()
+    out = runner.invoke(app, ["report", "--results", str(tmp_path / "res"), "--by", "init", "-f", "json"])
+    assert out.exit_code == 0, out.output
+    groups = {g["init"]: g for g in json.loads(out.stdout)}
+    assert set(groups) == {"he", "xavier_normal"}
+    disagreeing = 0
+    for init, group in groups.items():
+        mine = runs[runs.init == init]
+        assert len(mine) == 3
+        forward, backward = [], []
+        for row_id in mine.row_id:
+            rows = layers[(layers.row_id == row_id) & (layers.phase == "init")].sort_values("layer")
+            forward.append(layer_factor(rows.act_m2.tolist()))
+            backward.append(layer_factor(rows.act_grad_norm2.tolist(), reverse=True))
+        for key, values in (("forward_factor", forward), ("backward_factor", backward)):
+            assert group[key] == pytest.approx(float(np.median(values)), rel=1e-9)
+            assert [group[f"{key}_min"], group[f"{key}_max"]] == pytest.approx([min(values), max(values)], rel=1e-9)
+        word = group["verdict"].split(" (")[0]
+        agree = int((mine.verdict == word).sum())
+        assert group["verdict"] == (word if agree == 3 else f"{word} ({agree} of 3 seeds)")
+        disagreeing += agree < 3
+    assert disagreeing  # 4 units a layer: some seeds lose half of a layer's units, others do not
+    # a group over both inits holds other settings than the seed: it counts runs
+    (both,) = json.loads(runner.invoke(app, ["report", "--results", str(tmp_path / "res"), "--by", "activation",
+                                             "-f", "json"]).stdout)
+    word = both["verdict"].split(" (")[0]
+    agree = int((runs.verdict == word).sum())
+    assert both["verdict"] == (word if agree == 6 else f"{word} ({agree} of 6 runs)")
+    table = runner.invoke(app, ["report", "--results", str(tmp_path / "res"), "--by", "init", "-f", "markdown"])
+    he = groups["he"]
+    shown = Spread(he["forward_factor"], he["forward_factor_min"], he["forward_factor_max"]).text()
+    assert table.exit_code == 0 and "act x/layer" in table.stdout and "grad x/layer" in table.stdout
+    assert f"| {he['verdict']} | {shown} |" in table.stdout
+    # an export holds no layers: the runs' common verdict, as before, and no factors
+    export = tmp_path / "runs.csv"
+    assert runner.invoke(app, ["export", "--results", str(tmp_path / "res"), "-o", str(export)]).exit_code == 0
+    out = runner.invoke(app, ["report", "--results", str(export), "--by", "init", "-f", "json"])
+    (he_exported,) = [g for g in json.loads(out.stdout) if g["init"] == "he"]
+    assert "forward_factor" not in he_exported
+    counts = runs[runs.init == "he"].verdict.value_counts()
+    assert he_exported["verdict"] == (counts.index[0] if len(counts) == 1 else f"{counts.index[0]} ({counts.iloc[0]}/3)")
+
+
 def test_cli_errors_are_one_line_exit_2():
     out = runner.invoke(app, ["probe", "--arch", "plian"])  # checked by the config, as --init is
     assert out.exit_code == 2 and out.stderr.strip().splitlines() == [

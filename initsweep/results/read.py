@@ -157,6 +157,16 @@ def read_curves(source: str | Path, row_ids: list[int]) -> tuple[pd.DataFrame | 
         return store.epochs_frame(row_ids), store.layers_frame(row_ids)
 
 
+def read_layers(source: str | Path, row_ids: list[int]) -> pd.DataFrame | None:
+    """The per-layer statistics of these attempts (what ``report`` judges over seeds); None
+    for an export file, which holds only the runs table."""
+    path = Path(source)
+    if not (path / DB_NAME).is_file():
+        return None
+    with Store(path, create=False) as store:
+        return store.layers_frame(row_ids)
+
+
 def find_run(source: str | Path, prefix: str, sweep: str | None = None) -> dict[str, Any]:
     """The run whose id starts with ``prefix``: its current row, attempts, epochs and layers."""
     with Store(source, create=False) as store:
