@@ -180,6 +180,8 @@ class SeedVerdict:
     backward: Spread
     act_end_to_end: Spread
     grad_end_to_end: Spread
+    max_dead: Spread  # each seed's worst layer's dead fraction
+    mean_saturated: Spread  # each seed's mean saturated fraction over its layers
     layers: list[dict[str, Any]]  # per-layer medians over the seeds
 
     @property
@@ -211,13 +213,13 @@ def over_seeds(per_seed: list[dict[str, Any]]) -> SeedVerdict:
     backward = Spread.of([layer_factor([l.get("act_grad_norm2") for l in ls], reverse=True) for ls in layers])
     ratios = [end_to_end(ls) for ls in layers]
     worst = [_worst_dead(ls) for ls in layers]
-    dead = Spread.of([d for d, _ in worst]).median
+    dead = Spread.of([d for d, _ in worst])
     where = sorted({i for d, i in worst if d is not None and d >= DEAD_VERDICT})  # the layers the reason names
     dead_at = f"layer {where[0]}" if len(where) == 1 else f"a layer (layers {', '.join(map(str, where))} over the seeds)"
-    saturated = Spread.of([_mean_saturated(ls) for ls in layers]).median
+    saturated = Spread.of([_mean_saturated(ls) for ls in layers])
     n_over = sum(overflowed(s["layers"], s.get("loss", 0.0)) for s in per_seed)
-    verdict, reason = _decide(dead, dead_at, saturated, len(layers[0]) - 1, forward.median, backward.median,
-                              finite=2 * n_over < len(per_seed))
+    verdict, reason = _decide(dead.median, dead_at, saturated.median, len(layers[0]) - 1, forward.median,
+                              backward.median, finite=2 * n_over < len(per_seed))
     return SeedVerdict(verdict, reason, sum(s["verdict"] == verdict for s in per_seed), len(per_seed),
                        forward, backward, Spread.of([r[0] for r in ratios]), Spread.of([r[1] for r in ratios]),
-                       median_layers(layers))
+                       dead, saturated, median_layers(layers))

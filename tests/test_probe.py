@@ -356,6 +356,9 @@ def test_cli_probe_over_seeds_median_range_and_each_seed():
         assert e[key] == pytest.approx(float(np.median(values)), rel=1e-9), key
         assert e[f"{key}_range"] == pytest.approx([min(values), max(values)], rel=1e-9), key
         assert min(values) < max(values), key  # three draws of 4x4 weights differ: a real range
+    worst = [max(l["dead_frac"] for l in p["layers"]) for p in e["per_seed"]]  # what the dead rule reads
+    assert e["max_dead_frac"] == pytest.approx(float(np.median(worst))) and e["max_dead_frac"] >= 0.5
+    assert e["max_dead_frac_range"] == pytest.approx([min(worst), max(worst)]) and e["mean_saturated_frac"] is None
     for i, layer in enumerate(e["layers"]):  # the per-layer table: medians over the seeds
         for key in ("act_m2", "act_std", "act_grad_norm2", "dead_frac"):
             assert layer[key] == pytest.approx(float(np.median([p["layers"][i][key] for p in e["per_seed"]])))

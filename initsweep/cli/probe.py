@@ -166,14 +166,12 @@ def _render(entries: list[dict[str, Any]], summary_only: bool) -> None:
                     "grad first/last", "max dead", "mean sat"):
             table.add_column(col, justify="left" if col in ("point", "verdict") else "right")
         for e in entries:
-            dead = [l["dead_frac"] for l in e["layers"] if l["dead_frac"] is not None]
-            sat = [l["saturated_frac"] for l in e["layers"] if l["saturated_frac"] is not None]
             c = colour.get(e["verdict"], "white")
             table.add_row(_label(e), f"[{c}]{e['verdict_label']}[/]", _spread(e, "forward_factor"),
                           _fmt(e["predicted_forward_factor"], ".3f"), _spread(e, "backward_factor"),
                           _fmt(e["predicted_backward_factor"], ".3f"), _spread(e, "act_end_to_end", ".3g"),
-                          _spread(e, "grad_end_to_end", ".3g"), _fmt(max(dead) if dead else None, ".0%"),
-                          _fmt(sum(sat) / len(sat) if sat else None, ".0%"))
+                          _spread(e, "grad_end_to_end", ".3g"), _spread(e, "max_dead_frac", ".0%"),
+                          _spread(e, "mean_saturated_frac", ".0%"))
         console.print(table)
 
 
@@ -196,7 +194,8 @@ def _entry(specs: list, results: list, dataset: str, batch_size: int) -> dict[st
     # an overflowed loss counts as the largest: the median is then inf (JSON null) when most seeds overflowed
     loss = float(np.median([r.loss if r.loss is not None and math.isfinite(r.loss) else math.inf for r in results]))
     spreads = {"forward_factor": agg.forward, "backward_factor": agg.backward,
-               "act_end_to_end": agg.act_end_to_end, "grad_end_to_end": agg.grad_end_to_end}
+               "act_end_to_end": agg.act_end_to_end, "grad_end_to_end": agg.grad_end_to_end,
+               "max_dead_frac": agg.max_dead, "mean_saturated_frac": agg.mean_saturated}
     return {
         "run_id": first.run_id, "sweep": first.sweep, "seed": first.seed, "seeds": [s.seed for s in specs],
         "point": dict(first.point), "settings": _settings(first), "dataset": dataset, "batch_size": batch_size,
@@ -208,6 +207,7 @@ def _entry(specs: list, results: list, dataset: str, batch_size: int) -> dict[st
         "seconds": sum(r.seconds for r in results),
         **{f"{k}_range": [v.low, v.high] for k, v in spreads.items()},
         "act_end_to_end": agg.act_end_to_end.median, "grad_end_to_end": agg.grad_end_to_end.median,
+        "max_dead_frac": agg.max_dead.median, "mean_saturated_frac": agg.mean_saturated.median,
         "layers": [{"layer": i, **l} for i, l in enumerate(agg.layers)],
         "per_seed": per_seed,
     }
