@@ -36,7 +36,8 @@ does not decide it; for a geometric sequence it is exactly the ratio).
 the factor by which the gradient grows (>1) or shrinks (<1) per layer on its way to the
 input. Only the leading run of finite, positive values is fitted.
 
-Verdict (at init), the first rule that applies:
+Verdict (at init; the code is ``verdicts.judge``, and ``verdicts.over_seeds`` judges a point over
+several seeds by the median of these numbers), the first rule that applies:
 
 1. ``exploding`` — a non-finite activation, gradient or loss (float32 overflow);
 2. ``dead`` — some layer has ``dead_frac >= DEAD_VERDICT`` (0.5);
@@ -87,16 +88,10 @@ from .activations import get_activation
 from .inits import fans
 from .build import build_initialized_model, seed_streams
 from .theory import InitRecipe, Prediction, derivative, predict
+from .verdicts import judge, layer_factor, overflowed  # the rules: numpy only, so the report reads them without torch
 
 DEAD_DERIVATIVE = 1e-3
 SATURATION_DERIVATIVE = 0.1
-DEAD_VERDICT = 0.5
-SATURATED_VERDICT = 0.5
-VANISHING_FACTOR = 0.7  # activations' second moment, per layer
-EXPLODING_FACTOR = 1 / 0.7
-GRAD_VANISHING_FACTOR = 0.8  # per-example gradient norm, per layer
-GRAD_EXPLODING_FACTOR = 1 / 0.8
-END_TO_END = 10.0  # and the factor must change the signal by more than this over the network
 DEFAULT_BATCH = 64
 
 
@@ -128,50 +123,6 @@ def fixed_batch(x: torch.Tensor, y: torch.Tensor, batch_size: int = DEFAULT_BATC
     """The probe's batch: the first ``batch_size`` examples (the training split is already a
     seeded permutation, so this is a fixed random sample that draws no random numbers)."""
     return x[:batch_size], y[:batch_size]
-
-
-def layer_factor(values: list[float] | np.ndarray, reverse: bool = False) -> float | None:
-    """``exp(slope)`` of a least-squares line through ``ln values`` against the index.
-
-    Fitted over the leading run of finite, positive values (from the end if ``reverse``);
-    ``None`` with fewer than two such values.
-    """
-    v = np.asarray(values, dtype=np.float64)
-    if reverse:
-        v = v[::-1]
-    ok = np.isfinite(v) & (v > 0)
-    n = len(v) if ok.all() else int(np.argmin(ok))
-    if n < 2:
-        return None
-    logs = np.log(v[:n])
-    idx = np.arange(n, dtype=np.float64)
-    slope = np.polyfit(idx, logs, 1)[0]
-    return float(math.exp(slope))
-
-
-def judge(layers: list[dict[str, Any]], forward: float | None, backward: float | None,
-          finite: bool) -> tuple[str, str]:
-    """The verdict and the reason for it (rules in the module docstring)."""
-    if not finite:
-        return "exploding", "activations, gradients or the loss overflowed float32 (inf/NaN)"
-    dead = [l["dead_frac"] for l in layers if l.get("dead_frac") is not None]
-    if dead and max(dead) >= DEAD_VERDICT:
-        worst = int(np.argmax(dead))
-        return "dead", f"{max(dead):.0%} of the units of layer {worst} are dead on the whole batch"
-    sat = [l["saturated_frac"] for l in layers if l.get("saturated_frac") is not None]
-    if sat and float(np.mean(sat)) >= SATURATED_VERDICT:
-        return "saturated", f"{np.mean(sat):.0%} of the activations are saturated (mean over layers)"
-    span = len(layers) - 1  # layer-to-layer steps the factors compound over
-    checks = (("activation second moment", forward, VANISHING_FACTOR, EXPLODING_FACTOR),
-              ("gradient norm", backward, GRAD_VANISHING_FACTOR, GRAD_EXPLODING_FACTOR))
-    for name, factor, _, high in checks:
-        if factor is not None and factor > high and factor**span > END_TO_END:
-            return "exploding", f"{name} grows x{factor:.3g} per layer (x{factor**span:.3g} over the network)"
-    for name, factor, low, _ in checks:
-        if factor is not None and factor < low and factor**span < 1 / END_TO_END:
-            return "vanishing", f"{name} shrinks x{factor:.3g} per layer (x{factor**span:.3g} over the network)"
-    parts = [f"{n} x{f:.3g} per layer" for n, f in (("activations", forward), ("gradients", backward)) if f is not None]
-    return "healthy", ", ".join(parts) if parts else "a single layer: no per-layer factor"
 
 
 def _stats(t: torch.Tensor) -> tuple[float, float, float]:
@@ -222,10 +173,6 @@ def flat_regions(name: str, params_key: tuple) -> tuple[float, float, float]:
     dead = (slope <= DEAD_DERIVATIVE * top).numpy()
     saturated = (slope < SATURATION_DERIVATIVE * top).numpy()
     return left_tail(dead), left_tail(saturated), right_tail(saturated)
-
-
-def _finite(value: float | None) -> bool:
-    return value is None or math.isfinite(value)
 
 
 @torch.no_grad()
@@ -327,9 +274,7 @@ def probe_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Init
     forward = layer_factor([l["act_m2"] for l in layers])
     backward = layer_factor([l["act_grad_norm2"] for l in layers], reverse=True)
     loss_value = float(loss.detach())
-    finite = math.isfinite(loss_value) and all(
-        _finite(l[k]) for l in layers for k in ("act_m2", "pre_m2", "act_grad_norm2", "weight_grad_std"))
-    verdict, reason = judge(layers, forward, backward, finite)
+    verdict, reason = judge(layers, forward, backward, finite=not overflowed(layers, loss_value))
     result = ProbeResult(layers, verdict, reason, forward, backward, loss=loss_value, notes=list(notes))
     if prediction is not None:
         result.predicted_forward_factor = layer_factor(prediction.act_m2)

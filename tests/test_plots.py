@@ -161,14 +161,15 @@ def test_without_matplotlib_plot_exits_2_and_html_has_no_plots(store, tmp_path, 
 
 
 def test_html_is_self_contained_and_escapes_text(store, tmp_path):
+    # a label the page prints as stored (a group's verdict is judged anew from its layers rows)
     with sqlite3.connect(store / "initsweep.db") as conn:
-        before = conn.execute("SELECT row_id, verdict FROM runs").fetchall()
-        conn.execute("UPDATE runs SET verdict = '<script>alert(1)</script>' WHERE init = 'he'")
+        before = conn.execute("SELECT row_id, activation_label FROM runs").fetchall()
+        conn.execute("UPDATE runs SET activation_label = '<script>alert(1)</script>' WHERE init = 'he'")
     try:
         page = runner.invoke(app, ["report", "-r", str(store), "-f", "html"]).stdout
     finally:
         with sqlite3.connect(store / "initsweep.db") as conn:
-            conn.executemany("UPDATE runs SET verdict = ? WHERE row_id = ?", [(v, r) for r, v in before])
+            conn.executemany("UPDATE runs SET activation_label = ? WHERE row_id = ?", [(v, r) for r, v in before])
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script" not in page
     assert page.count('<img src="data:image/png;base64,') == len(STEMS)
     assert "http://" not in page and "https://" not in page and "<link" not in page

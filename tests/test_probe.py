@@ -17,12 +17,14 @@ from typer.testing import CliRunner
 
 from initsweep.cli import app
 from initsweep.config import expand, validate
-from initsweep.probe import (
-    EXPLODING_FACTOR, GRAD_EXPLODING_FACTOR, GRAD_VANISHING_FACTOR, VANISHING_FACTOR, fixed_batch, judge, layer_factor, probe_model, probe_spec,
-)
+from initsweep.probe import fixed_batch, probe_model, probe_spec
 from initsweep.results.store import LAYER_COLUMNS, SCHEMA_VERSION, Store
 from initsweep.sweep.run import run_sweep
 from initsweep.theory import InitRecipe
+from initsweep.verdicts import (
+    EXPLODING_FACTOR, GRAD_EXPLODING_FACTOR, GRAD_VANISHING_FACTOR, VANISHING_FACTOR, Spread, end_to_end, judge,
+    layer_factor, over_seeds, overflowed,
+)
 from initsweep.train import run, splits_for
 
 runner = CliRunner()
@@ -285,7 +287,7 @@ def test_cli_json_matches_the_run_init_probe(tmp_path):
            "train": {"seeds": [2], "max_steps": 1}, "diagnostics": {"batch_size": 32, "phases": ["init"]}}
     config = tmp_path / "m.yaml"
     config.write_text(yaml.safe_dump(raw))
-    result = runner.invoke(app, ["probe", str(config), "--format", "json"])
+    result = runner.invoke(app, ["probe", str(config), "--seeds", "1", "--format", "json"])  # the run's seed only
     assert result.exit_code == 0, result.output
     (entry,) = json.loads(result.stdout)
     assert entry["verdict"] in ("healthy", "vanishing", "exploding", "dead", "saturated")
@@ -309,17 +311,179 @@ def test_cli_config_grid_flags_and_plot(tmp_path):
         "exclude": [{"init": "std_normal", "activation": "tanh"}], "diagnostics": {"batch_size": 16}}))
     out = runner.invoke(app, ["probe", str(config), "--format", "json"])
     assert out.exit_code == 0, out.output
-    assert len(json.loads(out.stdout)) == 3 * 2  # 4 points - 1 excluded, 2 seeds
+    entries = json.loads(out.stdout)
+    assert len(entries) == 3  # 4 points - 1 excluded, one entry per point over its seeds:
+    assert [e["seeds"] for e in entries] == [[0, 1, 2]] * 3  # the config's two, topped up to the default 3
+    assert [len(e["per_seed"]) for e in entries] == [3] * 3
+    out = runner.invoke(app, ["probe", str(config), "--seeds", "1", "--format", "json"])
+    assert [e["seeds"] for e in json.loads(out.stdout)] == [[0]] * 3  # cut to the first N
     # a flag replaces its axis (and the exclusions that name it): 2 activations x 1 seed
-    out = runner.invoke(app, ["probe", str(config), "--init", "he", "--seed", "1", "--format", "json",
+    out = runner.invoke(app, ["probe", str(config), "--init", "he", "--seed", "1", "--seeds", "1", "--format", "json",
                               "--plot", str(tmp_path / "fig")])
     assert out.exit_code == 0, out.output
     entries = json.loads(out.stdout)
-    assert [(e["settings"]["init_label"], e["seed"]) for e in entries] == [("he", 1), ("he", 1)]
+    assert [(e["settings"]["init_label"], e["seeds"]) for e in entries] == [("he", [1]), ("he", [1])]
     pngs = list((tmp_path / "fig").glob("*.png"))
     assert len(pngs) == 1 and pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = runner.invoke(app, ["probe", str(config), "--summary"])
     assert table.exit_code == 0 and "Probe summary" in table.stdout and "std_normal + relu" in table.stdout
+
+
+# ---------------------------------------------------------------- verdicts over seeds
+
+# mlp 3x4, He + ReLU, 16 images: seeds 0 and 2 lose half the units of a layer (4 units: a dead
+# fraction moves in quarters, far from float noise), seed 1 does not and its factors stay well
+# inside the end-to-end floor (x0.15 and x0.52 over the network against x0.1)
+TINY = ["--arch", "mlp", "--depth", "3", "--width", "4", "--init", "he", "--activation", "relu", "--batch-size", "16"]
+
+
+def _probe_json(*args: str) -> list[dict]:
+    out = runner.invoke(app, ["probe", *TINY, "--format", "json", *args])
+    assert out.exit_code == 0, out.output
+    return json.loads(out.stdout)
+
+
+def test_cli_probe_over_seeds_median_range_and_each_seed():
+    (e,) = _probe_json("--seeds", "3")
+    assert e["seeds"] == [0, 1, 2] and [p["seed"] for p in e["per_seed"]] == [0, 1, 2]
+    assert len({p["run_id"] for p in e["per_seed"]}) == 3 and e["run_id"] == e["per_seed"][0]["run_id"]
+    for p in e["per_seed"]:  # the end-to-end ratios, from the seed's own layers
+        first, last = p["layers"][0], p["layers"][-1]
+        assert p["act_end_to_end"] == pytest.approx(last["act_std"] / first["act_std"], rel=1e-9)
+        assert p["grad_end_to_end"] == pytest.approx(math.sqrt(first["act_grad_norm2"] / last["act_grad_norm2"]),
+                                                     rel=1e-9)
+    for key in ("forward_factor", "backward_factor", "act_end_to_end", "grad_end_to_end"):
+        values = [p[key] for p in e["per_seed"]]
+        assert e[key] == pytest.approx(float(np.median(values)), rel=1e-9), key
+        assert e[f"{key}_range"] == pytest.approx([min(values), max(values)], rel=1e-9), key
+        assert min(values) < max(values), key  # three draws of 4x4 weights differ: a real range
+    worst = [max(l["dead_frac"] for l in p["layers"]) for p in e["per_seed"]]  # what the dead rule reads
+    assert e["max_dead_frac"] == pytest.approx(float(np.median(worst))) and e["max_dead_frac"] >= 0.5
+    assert e["max_dead_frac_range"] == pytest.approx([min(worst), max(worst)]) and e["mean_saturated_frac"] is None
+    for i, layer in enumerate(e["layers"]):  # the per-layer table: medians over the seeds
+        for key in ("act_m2", "act_std", "act_grad_norm2", "dead_frac"):
+            assert layer[key] == pytest.approx(float(np.median([p["layers"][i][key] for p in e["per_seed"]])))
+    # each seed probed alone gives the same numbers (the same computation; compared to a tolerance)
+    for p in e["per_seed"]:
+        (alone,) = _probe_json("--seeds", "1", "--seed", str(p["seed"]))
+        assert alone["seeds"] == [p["seed"]] and alone["run_id"] == p["run_id"]
+        for key in ("forward_factor", "backward_factor", "act_end_to_end", "grad_end_to_end", "loss"):
+            assert alone[key] == pytest.approx(p[key], rel=1e-6), key
+        assert alone["forward_factor_range"] == pytest.approx([alone["forward_factor"]] * 2, rel=1e-12)
+        assert alone["verdict"] == alone["verdict_label"] == p["verdict"] and alone["reason"] == p["reason"]
+    # the seeds disagree: the verdict of the median, and how many seeds share it
+    assert [p["verdict"] for p in e["per_seed"]] == ["dead", "healthy", "dead"]
+    assert (e["verdict"], e["agreeing_seeds"], e["verdict_label"]) == ("dead", 2, "dead (2 of 3 seeds)")
+    table = runner.invoke(app, ["probe", *TINY])  # 3 seeds by default
+    assert table.exit_code == 0, table.output
+    assert "· seeds 0, 1, 2" in table.stdout and "verdict: dead (2 of 3 seeds) — 50% of the units of" in table.stdout
+    assert "per seed: 0 dead · 1 healthy · 2 dead" in table.stdout
+    act, grad = (Spread(e[k], *e[f"{k}_range"]).text(".3g") for k in ("act_end_to_end", "grad_end_to_end"))
+    assert f"end to end: activation std x{act} (last block / first), gradient norm x{grad} (first block / last)" \
+        in table.stdout
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_cli_seeds_below_one_is_one_line_exit_2(value):
+    out = runner.invoke(app, ["probe", *TINY, "--seeds", value])
+    assert out.exit_code == 2 and out.stdout == ""
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "'--seeds'" in line
+    assert "greater than or equal to 1" in line or "x>=1" in line  # the wording of typer's versions
+
+
+def _net(n: int, forward: float, backward: float = 1.0, dead: float | None = None, dead_layer: int = 0,
+         overflow: bool = False) -> dict:
+    """One seed's probe of an ``n``-layer net whose signals change by exactly these factors."""
+    layers = [{"act_m2": forward**i, "act_std": forward ** (i / 2), "pre_m2": 1.0, "weight_grad_std": 1.0,
+               "act_grad_norm2": backward ** (n - 1 - i), "saturated_frac": None,
+               "dead_frac": dead if i == dead_layer else (0.0 if dead is not None else None)} for i in range(n)]
+    if overflow:
+        layers[-1]["act_m2"] = math.inf
+    verdict, _ = judge(layers, layer_factor([l["act_m2"] for l in layers]),
+                       layer_factor([l["act_grad_norm2"] for l in layers], reverse=True), not overflowed(layers))
+    return {"layers": layers, "verdict": verdict, "loss": 2.3}
+
+
+def test_over_seeds_judges_the_median_of_constructed_factors():
+    agg = over_seeds([_net(20, 1.5), _net(20, 1.0), _net(20, 1.6)])  # exploding, healthy, exploding
+    assert (agg.verdict, agg.agreeing, agg.label) == ("exploding", 2, "exploding (2 of 3 seeds)")
+    assert (agg.forward.median, agg.forward.low, agg.forward.high) == pytest.approx((1.5, 1.0, 1.6))
+    assert agg.act_end_to_end.median == pytest.approx(1.5 ** (19 / 2))
+    assert agg.grad_end_to_end == Spread(1.0, 1.0, 1.0)
+    # the median, not the mean: one wild seed does not flip two healthy ones
+    agg = over_seeds([_net(20, 0.95), _net(20, 1.05), _net(20, 40.0)])
+    assert agg.label == "healthy (2 of 3 seeds)" and agg.forward.median == pytest.approx(1.05)
+    # a vanishing gradient on 2 of 3 seeds
+    assert over_seeds([_net(20, 1.0, 0.5), _net(20, 1.0, 0.7), _net(20, 1.0, 0.95)]).label == "vanishing (2 of 3 seeds)"
+    # dead: each seed's worst layer counts, wherever it is
+    agg = over_seeds([_net(5, 1.0, dead=0.75, dead_layer=1), _net(5, 1.0, dead=0.5, dead_layer=3),
+                      _net(5, 1.0, dead=0.0)])
+    assert agg.label == "dead (2 of 3 seeds)"
+    assert agg.reason == "50% of the units of a layer (layers 1, 3 over the seeds) are dead on the whole batch"
+    # an overflow on 1 of 3 seeds is outvoted; on 2 of 3 it is the verdict
+    assert over_seeds([_net(20, 1.0, overflow=True), _net(20, 1.0), _net(20, 1.0)]).label == "healthy (2 of 3 seeds)"
+    assert over_seeds([_net(20, 1.0, overflow=True)] * 2 + [_net(20, 1.0)]).label == "exploding (2 of 3 seeds)"
+    # one seed: its own verdict and reason, word for word
+    one = _net(50, 0.86, 0.9)
+    agg = over_seeds([one])
+    assert (agg.verdict, agg.reason) == judge(one["layers"], 0.86, 0.9, True) and agg.label == "healthy"
+    assert agg.forward == Spread(agg.forward.median, agg.forward.median, agg.forward.median)
+    assert end_to_end(one["layers"][:1]) == (None, None)
+
+
+def test_report_judges_a_group_over_its_seeds_stored_diagnostics(tmp_path):
+    """`report` shows each group's verdict over its seeds and the median factor with its range,
+    all recomputed here from the stored init rows; an export (no layers) keeps the runs' consensus."""
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "s", "data": {"dataset": "mnist-sample", "train_limit": 256, "test_limit": 64},
+        "model": {"arch": "mlp", "depth": 3, "width": 4, "activation": "relu"},
+        "train": {"epochs": 1, "batch_size": 64, "seeds": [0, 1, 2]}, "grid": {"init": ["he", "xavier_normal"]},
+        "diagnostics": {"batch_size": 16, "phases": ["init"]}}))
+    run_sweep(config, results_dir=tmp_path / "res", device="cpu")
+    with Store(tmp_path / "res") as store:
+        runs, layers = store.runs_frame(), store.layers_frame()
+    out = runner.invoke(app, ["report", "--results", str(tmp_path / "res"), "--by", "init", "-f", "json"])
+    assert out.exit_code == 0, out.output
+    groups = {g["init"]: g for g in json.loads(out.stdout)}
+    assert set(groups) == {"he", "xavier_normal"}
+    disagreeing = 0
+    for init, group in groups.items():
+        mine = runs[runs.init == init]
+        assert len(mine) == 3
+        forward, backward = [], []
+        for row_id in mine.row_id:
+            rows = layers[(layers.row_id == row_id) & (layers.phase == "init")].sort_values("layer")
+            forward.append(layer_factor(rows.act_m2.tolist()))
+            backward.append(layer_factor(rows.act_grad_norm2.tolist(), reverse=True))
+        for key, values in (("forward_factor", forward), ("backward_factor", backward)):
+            assert group[key] == pytest.approx(float(np.median(values)), rel=1e-9)
+            assert [group[f"{key}_min"], group[f"{key}_max"]] == pytest.approx([min(values), max(values)], rel=1e-9)
+        word = group["verdict"].split(" (")[0]
+        agree = int((mine.verdict == word).sum())
+        assert group["verdict"] == (word if agree == 3 else f"{word} ({agree} of 3 seeds)")
+        disagreeing += agree < 3
+    assert disagreeing  # 4 units a layer: some seeds lose half of a layer's units, others do not
+    # a group over both inits holds other settings than the seed: it counts runs
+    (both,) = json.loads(runner.invoke(app, ["report", "--results", str(tmp_path / "res"), "--by", "activation",
+                                             "-f", "json"]).stdout)
+    word = both["verdict"].split(" (")[0]
+    agree = int((runs.verdict == word).sum())
+    assert both["verdict"] == (word if agree == 6 else f"{word} ({agree} of 6 runs)")
+    table = runner.invoke(app, ["report", "--results", str(tmp_path / "res"), "--by", "init", "-f", "markdown"])
+    he = groups["he"]
+    shown = Spread(he["forward_factor"], he["forward_factor_min"], he["forward_factor_max"]).text()
+    assert table.exit_code == 0 and "act x/layer" in table.stdout and "grad x/layer" in table.stdout
+    assert f"| {he['verdict']} | {shown} |" in table.stdout
+    # an export holds no layers: the runs' common verdict, as before, and no factors
+    export = tmp_path / "runs.csv"
+    assert runner.invoke(app, ["export", "--results", str(tmp_path / "res"), "-o", str(export)]).exit_code == 0
+    out = runner.invoke(app, ["report", "--results", str(export), "--by", "init", "-f", "json"])
+    (he_exported,) = [g for g in json.loads(out.stdout) if g["init"] == "he"]
+    assert "forward_factor" not in he_exported
+    counts = runs[runs.init == "he"].verdict.value_counts()
+    assert he_exported["verdict"] == (counts.index[0] if len(counts) == 1 else f"{counts.index[0]} ({counts.iloc[0]}/3)")
 
 
 def test_cli_errors_are_one_line_exit_2():

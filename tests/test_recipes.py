@@ -178,7 +178,8 @@ def test_a_new_architecture_is_one_registry_entry(tmp_path: Path, new_arch):
     (entry,) = json.loads(probed.stdout)
     assert entry["settings"]["arch"] == "one_hidden" and [l["fan_in"] for l in entry["layers"]] == [784]
     assert [p.name for p in (tmp_path / "fig").iterdir()] == ["probe_one_hidden_w8.png"]
-    table = runner.invoke(app, ["probe", "--arch", "one_hidden", "--width", "8", "--init", "he", "--batch-size", "16"])
+    table = runner.invoke(app, ["probe", "--arch", "one_hidden", "--width", "8", "--init", "he", "--batch-size", "16",
+                                "--seeds", "1"])
     assert table.exit_code == 0 and "he + relu · one_hidden width 8 · seed 0" in table.stdout
 
     # a wrong name is still one line and exit 2, the new entry among the names it lists

@@ -53,7 +53,7 @@ def _looks_numeric(text: str) -> bool:
     return True
 
 
-def _with_overrides(raw: Any, overrides: dict[str, Any], seed: int | None, batch_size: int | None) -> Any:
+def _with_overrides(raw: Any, overrides: dict[str, Any], seeds: list[int] | None, batch_size: int | None) -> Any:
     """The config with each given flag replacing that setting and any grid axis over it."""
     if not isinstance(raw, dict):
         return raw
@@ -66,11 +66,28 @@ def _with_overrides(raw: Any, overrides: dict[str, Any], seed: int | None, batch
         raw["grid"] = {k: v for k, v in grid.items() if k not in gone}
         if isinstance(raw.get("exclude"), list):
             raw["exclude"] = [r for r in raw["exclude"] if not (isinstance(r, dict) and gone & set(r))]
-    if seed is not None and isinstance(raw.get("train", {}), dict):
-        raw["train"] = {**raw.get("train", {}), "seeds": [seed]}
+    if seeds is not None and isinstance(raw.get("train", {}), dict):
+        raw["train"] = {**raw.get("train", {}), "seeds": seeds}
     if batch_size is not None and isinstance(raw.get("diagnostics", {}), dict):
         raw["diagnostics"] = {**raw.get("diagnostics", {}), "batch_size": batch_size}
     return raw
+
+
+def probe_seeds(configured: list[int], n: int) -> list[int]:
+    """The seeds each point is probed at: the config's (or ``--seed``), cut or topped up to
+    ``n`` with the integers after the largest, so a config's own seeds come first."""
+    seeds = list(configured[:n])
+    while len(seeds) < n:
+        seeds.append(max(seeds) + 1)
+    return seeds
+
+
+def _point_key(spec) -> str:
+    """What a point's runs share: every setting but the seed (and so the run id)."""
+    import json
+
+    return json.dumps({k: v for k, v in spec.settings().items() if k not in ("seed", "run_id")},
+                      sort_keys=True, default=str)
 
 
 def _settings(spec) -> dict[str, Any]:
@@ -86,7 +103,9 @@ def _label(entry: dict[str, Any]) -> str:
     uses = get_arch(s["arch"]).uses
     shape = " ".join([s["arch"], *(f"{k} {s[k]}" for k in ("depth", "width", "padding") if k in uses)])
     bias = "" if s["bias_label"] == "zeros" else f" bias {s['bias_label']}"
-    return f"{s['init_label']} + {s['activation_label']} · {shape}{bias} · seed {entry['seed']}"
+    seeds = entry["seeds"]
+    shown = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
+    return f"{s['init_label']} + {s['activation_label']} · {shape}{bias} · {shown}"
 
 
 def _fmt(value: Any, spec: str = ".3g") -> str:
@@ -97,13 +116,23 @@ def _fmt(value: Any, spec: str = ".3g") -> str:
     return format(value, spec)
 
 
+def _spread(entry: dict[str, Any], key: str, spec: str = ".3f") -> str:
+    """``1.432 [1.401–1.470]``: a number's median over the point's seeds and its range."""
+    from ..verdicts import Spread
+
+    low, high = entry[f"{key}_range"]
+    return Spread(entry[key], low, high).text(spec)
+
+
 def _render(entries: list[dict[str, Any]], summary_only: bool) -> None:
     from rich.table import Table
 
     colour = {"healthy": "green", "vanishing": "yellow", "exploding": "red", "dead": "red", "saturated": "yellow"}
     if not summary_only:
         for e in entries:
-            table = Table(title=_label(e), title_justify="left")
+            several = len(e["seeds"]) > 1
+            table = Table(title=_label(e), title_justify="left",
+                          caption="each number: its median over the seeds" if several else None)
             for col in ("layer", "kind", "fan_in", "sigma_w^2", "pre m2", "pred", "act std", "pred",
                         "grad norm^2", "pred", "dead", "saturated"):
                 table.add_column(col, justify="right")
@@ -115,27 +144,73 @@ def _render(entries: list[dict[str, Any]], summary_only: bool) -> None:
                               _fmt(l["dead_frac"], ".0%"), _fmt(l["saturated_frac"], ".0%"))
             console.print(table)
             c = colour.get(e["verdict"], "white")
-            console.print(f"verdict: [bold {c}]{e['verdict']}[/] — {e['reason']}", highlight=False)
-            console.print(f"per layer: activations' second moment x{_fmt(e['forward_factor'], '.3f')} "
+            console.print(f"verdict: [bold {c}]{e['verdict_label']}[/] — {e['reason']}", highlight=False)
+            if several:
+                console.print("per seed: " + " · ".join(f"{p['seed']} {p['verdict']}" for p in e["per_seed"]),
+                              highlight=False, markup=False)
+            console.print(f"end to end: activation std x{_spread(e, 'act_end_to_end', '.3g')} (last block / first), "
+                          f"gradient norm x{_spread(e, 'grad_end_to_end', '.3g')} (first block / last)",
+                          highlight=False, markup=False)
+            console.print(f"per layer: activations' second moment x{_spread(e, 'forward_factor')} "
                           f"(predicted x{_fmt(e['predicted_forward_factor'], '.3f')}), gradient norm "
-                          f"x{_fmt(e['backward_factor'], '.3f')} (predicted x{_fmt(e['predicted_backward_factor'], '.3f')})",
-                          highlight=False)
+                          f"x{_spread(e, 'backward_factor')} (predicted x{_fmt(e['predicted_backward_factor'], '.3f')})",
+                          highlight=False, markup=False)
             for note in e["notes"]:
                 console.print(f"note: {note}", style="dim", highlight=False)
             console.print()
     if len(entries) > 1 or summary_only:
-        table = Table(title="Probe summary (factors per layer; pred = mean-field prediction)", title_justify="left")
-        for col in ("point", "verdict", "act x/layer", "pred", "grad x/layer", "pred", "max dead", "mean sat"):
+        several = any(len(e["seeds"]) > 1 for e in entries)
+        table = Table(title="Probe summary (factors per layer; pred = mean-field prediction"
+                            + ("; median [range] over the seeds)" if several else ")"), title_justify="left")
+        for col in ("point", "verdict", "act x/layer", "pred", "grad x/layer", "pred", "act last/first",
+                    "grad first/last", "max dead", "mean sat"):
             table.add_column(col, justify="left" if col in ("point", "verdict") else "right")
         for e in entries:
-            dead = [l["dead_frac"] for l in e["layers"] if l["dead_frac"] is not None]
-            sat = [l["saturated_frac"] for l in e["layers"] if l["saturated_frac"] is not None]
             c = colour.get(e["verdict"], "white")
-            table.add_row(_label(e), f"[{c}]{e['verdict']}[/]", _fmt(e["forward_factor"], ".3f"),
-                          _fmt(e["predicted_forward_factor"], ".3f"), _fmt(e["backward_factor"], ".3f"),
-                          _fmt(e["predicted_backward_factor"], ".3f"), _fmt(max(dead) if dead else None, ".0%"),
-                          _fmt(sum(sat) / len(sat) if sat else None, ".0%"))
+            table.add_row(_label(e), f"[{c}]{e['verdict_label']}[/]", _spread(e, "forward_factor"),
+                          _fmt(e["predicted_forward_factor"], ".3f"), _spread(e, "backward_factor"),
+                          _fmt(e["predicted_backward_factor"], ".3f"), _spread(e, "act_end_to_end", ".3g"),
+                          _spread(e, "grad_end_to_end", ".3g"), _spread(e, "max_dead_frac", ".0%"),
+                          _spread(e, "mean_saturated_frac", ".0%"))
         console.print(table)
+
+
+def _entry(specs: list, results: list, dataset: str, batch_size: int) -> dict[str, Any]:
+    """One point's JSON: its verdict over the seeds (``verdicts.over_seeds``), each number's
+    median and range, the per-layer medians, and every seed's own probe under ``per_seed``."""
+    import numpy as np
+
+    from ..verdicts import end_to_end, over_seeds
+
+    agg = over_seeds([{"layers": r.layers, "verdict": r.verdict, "loss": r.loss} for r in results])
+    first = specs[0]
+    per_seed = []
+    for spec, result in zip(specs, results):
+        act, grad = end_to_end(result.layers)
+        per_seed.append({"run_id": spec.run_id, "seed": spec.seed,
+                         **{k: v for k, v in result.to_dict().items() if k not in ("layers", "notes")},
+                         "act_end_to_end": act, "grad_end_to_end": grad,
+                         "layers": [{"layer": i, **l} for i, l in enumerate(result.layers)]})
+    # an overflowed loss counts as the largest: the median is then inf (JSON null) when most seeds overflowed
+    loss = float(np.median([r.loss if r.loss is not None and math.isfinite(r.loss) else math.inf for r in results]))
+    spreads = {"forward_factor": agg.forward, "backward_factor": agg.backward,
+               "act_end_to_end": agg.act_end_to_end, "grad_end_to_end": agg.grad_end_to_end,
+               "max_dead_frac": agg.max_dead, "mean_saturated_frac": agg.mean_saturated}
+    return {
+        "run_id": first.run_id, "sweep": first.sweep, "seed": first.seed, "seeds": [s.seed for s in specs],
+        "point": dict(first.point), "settings": _settings(first), "dataset": dataset, "batch_size": batch_size,
+        "verdict": agg.verdict, "verdict_label": agg.label, "agreeing_seeds": agg.agreeing, "reason": agg.reason,
+        "forward_factor": agg.forward.median, "backward_factor": agg.backward.median,
+        "predicted_forward_factor": results[0].predicted_forward_factor,
+        "predicted_backward_factor": results[0].predicted_backward_factor,
+        "loss": loss, "notes": results[0].notes,
+        "seconds": sum(r.seconds for r in results),
+        **{f"{k}_range": [v.low, v.high] for k, v in spreads.items()},
+        "act_end_to_end": agg.act_end_to_end.median, "grad_end_to_end": agg.grad_end_to_end.median,
+        "max_dead_frac": agg.max_dead.median, "mean_saturated_frac": agg.mean_saturated.median,
+        "layers": [{"layer": i, **l} for i, l in enumerate(agg.layers)],
+        "per_seed": per_seed,
+    }
 
 
 @app.command()
@@ -153,7 +228,11 @@ def probe(
     padding: Annotated[Optional[PaddingChoice], typer.Option("--padding", help="plain only.")] = None,
     bias: Annotated[Optional[str], typer.Option("--bias", help="Bias init: zeros, a number, or a YAML mapping "
                                                                "such as '{name: normal, std: 0.2236}'.")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", min=0, help="Probe this seed only.")] = None,
+    seed: Annotated[Optional[int], typer.Option(
+        "--seed", min=0, help="The first seed to probe, instead of the config's seeds.")] = None,
+    seeds: Annotated[int, typer.Option(
+        "--seeds", min=1, help="Seeds per point: the config's (or --seed), topped up with the next integers or "
+                               "cut to N; the verdict is judged on the median over them.")] = 3,
     batch_size: Annotated[Optional[int], typer.Option(
         "--batch-size", min=1, max=4096, help="Images in the probe's batch [default: diagnostics.batch_size, 64].")] = None,
     threads: Annotated[Optional[int], typer.Option(
@@ -166,12 +245,13 @@ def probe(
     """Per-layer signal statistics at init beside the mean-field prediction, and a verdict — no training.
 
     Each point of CONFIG's grid (or the one point the flags define) is built with the
-    weights its run would start from and probed on one fixed batch of real images.
-    Verdicts: healthy, vanishing, exploding, dead, saturated (docs/diagnostics.md).
+    weights its run would start from, at each of --seeds seeds, and probed on one fixed
+    batch of real images. Verdicts: healthy, vanishing, exploding, dead, saturated, judged
+    on the median over the seeds (docs/diagnostics.md).
     """
     import torch
 
-    from ..config import expand, load_yaml, validate
+    from ..config import MAX_SEEDS, expand, load_yaml, validate
     from ..data import resolve_source
     from ..probe import fixed_batch, probe_spec
     from ..train import splits_for
@@ -186,7 +266,16 @@ def probe(
         raw, source_name, name = load_yaml(config), str(config), config.stem
     else:
         raw, source_name, name = {"name": "probe", "data": {"dataset": "mnist-sample"}}, "flags", "probe"
-    cfg = validate(_with_overrides(raw, overrides, seed, batch_size), source=source_name, default_name=name)
+    if seeds > MAX_SEEDS:
+        raise InitsweepError(f"--seeds {seeds}: at most {MAX_SEEDS} seeds per point")
+    cfg = validate(_with_overrides(raw, overrides, None if seed is None else [seed], batch_size),
+                   source=source_name, default_name=name)
+    wanted = probe_seeds(list(cfg.train.seeds), seeds)
+    if max(wanted) > 2**31 - 1:
+        raise InitsweepError(f"--seeds {seeds}: topping up from seed {max(cfg.train.seeds)} passes the largest "
+                             "seed, 2^31-1")
+    if wanted != list(cfg.train.seeds):
+        cfg = validate(_with_overrides(raw, overrides, wanted, batch_size), source=source_name, default_name=name)
     # the probe never downloads: missing data falls back to the sample as the config allows
     data = SimpleNamespace(dataset=cfg.data.dataset, root=cfg.data.root, download=False, fallback=cfg.data.fallback)
     source = resolve_source(data)
@@ -194,17 +283,20 @@ def probe(
         err_console.print(f"note: probing on {source.dataset} ({source.fallback_reason})", markup=False,
                           highlight=False)
     plan = expand(cfg, dataset=source.dataset)
-    entries = []
+    points: dict[str, list] = {}
     for spec in plan.runs:
-        _, splits = splits_for(spec, torch.device("cpu"), source)
-        x, y = fixed_batch(splits.train_x, splits.train_y, cfg.diagnostics.batch_size)
-        result = probe_spec(spec, x, y)
-        entries.append({
-            "run_id": spec.run_id, "sweep": spec.sweep, "seed": spec.seed, "point": dict(spec.point),
-            "settings": _settings(spec), "dataset": source.dataset, "batch_size": len(x),
-            **{k: v for k, v in result.to_dict().items() if k != "layers"},
-            "layers": [{"layer": i, **l} for i, l in enumerate(result.layers)],
-        })
+        points.setdefault(_point_key(spec), []).append(spec)
+    batches: dict[str, tuple] = {}  # the data settings are usually one for every run: load them once
+    entries = []
+    for specs in points.values():
+        results = []
+        for spec in specs:
+            data_key = spec.data.model_dump_json()
+            if data_key not in batches:
+                _, splits = splits_for(spec, torch.device("cpu"), source)
+                batches[data_key] = fixed_batch(splits.train_x, splits.train_y, cfg.diagnostics.batch_size)
+            results.append(probe_spec(spec, *batches[data_key]))
+        entries.append(_entry(specs, results, source.dataset, len(batches[data_key][0])))
     if plot is not None:
         from ..report.plots_probe import save_probe_figures
 

@@ -130,10 +130,11 @@ def report(
 
     RESULTS may also be a file written by [bold]initsweep export[/].
     """
+    from ..report.diagnostics import with_seed_verdicts
     from ..report.formats import get_report_format, report_format_of, report_text
     from ..report.stats import build_report
     from ..results.query import filter_runs
-    from ..results.read import read_runs
+    from ..results.read import read_layers, read_runs
 
     fmt = fmt or (report_format_of(output) if output else None) or "table"
     runs = _load(results, sweep, where, machine=fmt != "table")
@@ -142,6 +143,7 @@ def report(
     base = filter_runs(read_runs(baseline), where) if baseline is not None else None
     rep = replace(build_report(runs, metric, by.split(",") if by else None, pivot, sort, top, base),
                   sweeps=sweep, where=where)
+    rep = with_seed_verdicts(rep, read_layers(results, runs["row_id"].astype(int).tolist() if "row_id" in runs else []))
     figures = None
     if plot is not None:
         from ..report.plots import save_figures

@@ -232,6 +232,18 @@ def pivot_cell(row: pd.Series | None, verdict: bool = False, usual: int | None =
     return text
 
 
+def factor_texts(table: pd.DataFrame) -> dict[str, list[str]]:
+    """``act x/layer`` and ``grad x/layer``: each group's median factor over its seeds and
+    its range, ``0.912 [0.880–0.931]`` (``—`` where the group has no stored diagnostics)."""
+    from ..verdicts import Spread
+
+    def text(median: Any, low: Any, high: Any) -> str:
+        return "—" if pd.isna(median) else Spread(float(median), float(low), float(high)).text()
+
+    return {label: [text(*v) for v in zip(table[col], table[f"{col}_min"], table[f"{col}_max"])]
+            for label, col in (("act x/layer", "forward_factor"), ("grad x/layer", "backward_factor"))}
+
+
 def display_table(table: pd.DataFrame, metric: str) -> pd.DataFrame:
     """The flat view as strings, with the columns people read (the CSV/JSON keep raw numbers)."""
     keys = table.attrs.get("keys", [])
@@ -246,6 +258,9 @@ def display_table(table: pd.DataFrame, metric: str) -> pd.DataFrame:
         out["unfinished"] = table["unfinished"].map(lambda v: "—" if pd.isna(v) else str(int(v)))
     if table["verdict"].notna().any():
         out["verdict"] = table["verdict"].map(lambda v: "—" if v is None or pd.isna(v) else str(v))
+    if "forward_factor" in table:  # report/diagnostics.py: median [min–max] over the group's seeds
+        for label, texts in factor_texts(table).items():
+            out[label] = texts
     if "data_fallback" in table:
         out["data fallback"] = table["data_fallback"].map(lambda v: f"{FALLBACK} {v}" if isinstance(v, str) else "—")
     if "change" in table:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 
@@ -154,21 +154,29 @@ def load_results(results_dir: str | Path, sweep: str | list[str] | None = None, 
 def read_curves(source: str | Path, row_ids: list[int]) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
     """Per-epoch curves and per-layer statistics of these attempts; ``(None, None)`` for an
     export file, which holds only the runs table."""
-    path = Path(source)
-    if not (path / DB_NAME).is_file():
-        return None, None
-    with Store(path, create=False) as store:
-        return store.epochs_frame(row_ids), store.layers_frame(row_ids)
+    return _from_store(source, lambda store: (store.epochs_frame(row_ids), store.layers_frame(row_ids)),
+                       (None, None))
+
+
+def read_layers(source: str | Path, row_ids: list[int]) -> pd.DataFrame | None:
+    """The per-layer statistics of these attempts (what ``report`` judges over seeds); None
+    for an export file, which holds only the runs table."""
+    return _from_store(source, lambda store: store.layers_frame(row_ids), None)
 
 
 def read_predictions(source: str | Path, row_ids: list[int]) -> dict[int, tuple[Any, Any]]:
     """``row_id -> (predicted, target)`` of these attempts (``Store.predictions``); none from
     an export file, which holds only the runs table, or for runs stored before schema 3."""
+    return _from_store(source, lambda store: store.predictions(row_ids), {})
+
+
+def _from_store(source: str | Path, read: Callable[[Store], Any], missing: Any) -> Any:
+    """``read(store)`` of a results folder; ``missing`` for an export file (no store)."""
     path = Path(source)
     if not (path / DB_NAME).is_file():
-        return {}
+        return missing
     with Store(path, create=False) as store:
-        return store.predictions(row_ids)
+        return read(store)
 
 
 def find_run(source: str | Path, prefix: str, sweep: str | None = None) -> dict[str, Any]:

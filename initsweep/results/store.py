@@ -286,7 +286,7 @@ class Store:
         rows) on a shared 2-core machine: 0.45-0.58 s, where the whole ``export`` of it took
         2.9-5.0 s and ``report`` 7.6-8.2 s; milliseconds on a store of a few hundred runs.
         Cheap next to what every command does with the store, and the only check that sees
-        damage in pages a command does not read itself (``report`` never reads ``layers``).
+        damage in pages a command does not read itself (``check`` reads only ``runs``).
         """
         problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
         if problems != ["ok"]:
