@@ -290,3 +290,25 @@ def test_an_older_store_without_tags_reads_and_takes_tags(store):
     victim = run_id(store, depth=3)
     assert invoke("tag", victim, "--add", "kept", "-r", str(store)).exit_code == 0
     assert list(load_results(store, where='tags contains "kept"')["run_id"]) == [victim]
+
+
+# --------------------------------------------------------------------- INITSWEEP_RESULTS
+
+
+def test_initsweep_results_is_the_default_folder_and_the_flag_wins(built, store, tmp_path):
+    env_dir = tmp_path / "from-env"
+    env = {"INITSWEEP_RESULTS": str(env_dir)}
+    ran = invoke("run", str(built["config"]), "--device", "cpu", "--workers", "1", "--threads", "1", "-q", env=env)
+    assert ran.exit_code == 0, ran.output
+    assert len(load_results(env_dir)) == 1
+    (only,) = load_results(env_dir)["run_id"]
+    assert sum(g["runs"] for g in json.loads(invoke("report", "-f", "json", env=env).stdout)) == 1
+    assert json.loads(invoke("show", only[:8], "-f", "json", env=env).stdout)["run"]["run_id"] == only
+    # --results wins over the variable
+    flagged = invoke("report", "-f", "json", "-r", str(store), env=env)
+    assert sum(g["runs"] for g in json.loads(flagged.stdout)) == 5
+    assert invoke("export", "-r", str(store), env={"INITSWEEP_RESULTS": str(tmp_path / "nowhere")}).exit_code == 0
+    missing = invoke("export", env={"INITSWEEP_RESULTS": str(tmp_path / "nowhere")})
+    assert missing.exit_code == 2 and lines(missing.stderr) == [f"error: {tmp_path / 'nowhere'}: does not exist"]
+    for command in ("run", "report", "export", "show", "check", "tag", "rm"):
+        assert "INITSWEEP_RESULTS" in invoke(command, "-h", env={"COLUMNS": "200"}).stdout, command
