@@ -34,8 +34,8 @@ def _select(results: Path, run_ids: list[str] | None, where: str | None, sweep: 
     if run_ids and where is not None:
         raise InitsweepError(f"{command}: give run ids or --where, not both")
     if not run_ids and where is None and not every:
-        raise InitsweepError(f"{command}: say which runs: RUN_ID..., --where EXPR" + (" or --all" if every is not None
-                                                                                     else ""))
+        ways = "RUN_ID..., --where EXPR" + (" or --all" if every is not None else "")
+        raise InitsweepError(f"{command}: say which runs: {ways}")
     return select_runs(results, run_ids or [], where, sweep)
 
 
