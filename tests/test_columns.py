@@ -93,10 +93,11 @@ def test_the_store_schema_is_the_column_tables_and_does_not_change(tmp_path):
     assert runs == list(RUN_COLUMNS.items())
     assert layers == [("row_id", "INTEGER"), ("run_id", "TEXT"), ("phase", "TEXT"), ("layer", "INTEGER"),
                       *LAYER_COLUMNS.items()]
-    # The exact CREATE statements of schema version 3 (2 plus the predictions table): existing
-    # stores rely on them. A change here needs a SCHEMA_VERSION bump and a migration in
-    # Store._migrate, then a new pin.
-    assert hashlib.sha256(schema.encode()).hexdigest()[:16] == "8b172e5462d37dec"
+    # The exact CREATE statements of schema version 3 (2 plus the predictions and tags tables):
+    # existing stores rely on them. A change here needs a SCHEMA_VERSION bump and a migration
+    # in Store._migrate, then a new pin. (Without those two tables, the statements hash to
+    # version 2's fbc058bc91e7e2d9.)
+    assert hashlib.sha256(schema.encode()).hexdigest()[:16] == "910215705d9e9f8f"
     assert "CREATE TABLE predictions (\n    row_id INTEGER PRIMARY KEY REFERENCES runs (row_id)" in schema
 
 
@@ -157,7 +158,8 @@ def test_run_into_an_older_store_adds_the_missing_columns_and_keeps_its_rows(tmp
     old_schema = store_module._SCHEMA.replace(runs_now, ", ".join(
         f"{c} {t}" for c, t in {**SETTING_COLUMNS, **RESULT_COLUMNS}.items() if c not in newest)).replace(
         layers_now, ", ".join(f"{c} {t}" for c, t in LAYER_COLUMNS.items() if c not in v2_layers))
-    assert old_schema.count("CREATE TABLE") == 5 and "peak_rss_mb" not in old_schema and "pre_m2" not in old_schema
+    old_schema = old_schema[:old_schema.index("CREATE TABLE IF NOT EXISTS predictions")]  # version 3's tables
+    assert old_schema.count("CREATE TABLE") == 4 and "peak_rss_mb" not in old_schema and "pre_m2" not in old_schema
     db = tmp_path / "res" / "initsweep.db"
     db.parent.mkdir()
     with sqlite3.connect(db) as conn:
@@ -174,8 +176,12 @@ def test_run_into_an_older_store_adds_the_missing_columns_and_keeps_its_rows(tmp
     layers = {r[1] for r in conn.execute("PRAGMA table_info(layers)")}
     rows = conn.execute("SELECT run_id, status, init, depth, test_acc, peak_rss_mb FROM runs ORDER BY row_id").fetchall()
     version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+    tags = [r[1] for r in conn.execute("PRAGMA table_info(tags)")]
+    predictions = [r[1] for r in conn.execute("PRAGMA table_info(predictions)")]
     conn.close()
     assert dict(runs) == RUN_COLUMNS and len(runs) == len(RUN_COLUMNS)  # the missing ones added, typed
     assert layers == {"row_id", "run_id", "phase", "layer", *LAYER_COLUMNS} and version == "3"
+    assert tags == ["row_id", "tag", "note", "added_at"]  # the tables schema 3 added
+    assert predictions == ["row_id", "run_id", "predicted", "target"]
     assert len(rows) == 2 and rows[0] == ("old", "ok", "he", 7, 0.5, None)
     assert rows[1][1] == "ok" and rows[1][3] == 1 and rows[1][5] is not None

@@ -57,8 +57,7 @@ def damaged(made, tmp_path) -> Path:
     data[2 * PAGE:] = bytes((0xA5, 0x5A, 0x00, 0xFF)) * ((len(data) - 2 * PAGE) // 4)
     db.write_bytes(bytes(data))
     with sqlite3.connect(f"{db.as_uri()}?immutable=1", uri=True) as conn:  # SQLite itself sees the damage
-        # the schema and meta still read
-        assert conn.execute("SELECT value FROM meta").fetchone() == (str(SCHEMA_VERSION),)
+        assert conn.execute("SELECT value FROM meta").fetchone() == (str(SCHEMA_VERSION),)  # schema, meta read
         with pytest.raises(sqlite3.DatabaseError, match="database disk image is malformed"):
             conn.execute("SELECT * FROM runs").fetchall()
     conn.close()
@@ -77,11 +76,13 @@ def commands(folder: Path, good: Path, config: Path, tmp_path: Path) -> dict[str
         "merge-source": ["merge", str(good), str(folder), "--into", str(tmp_path / "merged")],
         "merge-into": ["merge", str(good), "--into", str(folder)],
         "run": ["run", str(config), "-r", str(folder), "--device", "cpu", "--workers", "1", "--threads", "1"],
+        "tag": ["tag", "abc", "--add", "x", "-r", str(folder)],
+        "rm": ["rm", "abc", "--yes", "-r", str(folder)],
     }
 
 
 COMMANDS = ["report", "export", "show", "check", "check-baseline", "report-baseline", "merge-source",
-            "merge-into", "run"]
+            "merge-into", "run", "tag", "rm"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

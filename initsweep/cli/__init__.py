@@ -2,13 +2,13 @@
 
 ``app.py`` holds the Typer app, the consoles and the error boundary; each command group
 registers on that app from its own module (``sweep``: plan, run, list-*; ``report``:
-report, export, show; ``ci``: merge, check; ``probe``), and ``render``/``render_report``
-draw their output. Only this package prints.
+report, export, show; ``ci``: merge, check; ``probe``; ``runs``: tag, rm), and
+``render``/``render_report`` draw their output. Only this package prints.
 """
 
 from __future__ import annotations
 
-from . import ci, compare, probe, report, sweep  # noqa: F401  (each registers its commands on the app)
+from . import ci, compare, probe, report, runs, sweep  # noqa: F401  (each registers its commands on the app)
 from .app import app
 
 # The console script (``initsweep = "initsweep.cli:main"``) and ``python -m initsweep``: the

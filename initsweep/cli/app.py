@@ -156,7 +156,9 @@ def main_callback(
     """Sweep weight initializers x activations x depth on MNIST; store, compare and explain every run."""
 
 
-ResultsOpt = Annotated[Path, typer.Option("--results", "-r", help="Results folder (holds initsweep.db).")]
+# INITSWEEP_RESULTS sets every command's default folder (as MLFLOW_TRACKING_URI does); the flag wins.
+ResultsOpt = Annotated[Path, typer.Option("--results", "-r", envvar="INITSWEEP_RESULTS", show_envvar=True,
+                                          help="Results folder (holds initsweep.db).")]
 ConfigArg = Annotated[Path, typer.Argument(help="Sweep config (YAML), e.g. configs/grid.yaml.", show_default=False)]
 FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
 

@@ -141,7 +141,7 @@ def run_as_json(detail: dict[str, Any]) -> dict[str, Any]:
     run = {k: json_value(v) for k, v in detail["run"].items() if k != "spec_json"}
     return {"run": run, "settings": json.loads(detail["run"]["spec_json"]), "epochs": records(detail["epochs"]),
             "layers": records(detail["layers"]), "attempts": records(detail["attempts"]),
-            **_predictions_json(detail)}
+            "tags": records(detail["tags"].drop(columns="row_id")), **_predictions_json(detail)}
 
 
 def _pairs(title: str, items: list[tuple[str, Any]]) -> Table:
@@ -160,6 +160,8 @@ def render_run(console: Console, detail: dict[str, Any]) -> None:
     status = run["status"]
     console.print(f"[bold]run {run['run_id']}[/] · sweep {escape(str(run['sweep']))} · "
                   f"[{_STATUS_STYLE.get(status, 'white')}]{status}[/]", highlight=False)
+    if not detail["tags"].empty:
+        console.print(_pairs("tags", [(t.tag, t.note) for t in detail["tags"].itertuples()]))
     console.print(_pairs("settings", list(_flatten(json.loads(run["spec_json"])).items())))
     data = [(c, run.get(c)) for c in ("dataset", "dataset_requested", "data_fallback", "data_location",
                                       "n_train", "n_val", "n_test")]

@@ -1,9 +1,10 @@
 """``initsweep merge``: combine results folders (CI shards) into one.
 
-The current rows of each source (with their epochs, layers and predictions) are copied
-into the target in one transaction; a run already there with the same result is skipped,
-one with a different result is a conflict, reported and left as it was. Every source is
-opened and checked before the target is touched, so a failed merge changes nothing.
+The current rows of each source (with their epochs, layers, tags and the rows of any other
+table keyed by ``row_id``: ``store.child_tables``) are copied into the target in one
+transaction; a run already there with the same result is skipped (the source's tags added to
+it), one with a different result is a conflict, reported and left as it was. Every source is opened and
+checked before the target is touched, so a failed merge changes nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..errors import InitsweepError
-from .store import CURRENT_ROWS, DB_NAME, FINISHED, Store
+from .store import CURRENT_ROWS, DB_NAME, FINISHED, Store, child_tables
 
 
 @dataclass
@@ -69,6 +70,7 @@ def merge(sources: Iterable[str | Path], into: str | Path) -> MergeReport:
 def _merge_one(src: sqlite3.Connection, conn: sqlite3.Connection, run_cols: list[str], report: MergeReport,
                name: str) -> None:
     src_cols = {r[1] for r in src.execute("PRAGMA table_info(runs)")}
+    tables = sorted(set(child_tables(src)) & set(child_tables(conn)))
     rows = src.execute(f"SELECT * FROM runs WHERE row_id IN ({CURRENT_ROWS}) AND status != 'running' "
                        "ORDER BY row_id").fetchall()
     for row in rows:
@@ -78,6 +80,8 @@ def _merge_one(src: sqlite3.Connection, conn: sqlite3.Connection, run_cols: list
         if have is not None and have["status"] in FINISHED:
             if _same(have, row):
                 report.identical += 1
+                tags = [t for t in tables if t == "tags"]  # the source's tags join the run's there
+                _copy_children(src, conn, row["row_id"], have["row_id"], tags, keep=True)
             else:
                 report.conflicts.append(
                     f"{row['sweep']}/{row['run_id']}: {name} has {row['status']} test_acc={row['test_acc']}, "
@@ -89,15 +93,20 @@ def _merge_one(src: sqlite3.Connection, conn: sqlite3.Connection, run_cols: list
         cols = [c for c in run_cols if c in src_cols]
         cursor = conn.execute(f"INSERT INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
                               [row[c] for c in cols])
-        new_id = cursor.lastrowid
-        for table in ("epochs", "layers", "predictions"):
-            target_cols = [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
-            source_cols = {r[1] for r in src.execute(f"PRAGMA table_info({table})")}
-            if not source_cols:  # a source older than the table (predictions: schema 3) has none to copy
-                continue
-            cols_t = [c for c in target_cols if c in source_cols]
-            for child in src.execute(f"SELECT * FROM {table} WHERE row_id = ?", (row["row_id"],)):
-                values = [new_id if c == "row_id" else child[c] for c in cols_t]
-                conn.execute(f"INSERT INTO {table} ({', '.join(cols_t)}) VALUES ({', '.join('?' * len(cols_t))})",
-                             values)
+        _copy_children(src, conn, row["row_id"], cursor.lastrowid, tables)
         report.added += 1
+
+
+def _copy_children(src: sqlite3.Connection, conn: sqlite3.Connection, src_id: int, new_id: int,
+                   tables: list[str], keep: bool = False) -> None:
+    """Copy one attempt's rows of these tables (keyed by ``row_id``) to the target's attempt
+    ``new_id``; ``keep``: a row the target has already (a tag it has) is left as it is."""
+    insert = "INSERT OR IGNORE" if keep else "INSERT"
+    for table in tables:
+        target_cols = [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
+        source_cols = {r[1] for r in src.execute(f"PRAGMA table_info({table})")}
+        cols_t = [c for c in target_cols if c in source_cols]
+        for child in src.execute(f"SELECT * FROM {table} WHERE row_id = ?", (src_id,)):
+            values = [new_id if c == "row_id" else child[c] for c in cols_t]
+            conn.execute(f"{insert} INTO {table} ({', '.join(cols_t)}) VALUES ({', '.join('?' * len(cols_t))})",
+                         values)

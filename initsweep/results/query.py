@@ -2,6 +2,7 @@
 
 ``depth >= 8 and activation == "relu"``: comparisons, ``in``, ``and``/``or``/``not``; the
 names are run columns or the friendly ``init``/``activation``/``bias`` (their labels).
+``tags contains "baseline"``: a list column (comma-joined names) holds that name.
 """
 
 from __future__ import annotations
@@ -16,6 +17,17 @@ import pandas as pd
 
 from ..errors import OptionError
 from ..registry import did_you_mean
+
+# Columns whose text is a comma-joined list of names (the store's tags), for ``contains``.
+LIST_COLUMNS = ("tags",)
+# ``contains`` is not Python: it is read as ``@`` (a BinOp, which nothing else may use), so
+# ``ast`` still parses the whole expression; quoted strings are kept as they are.
+_CONTAINS = re.compile(r"""("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')|\bcontains\b""")
+
+
+def _shown(node: ast.AST) -> str:
+    """An expression as the user wrote it (``contains``, not the ``@`` it is parsed as)."""
+    return ast.unparse(node).replace(" @ ", " contains ")
 
 
 class _Where:
@@ -47,7 +59,20 @@ class _Where:
             return ~self.mask(node.operand)
         if isinstance(node, ast.Compare):
             return self.compare(node)
-        raise self.fail(f"expected a comparison such as depth >= 8, got {ast.unparse(node)!r}")
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult):
+            return self.contains(node.left, node.right)
+        raise self.fail(f"expected a comparison such as depth >= 8, got {_shown(node)!r}")
+
+    def contains(self, left: ast.AST, right: ast.AST) -> pd.Series:
+        """``tags contains "x"``: the rows whose list holds the name ``x`` (a whole name, not a part)."""
+        column = self.column(left)
+        if left.id not in LIST_COLUMNS:
+            raise self.fail(f"contains works on {', '.join(LIST_COLUMNS)}; {left.id!r} is a single value "
+                            "(use == or in)")
+        value = self.constant(right)
+        if not isinstance(value, str):
+            raise self.fail(f"{left.id!r} holds names; write contains with a quoted name, not {value!r}")
+        return column.map(lambda text: isinstance(text, str) and value in text.split(",")).astype(bool)
 
     def compare(self, node: ast.Compare) -> pd.Series:
         out = pd.Series(True, index=self.df.index)
@@ -86,7 +111,7 @@ class _Where:
 
     def column(self, node: ast.AST) -> pd.Series:
         if not isinstance(node, ast.Name):
-            raise self.fail(f"expected a column name, got {ast.unparse(node)!r}")
+            raise self.fail(f"expected a column name, got {_shown(node)!r}")
         if node.id not in self.df:
             raise self.fail(f"unknown column {node.id!r}{did_you_mean(node.id, self.df.columns)}")
         return self.df[node.id]
@@ -99,7 +124,7 @@ class _Where:
         elif isinstance(node, ast.Constant) and isinstance(node.value, (str, int, float, bool, type(None))):
             return node.value
         raise self.fail(f"only column names, numbers, strings and lists of them are allowed, "
-                        f"got {ast.unparse(node)!r}")
+                        f"got {_shown(node)!r}")
 
     def values(self, node: ast.AST) -> list[Any]:
         if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
@@ -121,7 +146,7 @@ def where_mask(df: pd.DataFrame, expr: str) -> pd.Series:
     """The rows of ``df`` an expression such as ``depth >= 8 and activation == "relu"`` selects."""
     text = expr.strip()
     try:
-        tree = ast.parse(text, mode="eval")
+        tree = ast.parse(_CONTAINS.sub(lambda m: m[1] or "@", text), mode="eval")
     except SyntaxError as exc:
         hint = "; use == to compare" if re.search(r"(?<![=!<>])=(?!=)", text) else ""
         raise OptionError("where", text, f"not a valid expression ({exc.msg}{hint}): {text}",

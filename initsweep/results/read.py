@@ -8,6 +8,7 @@ way in, ``find_run`` what ``show`` looks up.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,7 +17,7 @@ import pandas as pd
 from ..columns import RUN_COLUMNS
 from ..errors import InitsweepError, OptionError, ParamError, StoreError
 from .query import filter_runs
-from .store import DB_NAME, Store
+from .store import DB_NAME, TAGS_COLUMN, Store
 
 
 _SUFFIXES = {".csv": "csv", ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
@@ -41,7 +42,7 @@ def normalize(df: pd.DataFrame, source: str = "") -> pd.DataFrame:
     """Give every known column the store's type: integers without gaps as int64, other
     numbers as float64 (NULL = NaN), text as text, whatever file they came from."""
     df = df.copy()
-    for col, kind in RUN_COLUMNS.items():
+    for col, kind in {**RUN_COLUMNS, TAGS_COLUMN: "TEXT"}.items():
         if col not in df:
             continue
         if kind == "TEXT":
@@ -179,27 +180,66 @@ def _from_store(source: str | Path, read: Callable[[Store], Any], missing: Any) 
         return read(store)
 
 
+def _one_run(current: pd.DataFrame, prefix: str, source: str | Path, sweep: str | None) -> pd.Series:
+    """The current row of the run whose id starts with ``prefix``; none or several is an error."""
+    hits = current[current["run_id"].str.startswith(prefix)] if prefix else current.head(0)
+    ids = list(pd.unique(hits["run_id"]))
+    if not ids:
+        raise InitsweepError(f"no run id starts with {prefix!r} in {source}"
+                             + (f" (sweep {sweep})" if sweep else "") + "; initsweep report lists them")
+    if len(ids) > 1:
+        shown = ", ".join(ids[:4]) + (", ..." if len(ids) > 4 else "")
+        raise InitsweepError(f"{prefix!r} matches {len(ids)} runs ({shown}); give more characters")
+    if len(hits) > 1:
+        raise ParamError(f"run {ids[0]} is stored by sweeps {', '.join(hits['sweep'])}; pick one with {{sweep}}")
+    return hits.iloc[0]
+
+
+def _attempts(every: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """Every attempt (row) of these runs, the history included."""
+    keys = set(zip(runs["sweep"], runs["run_id"]))
+    return every[[key in keys for key in zip(every["sweep"], every["run_id"])]]
+
+
 def find_run(source: str | Path, prefix: str, sweep: str | None = None) -> dict[str, Any]:
-    """The run whose id starts with ``prefix``: its current row, attempts, epochs, layers and
-    test predictions (``(predicted, target)``, or None when it has none)."""
+    """The run whose id starts with ``prefix``: its current row, attempts, epochs, layers, tags
+    and test predictions (``(predicted, target)``, or None when it has none)."""
     with Store(source, create=False) as store:
         if sweep is not None:
             _check_sweeps(sweep, _stored_sweeps(store), Path(source))
         every = store.runs_frame(sweep, history=True)
-        current = current_rows(every)
-        hits = current[current["run_id"].str.startswith(prefix)] if prefix else current.head(0)
-        ids = list(pd.unique(hits["run_id"]))
-        if not ids:
-            raise InitsweepError(f"no run id starts with {prefix!r} in {source}"
-                                 + (f" (sweep {sweep})" if sweep else "") + "; initsweep report lists them")
-        if len(ids) > 1:
-            shown = ", ".join(ids[:4]) + (", ..." if len(ids) > 4 else "")
-            raise InitsweepError(f"{prefix!r} matches {len(ids)} runs ({shown}); give more characters")
-        if len(hits) > 1:
-            raise ParamError(f"run {ids[0]} is stored by sweeps {', '.join(hits['sweep'])}; pick one with {{sweep}}")
-        run = hits.iloc[0]
-        attempts = every[(every["run_id"] == run["run_id"]) & (every["sweep"] == run["sweep"])]
-        return {"run": run, "epochs": store.epochs_frame([int(run["row_id"])]),
-                "layers": store.layers_frame([int(run["row_id"])]),
-                "predictions": store.predictions([int(run["row_id"])]).get(int(run["row_id"])),
-                "attempts": attempts[["row_id", "status", "claimed_at", "finished_at", "error"]]}
+        run = _one_run(current_rows(every), prefix, source, sweep)
+        attempts = _attempts(every, run.to_frame().T)
+        row_id = [int(run["row_id"])]
+        return {"run": run, "epochs": store.epochs_frame(row_id), "layers": store.layers_frame(row_id),
+                "attempts": attempts[["row_id", "status", "claimed_at", "finished_at", "error"]],
+                "predictions": store.predictions(row_id).get(row_id[0]),
+                "tags": store.tags_frame(row_id)}
+
+
+@dataclass
+class Selection:
+    """Runs picked for ``tag`` or ``rm``: their current rows, every attempt of them, and how
+    many runs the store holds (to tell a selection of everything)."""
+
+    runs: pd.DataFrame
+    attempts: pd.DataFrame
+    total: int
+
+
+def select_runs(source: str | Path, prefixes: list[str] = (), where: str | None = None,
+                sweep: str | None = None) -> Selection:
+    """The runs named by id prefixes (as ``find_run`` takes them: each must name one run), or
+    those ``where`` selects (every run with neither), within ``sweep`` if given."""
+    with Store(source, create=False) as store:
+        if sweep is not None:
+            _check_sweeps(sweep, _stored_sweeps(store), Path(source))
+        every = normalize(store.runs_frame(history=True), str(source))
+    current = current_rows(every)
+    scope = current[current["sweep"] == sweep] if sweep is not None else current
+    if prefixes:
+        picked = pd.DataFrame([_one_run(scope, p.strip(), source, sweep) for p in prefixes])
+        picked = picked.drop_duplicates("row_id")
+    else:
+        picked = filter_runs(scope, where)
+    return Selection(picked, _attempts(every, picked), len(current))

@@ -15,6 +15,11 @@ Tables (schema version in ``meta``):
 * ``predictions`` — each finished attempt's predicted and true class of every test image
   (two BLOBs, one byte per image, in the test split's order): McNemar's test, per-class
   accuracy and the confusion matrix, without retraining and without the dataset.
+* ``tags`` — names a user gave an attempt (``initsweep tag``), each with an optional note.
+
+Every table whose rows belong to an attempt says so in its schema (``row_id INTEGER NOT
+NULL REFERENCES runs (row_id)``): :meth:`Store.delete_runs` and ``merge`` find such tables
+there (:func:`child_tables`), so a table added later is deleted and merged with its runs.
 
 Their columns are defined once, in ``columns.py``; the schema below is built from them.
 
@@ -31,6 +36,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shlex
 import socket
 import sqlite3
@@ -38,13 +44,13 @@ import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
 
 from ..columns import LAYER_COLUMNS, RESULT_COLUMNS, SETTING_COLUMNS
-from ..errors import StoreError
+from ..errors import OptionError, StoreError
 
 if TYPE_CHECKING:  # importing config pulls in torch: ~2 s that report/export/show do not need
     from ..config import RunSpec
@@ -54,9 +60,9 @@ DB_NAME = "initsweep.db"
 _SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite 3 database
 # 2: layers gained pre_m2, act_m2, act_grad_norm2, sigma_w2 and predicted_* (probe.py);
 #    older databases get the missing columns (NULL in old rows) when opened for writing.
-# 3: the predictions table; older databases get it (empty: their runs lack predictions)
-#    when opened for writing. An initsweep of schema 2 refuses a schema-3 store, so its
-#    ``merge`` cannot copy runs and leave their predictions behind.
+# 3: the predictions and tags tables; older databases get them (empty: their runs lack
+#    predictions and tags) when opened for writing. An initsweep of schema 2 refuses a
+#    schema-3 store, so its ``merge`` cannot copy runs and leave their predictions behind.
 SCHEMA_VERSION = 3
 PREDICTIONS_SINCE = 3  # the first schema whose runs store their test predictions
 STALE_CLAIM_S = 6 * 3600.0
@@ -95,10 +101,43 @@ CREATE TABLE IF NOT EXISTS predictions (
     predicted BLOB NOT NULL,
     target BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS tags (
+    row_id INTEGER NOT NULL REFERENCES runs (row_id),
+    tag TEXT NOT NULL,
+    note TEXT,
+    added_at TEXT NOT NULL,
+    PRIMARY KEY (row_id, tag)
+);
 """
 
 # The latest attempt of each (sweep, run_id): what a run's state *is*.
 CURRENT_ROWS = "SELECT MAX(row_id) FROM runs GROUP BY sweep, run_id"
+
+
+# The runs frame's column of each attempt's tags, sorted and comma-joined ("baseline,paper";
+# None when it has none): a tag holds no comma, so the text splits back into the tags.
+TAGS_COLUMN = "tags"
+_TAG = re.compile(r"[\w.:/+=@-]+")
+
+
+def child_tables(conn: sqlite3.Connection) -> list[str]:
+    """The tables whose rows belong to an attempt, read from the schema: each refers to
+    ``runs (row_id)`` by a foreign key or has a ``row_id`` column. ``delete_runs`` and
+    ``merge`` go through these, so a table added later goes with its runs without an edit."""
+    names = [row[0] for row in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT IN ('runs', 'meta') "
+        "AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+    return [name for name in names
+            if any(fk[2] == "runs" for fk in conn.execute(f"PRAGMA foreign_key_list({name})"))
+            or "row_id" in {col[1] for col in conn.execute(f"PRAGMA table_info({name})")}]
+
+
+def check_tag(tag: str) -> str:
+    """A tag is one word of letters, digits and ``_ . : / + = @ -`` (no space, no comma:
+    the runs frame joins an attempt's tags with commas)."""
+    if not _TAG.fullmatch(tag):
+        raise OptionError("add", tag, "a tag is letters, digits and _ . : / + = @ - (no spaces or commas)")
+    return tag
 
 
 def _now() -> str:
@@ -139,6 +178,15 @@ def owner_alive(owner: str | None, claimed_at: str | None) -> bool:
     except PermissionError:
         pass
     return start == "?" or _process_start(pid) == start
+
+
+def refuse_live_claims(attempts: Iterable[Mapping[str, Any]]) -> None:
+    """Refuse to delete an attempt a live process is training: its ``finish`` would find no
+    row. ``attempts``: rows with run_id, status, owner and claimed_at."""
+    for row in attempts:
+        if row["status"] == "running" and owner_alive(row["owner"], row["claimed_at"]):
+            raise StoreError(f"run {row['run_id']} is being trained now (by {row['owner']}); "
+                             "stop that sweep or wait for it, then delete it")
 
 
 def _clean(value: Any) -> Any:
@@ -465,7 +513,24 @@ class Store:
             names = [sweep] if isinstance(sweep, str) else list(sweep)
             sql += f" AND sweep IN ({', '.join('?' * len(names))})"
             params += names
-        return self._frame(sql + " ORDER BY row_id", params)
+        runs = self._frame(sql + " ORDER BY row_id", params)
+        joined = self.tags_frame().groupby("row_id")["tag"].agg(",".join)
+        runs[TAGS_COLUMN] = runs["row_id"].map(joined).astype(object).where(lambda tags: tags.notna(), None)
+        return runs
+
+    def tags_frame(self, row_ids: list[int] | None = None) -> pd.DataFrame:
+        """Tags of these attempts (all when None), by attempt and name; none in a store older
+        than the tags table (a reader does not migrate it)."""
+        with self.guard():
+            exists = self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tags'").fetchone()
+            if exists is None:
+                return pd.DataFrame({"row_id": pd.Series(dtype="int64"), "tag": pd.Series(dtype=object),
+                                     "note": pd.Series(dtype=object), "added_at": pd.Series(dtype=object)})
+        sql, params = "SELECT row_id, tag, note, added_at FROM tags", []
+        if row_ids is not None:
+            sql += " WHERE row_id IN (SELECT value FROM json_each(?))"
+            params.append(json.dumps([int(r) for r in row_ids]))
+        return self._frame(sql + " ORDER BY row_id, tag", params)
 
     def epochs_frame(self, row_ids: list[int] | None = None) -> pd.DataFrame:
         sql = "SELECT * FROM epochs"
@@ -494,5 +559,47 @@ class Store:
     def _frame(self, sql: str, params: list | tuple = ()) -> pd.DataFrame:
         with self.guard():
             return pd.read_sql_query(sql, self.conn, params=params)
+
+    # ------------------------------------------------------------------ the user's edits
+
+    def tag_runs(self, row_ids: list[int], add: list[str] = (), remove: list[str] = (),
+                 note: str | None = None) -> dict[str, int]:
+        """Add and remove tags on these attempts in one transaction; how many attempts each
+        tag was added to or removed from (``{"+baseline": 2, "-old": 1}``). Adding a tag an
+        attempt has keeps it and, with ``note``, replaces its note."""
+        for tag in add:
+            check_tag(tag)
+        ids = [int(r) for r in row_ids]
+        changed: dict[str, int] = {}
+        with self._write() as conn:
+            for tag in add:
+                before = conn.total_changes
+                conn.executemany("INSERT OR IGNORE INTO tags (row_id, tag, note, added_at) VALUES (?, ?, ?, ?)",
+                                 [(r, tag, note, _now()) for r in ids])
+                changed[f"+{tag}"] = conn.total_changes - before
+                if note is not None:
+                    conn.executemany("UPDATE tags SET note = ? WHERE row_id = ? AND tag = ?",
+                                     [(note, r, tag) for r in ids])
+            for tag in remove:
+                cursor = conn.execute("DELETE FROM tags WHERE tag = ? AND row_id IN (SELECT value FROM json_each(?))",
+                                      (tag, json.dumps(ids)))
+                changed[f"-{tag}"] = cursor.rowcount
+        return changed
+
+    def delete_runs(self, row_ids: list[int]) -> dict[str, int]:
+        """Delete these attempts with every row that belongs to them (epochs, layers, tags and
+        any other :func:`child_tables` table), in one transaction; the rows deleted per table.
+
+        An attempt a live process is training is refused (its ``finish`` would find no row),
+        and then nothing is deleted."""
+        ids = json.dumps(sorted({int(r) for r in row_ids}))
+        in_ids = "row_id IN (SELECT value FROM json_each(?))"
+        with self._write() as conn:
+            refuse_live_claims(conn.execute(f"SELECT run_id, status, owner, claimed_at FROM runs WHERE {in_ids}",
+                                            (ids,)).fetchall())
+            deleted = {table: conn.execute(f"DELETE FROM {table} WHERE {in_ids}", (ids,)).rowcount
+                       for table in child_tables(conn)}
+            deleted["runs"] = conn.execute(f"DELETE FROM runs WHERE {in_ids}", (ids,)).rowcount
+        return deleted
 
 
