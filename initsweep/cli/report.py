@@ -125,6 +125,8 @@ def report(
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="Write to this file instead of stdout.")] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write PNG and SVG figures into this folder.")] = None,
+    ci: Annotated[float, typer.Option(
+        "--ci", help="The level of the seed mean's Student-t interval (ci_low, ci_high, the ±), 0 < CI < 1.")] = 0.95,
 ) -> None:
     """Compare runs: seed statistics per group, a pivot per depth, baselines, exports and plots.
 
@@ -140,7 +142,7 @@ def report(
     if runs is None:
         return
     base = filter_runs(read_runs(baseline), where) if baseline is not None else None
-    rep = replace(build_report(runs, metric, by.split(",") if by else None, pivot, sort, top, base),
+    rep = replace(build_report(runs, metric, by.split(",") if by else None, pivot, sort, top, base, ci),
                   sweeps=sweep, where=where)
     figures = None
     if plot is not None:
