@@ -216,9 +216,17 @@ def test_pivot_is_the_default_for_a_grid_and_marks_the_best_per_depth(store, tmp
 def test_pivot_exports_a_wide_table(store):
     wide = pd.read_csv(StringIO(invoke("report", "--results", str(store), "--sweep", "grid", "--pivot",
                                        "init:activation", "--format", "csv").stdout))
-    assert list(wide.columns) == ["metric", "depth", "init", "relu", "tanh"] and len(wide) == 4
-    table = summarize(initsweep.load_results(store, sweep="grid")).set_index(["init", "activation", "depth"])
-    assert wide.set_index(["init", "depth"]).loc[("he", 4), "tanh"] == table.loc[("he", "tanh", 4), "mean"]
+    assert list(wide.columns) == ["metric", "depth", "init", "relu", "tanh", "relu ci_low", "tanh ci_low",
+                                  "relu ci_high", "tanh ci_high", "relu mark", "tanh mark"] and len(wide) == 4
+    table = build_report(initsweep.load_results(store, sweep="grid"), pivot="init:activation").summary
+    table = table.set_index(["init", "activation", "depth"])
+    cells = wide.set_index(["init", "depth"])
+    for init, activation, depth in table.index:
+        for value, column in (("mean", activation), ("ci_low", f"{activation} ci_low"),
+                              ("ci_high", f"{activation} ci_high")):
+            assert cells.loc[(init, depth), column] == table.loc[(init, activation, depth), value]
+        mark = cells.loc[(init, depth), f"{activation} mark"]  # csv: an empty mark reads back as NaN
+        assert ("" if pd.isna(mark) else mark) == table.loc[(init, activation, depth), "mark"]
 
 
 def test_where_sort_and_top(store):

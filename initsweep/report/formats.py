@@ -346,11 +346,13 @@ class ColourScale:
 
 
 def report_frame(report: Any) -> pd.DataFrame:
-    """The machine-readable table of a report: the wide pivot when one was asked for, else
-    the flat table; led by a ``metric`` column so a file says what it measured."""
+    """The machine-readable table of a report: the wide pivot when one was asked for (the means,
+    then each cell's interval and mark), else the flat table; led by a ``metric`` column so a
+    file says what it measured."""
     from .stats import pivot_frame
 
-    frame = pivot_frame(report.summary, *report.pivot) if report.pivot_asked else report.table
+    also = ("ci_low", "ci_high", "mark")
+    frame = pivot_frame(report.summary, *report.pivot, also=also) if report.pivot_asked else report.table
     frame = frame.copy()
     frame.insert(0, "metric", report.metric)
     return frame

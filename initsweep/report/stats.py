@@ -386,20 +386,22 @@ def check_pivot(summary: pd.DataFrame, rows: list[str], cols: list[str]) -> None
         raise OptionError("pivot", [*rows, *cols], "a column appears twice in ROWS:COLS", repeat_value=False)
 
 
-def pivot_frame(summary: pd.DataFrame, rows: list[str], cols: list[str], value: str = "mean") -> pd.DataFrame:
+def pivot_frame(summary: pd.DataFrame, rows: list[str], cols: list[str], value: str = "mean",
+                also: tuple[str, ...] = ()) -> pd.DataFrame:
     """A wide table of ``value``: one row per (other keys..., rows...), one column per ``cols`` value.
 
     The other grouping keys (e.g. depth) stay as leading columns, so one frame holds every
-    per-depth table; a column is named by its ``cols`` values joined with `` / ``.
+    per-depth table; a column is named by its ``cols`` values joined with `` / ``. Each of
+    ``also`` (e.g. ``ci_low``) follows as a column per ``cols`` value, named ``relu ci_low``.
     """
     check_pivot(summary, rows, cols)
     split = pivot_split(summary, rows, cols)
     frame = summary.assign(_col=summary[cols].astype(str).agg(" / ".join, axis=1))
     col_order = list(pd.unique(frame["_col"]))
-    wide = frame.pivot_table(index=[*split, *rows], columns="_col", values=value, aggfunc="first",
+    wide = frame.pivot_table(index=[*split, *rows], columns="_col", values=[value, *also], aggfunc="first",
                              dropna=False, sort=False)
-    wide = wide.reindex(columns=[c for c in col_order if c in wide.columns])
-    wide.columns.name = None
+    wide = wide.reindex(columns=[(v, c) for v in (value, *also) for c in col_order if (v, c) in wide.columns])
+    wide.columns = [col if v == value else f"{col} {v}" for v, col in wide.columns]
     row_order = _sorted_like(frame[[*split, *rows]].drop_duplicates(), summary, split)
     wide = row_order.merge(wide.reset_index(), on=[*split, *rows], how="left")
     if "data_fallback" in summary:  # a wide row is marked when any of its cells is
