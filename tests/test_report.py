@@ -444,10 +444,12 @@ def test_a_cell_with_a_missing_seed_shows_its_n_in_every_format(store):
     assert [line.split("│")[3].strip() for line in he] == [shown]
     assert len(re.findall(r"\(n=\d", table)) == 1
     assert "n = 2 per cell, other n marked (n=k)" in " ".join(table.split())  # the legend, maybe wrapped
+    assert "¹ n = 1: no interval · mean ± half-width of its 95% CI over seeds" in " ".join(table.split())
     md = invoke(*args, "-f", "markdown").stdout
     assert len(re.findall(r"\(n=\d", md)) == 1
     assert "| he | " in md and f" | {shown}" in md.split("**depth = 4**")[0]
     assert "n = 2 per cell, other n marked (n=k)_" in md
+    assert "¹ n = 1: no interval" in md.split("n = 2 per cell")[0].splitlines()[-1]  # the pivot's legend
     page = _Tables()
     page.feed(invoke(*args, "-f", "html").stdout)
     marked = [c for c in page.cells if re.search(r"\(n=\d", c)]
