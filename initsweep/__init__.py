@@ -4,7 +4,7 @@ The notebook API (imported lazily, so ``import initsweep`` stays cheap):
 
 * ``load_results(results_dir, sweep=None, where=None)`` -> pandas DataFrame, one row per run
   (a results folder or an ``initsweep export`` file);
-* ``summarize(df, metric, by)`` -> seed statistics per group;
+* ``summarize(df, metric, by, ci=0.95)`` -> seed statistics per group (mean, std, t interval, best-cell mark);
 * ``run_sweep(config, results_dir=..., device=...)`` -> ``SweepOutcome``;
 * ``load_config(path)``, ``expand(config)`` -> the runs a config plans;
 * the registries: ``list_inits()``, ``list_activations()``, ``list_archs()``.

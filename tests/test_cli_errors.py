@@ -312,6 +312,8 @@ def test_report_errors_from_python_name_the_parameter_and_the_cli_the_flag(store
         (lambda: summarize(df, "test_accc"), "metric: unknown column 'test_accc' — did you mean 'test_acc'?",
          "--metric: unknown column 'test_accc'"),
         (lambda: summarize(df, "test_acc", "init,dpeth"), "by: unknown column 'dpeth'", "--by: unknown column"),
+        (lambda: summarize(df, ci=1.5), "ci=1.5: the interval's level must lie strictly between 0 and 1",
+         "--ci 1.5: the interval's level must lie strictly between 0 and 1"),
         (lambda: load_results(store, where="depth >="), "where: not a valid expression",
          "--where: not a valid expression"),
         (lambda: build_report(df, pivot="init:depth", top=1),

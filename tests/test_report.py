@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 import initsweep
 from initsweep.cli import app
+from initsweep.errors import OptionError
 from initsweep.config import expand, validate
 from initsweep.report.diagnostics import FACTOR_COLUMNS
 from initsweep.report.stats import build_report, compare, summarize
@@ -59,7 +60,7 @@ def store(tmp_path_factory) -> Path:
 
 
 def invoke(*args: str):
-    return runner.invoke(app, [*args], env={"NO_COLOR": "1", "COLUMNS": "160"})
+    return runner.invoke(app, [*args], env={"NO_COLOR": "1", "COLUMNS": "200"})
 
 
 def report_json(res: Path, *args: str) -> pd.DataFrame:
@@ -165,25 +166,68 @@ def test_empty_store_missing_folder_and_fresh_results_dir(tmp_path):
 # ---------------------------------------------------------------------- views
 
 
-def test_pivot_is_the_default_for_a_grid_and_marks_the_best_per_depth(store):
-    out = invoke("report", "--results", str(store), "--sweep", "grid")
-    assert out.exit_code == 0, out.output
-    assert "depth = 2" in out.stdout and "depth = 4" in out.stdout
-    table = summarize(initsweep.load_results(store, sweep="grid"))
-    for depth in (2, 4):
-        best = table.loc[table.loc[table["depth"] == depth, "mean"].idxmax()]
-        section = out.stdout.split(f"depth = {depth}")[1].split("depth = ")[0]
-        starred = [line for line in section.splitlines() if "★" in line and line.startswith("│")]
-        assert len(starred) == 1 and starred[0].split("│")[1].strip() == best["init"]
-        assert f"{best['mean']:.4f}±{best['std']:.4f}★" in starred[0]
+def expected_marks(runs: pd.DataFrame, within: list[str], metric: str = "test_acc") -> dict[tuple, str]:
+    """The best-cell marks recomputed here, by scipy, per table: ★ for a best cell better than
+    every other at 5% (paired by seed), else ≈ on the best and each cell it does not beat."""
+    from scipy.stats import ttest_rel
+
+    keys = ["init_label", "activation_label", "depth"]
+    marks = {}
+    for _, table in runs.groupby(within):
+        by_seed = {k: g.set_index("seed")[metric] for k, g in table.groupby(keys)}
+        best = max(by_seed, key=lambda k: by_seed[k].mean())
+        tied = [k for k in by_seed if k != best and not ttest_rel(by_seed[best], by_seed[k].loc[by_seed[best].index]
+                                                                  ).pvalue < 0.05]
+        marks.update({k: "" for k in by_seed})
+        marks.update({k: "≈" for k in [best, *tied]} if tied else {best: "★"})
+    return marks
+
+
+def test_pivot_is_the_default_for_a_grid_and_marks_the_best_per_depth(store, tmp_path):
+    """The marks are scipy's paired tests per depth: on the stored runs, then on their export
+    with accuracies set so that depth 2 has a clear winner and depth 4 a near tie."""
+    runs = initsweep.load_results(store, sweep="grid")
+    acc = {("he", "relu", 2): [0.90, 0.91], ("he", "tanh", 2): [0.50, 0.52], ("std_normal", "relu", 2): [0.40, 0.43],
+           ("std_normal", "tanh", 2): [0.30, 0.32], ("he", "relu", 4): [0.90, 0.80], ("he", "tanh", 4): [0.79, 0.90],
+           ("std_normal", "relu", 4): [0.40, 0.31], ("std_normal", "tanh", 4): [0.60, 0.35]}
+    made = runs.assign(test_acc=[acc[(r.init_label, r.activation_label, r.depth)][r.seed] for r in runs.itertuples()])
+    assert made.groupby(["init_label", "activation_label", "depth"])["seed"].agg(lambda s: sorted(s) == [0, 1]).all()
+    export = tmp_path / "made.csv"
+    made.to_csv(export, index=False)
+    for results, frame in ((store, runs), (export, made)):
+        out = invoke("report", "--results", str(results), "--sweep", "grid")
+        assert out.exit_code == 0, out.output
+        assert "depth = 2" in out.stdout and "depth = 4" in out.stdout
+        table = build_report(frame).summary
+        marks = expected_marks(frame, ["depth"])
+        assert table["mark"].tolist() == [marks[(r.init, r.activation, r.depth)] for r in table.itertuples()]
+        for r in table.itertuples():
+            section = out.stdout.split(f"depth = {r.depth}")[1].split("depth = ")[0]
+            line = next(line for line in section.splitlines() if line.startswith(f"│ {r.init} "))
+            column = 2 if r.activation == "relu" else 3
+            assert line.split("│")[column].strip() == f"{r.mean:.4f}±{r.ci_high - r.mean:.4f}{r.mark}"
+        tied = "≈: not distinguishable from the best at 5%, paired by seed" in " ".join(out.stdout.split())
+        assert tied == ("≈" in marks.values())
+    # the made-up table: depth 2's winner beats every cell; at depth 4 three cells are within noise of the best,
+    # one of them 0.375 lower on average but too noisy over 2 seeds to tell
+    assert [marks[k] for k in sorted(marks)] == ["★", "≈", "", "≈", "", "", "", "≈"], sorted(marks.items())
+    assert out.stdout.count("★") == 1 + 1  # the cell, and the legend that explains it
 
 
 def test_pivot_exports_a_wide_table(store):
     wide = pd.read_csv(StringIO(invoke("report", "--results", str(store), "--sweep", "grid", "--pivot",
                                        "init:activation", "--format", "csv").stdout))
-    assert list(wide.columns) == ["metric", "depth", "init", "relu", "tanh"] and len(wide) == 4
-    table = summarize(initsweep.load_results(store, sweep="grid")).set_index(["init", "activation", "depth"])
-    assert wide.set_index(["init", "depth"]).loc[("he", 4), "tanh"] == table.loc[("he", "tanh", 4), "mean"]
+    assert list(wide.columns) == ["metric", "depth", "init", "relu", "tanh", "relu ci_low", "tanh ci_low",
+                                  "relu ci_high", "tanh ci_high", "relu mark", "tanh mark"] and len(wide) == 4
+    table = build_report(initsweep.load_results(store, sweep="grid"), pivot="init:activation").summary
+    table = table.set_index(["init", "activation", "depth"])
+    cells = wide.set_index(["init", "depth"])
+    for init, activation, depth in table.index:
+        for value, column in (("mean", activation), ("ci_low", f"{activation} ci_low"),
+                              ("ci_high", f"{activation} ci_high")):
+            assert cells.loc[(init, depth), column] == table.loc[(init, activation, depth), value]
+        mark = cells.loc[(init, depth), f"{activation} mark"]  # csv: an empty mark reads back as NaN
+        assert ("" if pd.isna(mark) else mark) == table.loc[(init, activation, depth), "mark"]
 
 
 def test_where_sort_and_top(store):
@@ -282,15 +326,18 @@ def test_every_format_parses_back(store, tmp_path):
     js = report_json(store, "--sweep", "grid")
     assert js["std"].tolist() == expected["std"].tolist()
     md = invoke("report", "-r", str(store), "--sweep", "grid", "-f", "markdown").stdout
-    assert "| init | activation | depth | test_acc (mean ± std) | n | min | max | diverged |" in md
-    assert "|:---|:---|:---|---:|---:|---:|---:|---:|" in md
+    assert ("| init | activation | depth | test_acc (mean ± 95% CI) | ci_low | ci_high | std | n | min | max "
+            "| diverged |") in md
+    assert "|:---|:---|:---|---:|---:|---:|---:|---:|---:|---:|---:|" in md
     out = invoke("report", "-r", str(store), "--sweep", "grid", "-o", str(tmp_path / "r.html"))
     assert out.exit_code == 0, out.output
     page = _Tables()
     page.feed((tmp_path / "r.html").read_text())
     assert page.tables == 3  # a pivot per depth, then every group
     first = expected.iloc[0]
-    assert f"{first['mean']:.4f} ± {first['std']:.4f}" in page.cells and "test_acc (mean ± std)" in page.cells
+    shown = f"{first['mean']:.4f} ± {first['ci_high'] - first['mean']:.4f}{first['mark']}"
+    assert shown in page.cells and "test_acc (mean ± 95% CI)" in page.cells
+    assert f"{first['ci_low']:.4f}" in page.cells and f"{first['std']:.4f}" in page.cells
     assert page.images and all(src.startswith("data:image/png;base64,") for src in page.images)
     text = invoke("report", "-r", str(store), "--sweep", "grid", "-o", str(tmp_path / "r.txt"))
     assert text.exit_code == 0 and "depth = 2" in (tmp_path / "r.txt").read_text() and text.stdout == ""
@@ -393,19 +440,22 @@ def test_a_cell_with_a_missing_seed_shows_its_n_in_every_format(store):
     """The grid has 2 seeds per cell; with one run filtered out, that cell (only) says n=1."""
     kept = summarize(initsweep.load_results(store, sweep="grid", where=ONE_SEED_LOST))
     assert kept["n"].tolist().count(1) == 1 and kept["n"].tolist().count(2) == 7
-    cell = kept.set_index(["init", "activation", "depth"]).loc[("he", "tanh", 2)]
-    best = cell["mean"] == kept.loc[kept["depth"] == 2, "mean"].max()
-    shown = f"{cell['mean']:.4f}{'★' if best else ''} (n=1)"  # one seed: the mean alone, then its n
+    marks = build_report(initsweep.load_results(store, sweep="grid", where=ONE_SEED_LOST)).summary
+    cell = marks.set_index(["init", "activation", "depth"]).loc[("he", "tanh", 2)]
+    assert cell["mark"] == "≈"  # a single seed pairs with nothing: never distinguishable from the best, never ★
+    shown = f"{cell['mean']:.4f}¹≈ (n=1)"  # one seed: the mean alone, its ¹ (no interval), its mark, its n
     args = ("report", "-r", str(store), "--sweep", "grid", "--where", ONE_SEED_LOST)
     table = invoke(*args).stdout
     he = [line for line in table.split("depth = 4")[0].splitlines() if line.startswith("│ he ")]
     assert [line.split("│")[3].strip() for line in he] == [shown]
     assert len(re.findall(r"\(n=\d", table)) == 1
     assert "n = 2 per cell, other n marked (n=k)" in " ".join(table.split())  # the legend, maybe wrapped
+    assert "¹ n = 1: no interval · mean ± half-width of its 95% CI over seeds" in " ".join(table.split())
     md = invoke(*args, "-f", "markdown").stdout
     assert len(re.findall(r"\(n=\d", md)) == 1
-    assert "| he | " in md and f" | {'**' if best else ''}{shown}" in md.split("**depth = 4**")[0]
+    assert "| he | " in md and f" | {shown}" in md.split("**depth = 4**")[0]
     assert "n = 2 per cell, other n marked (n=k)_" in md
+    assert "¹ n = 1: no interval" in md.split("n = 2 per cell")[0].splitlines()[-1]  # the pivot's legend
     page = _Tables()
     page.feed(invoke(*args, "-f", "html").stdout)
     marked = [c for c in page.cells if re.search(r"\(n=\d", c)]
@@ -447,3 +497,92 @@ def test_one_markdown_table_writer_for_the_report_and_the_ci_summary():
     assert markdown_table(df[["name"]], right={"name"}).splitlines()[1] == "|---:|"
     assert summary_table(df, ["name", "acc"]) == ("| name | acc |\n|---|---|\n| a\\|b | 0.5000 |\n| x · y | – |\n"
                                                   "| &lt;i&gt; | 0.1235 |\n")
+
+
+# ---------------------------------------------------------------------- intervals
+
+
+def test_ci_columns_are_scipys_t_interval_of_the_seed_mean(store):
+    """ci_low/ci_high against ``scipy.stats.t.interval`` recomputed from the stored runs, in
+    summarize and in the CLI's json; a group whose seeds agree exactly has the point as its interval."""
+    from scipy import stats
+
+    df = initsweep.load_results(store, sweep="grid")
+    ours = summarize(df, "test_acc", ["init", "activation", "depth"]).set_index(["init", "activation", "depth"])
+    cli = report_json(store, "--sweep", "grid", "--by", "init,activation,depth").set_index(
+        ["init", "activation", "depth"])
+    assert ours.attrs["ci"] == 0.95
+    for key, group in df.groupby(["init_label", "activation_label", "depth"]):
+        values = group["test_acc"]
+        sem = stats.sem(values)
+        low, high = (values.mean(),) * 2 if sem == 0 else stats.t.interval(0.95, len(values) - 1, values.mean(), sem)
+        for frame in (ours, cli):
+            assert frame.loc[key, "ci_low"] == pytest.approx(low, rel=1e-12, abs=1e-15)
+            assert frame.loc[key, "ci_high"] == pytest.approx(high, rel=1e-12, abs=1e-15)
+
+
+def test_ci_level_narrows_the_interval_by_the_t_ratio(store):
+    from scipy import stats
+
+    wide = report_json(store, "--sweep", "grid")
+    narrow = report_json(store, "--sweep", "grid", "--ci", "0.9")
+    assert narrow["mean"].tolist() == wide["mean"].tolist() and (wide["n"] == 2).all() and (wide["std"] > 0).any()
+    ratio = stats.t.ppf(0.95, 1) / stats.t.ppf(0.975, 1)
+    spread = wide["std"] > 0
+    for side in ("ci_high", "ci_low"):
+        half = (narrow[side] - narrow["mean"])[spread] / (wide[side] - wide["mean"])[spread]
+        assert half.tolist() == pytest.approx([ratio] * spread.sum(), rel=1e-9)
+    table = invoke("report", "-r", str(store), "--sweep", "grid", "--by", "init,activation,depth", "--ci", "0.9")
+    # (a narrower terminal may wrap the header: match its start)
+    assert table.exit_code == 0 and "(mean ± 90%" in table.stdout and "95%" not in table.stdout
+    pivot = invoke("report", "-r", str(store), "--sweep", "grid", "--ci", "0.9", "-f", "markdown").stdout
+    assert "mean ± half-width of its 90% CI over seeds" in pivot and "test_acc (mean ± 90% CI)" in pivot
+
+
+@pytest.mark.parametrize("level", ["1.5", "0", "1", "-0.1", "nan"])
+def test_a_ci_level_outside_0_1_exits_2_with_one_line(store, level):
+    out = invoke("report", "-r", str(store), "--ci", level)
+    assert out.exit_code == 2 and out.stdout == ""
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: --ci {float(level)}: ") and "between 0 and 1" in lines[0]
+    with pytest.raises(OptionError, match=r"^ci=1\.5: the interval's level must lie strictly between 0 and 1"):
+        summarize(initsweep.load_results(store), ci=1.5)
+
+
+def test_one_seed_has_no_interval_and_every_view_says_why(store, tmp_path):
+    one = summarize(initsweep.load_results(store, sweep="one")).iloc[0]
+    assert one["n"] == 1 and pd.isna(one["ci_low"]) and pd.isna(one["ci_high"]) and one["mark"] == ""
+    js = json.loads(invoke("report", "-r", str(store), "--sweep", "one", "-f", "json").stdout)
+    assert js[0]["ci_low"] is None and js[0]["ci_high"] is None
+    note = "¹ n = 1: no interval"
+    table = invoke("report", "-r", str(store), "--sweep", "one", "--by", "depth").stdout
+    line = next(line for line in table.splitlines() if line.strip().startswith("│ 3"))
+    assert line.split("│")[2].strip() == f"{one['mean']:.4f}¹" and note in table.splitlines()
+    assert f"_{note}_" in invoke("report", "-r", str(store), "--sweep", "one", "-f", "markdown").stdout.splitlines()
+    assert invoke("report", "-r", str(store), "--sweep", "one", "-o", str(tmp_path / "r.html")).exit_code == 0
+    assert f'<p class="note">{note}</p>' in (tmp_path / "r.html").read_text()
+    # with two seeds everywhere there is no footnote
+    assert "¹" not in invoke("report", "-r", str(store), "--sweep", "grid").stdout
+
+
+def test_every_format_carries_the_interval_and_the_marks(store, tmp_path):
+    expected = build_report(initsweep.load_results(store, sweep="grid")).summary
+    csv = pd.read_csv(StringIO(invoke("report", "-r", str(store), "--sweep", "grid", "-f", "csv").stdout),
+                      keep_default_na=False, na_values=[""])
+    js = report_json(store, "--sweep", "grid")
+    for frame in (csv, js):
+        assert list(frame.columns)[5:10] == ["mean", "std", "ci_low", "ci_high", "min"]
+        assert frame["ci_low"].tolist() == pytest.approx(expected["ci_low"].tolist(), rel=1e-12)
+        assert frame["mark"].fillna("").tolist() == expected["mark"].tolist()
+    md = invoke("report", "-r", str(store), "--sweep", "grid", "-f", "markdown").stdout
+    html = invoke("report", "-r", str(store), "--sweep", "grid", "-f", "html").stdout
+    table = invoke("report", "-r", str(store), "--sweep", "grid", "--by", "init,activation,depth").stdout
+    page = _Tables()
+    page.feed(html)
+    for r in expected.itertuples():
+        cell = f"{r.mean:.4f} ± {r.ci_high - r.mean:.4f}{r.mark}"
+        row = [cell, f"{r.ci_low:.4f}", f"{r.ci_high:.4f}", f"{r.std:.4f}"]
+        assert f"| {r.init} | {r.activation} | {r.depth} | {' | '.join(row)} |" in md
+        assert " │ ".join(row) in " │ ".join(c.strip() for c in table.split("│")), row
+        assert cell in page.cells
+    assert {"ci_low", "ci_high", "std"} <= set(page.cells)

@@ -99,10 +99,12 @@ class _Console(Console):
             os.close(devnull)
 
 
-# Rich draws 80 columns when output is not a terminal (CI logs, pipes); tables need more.
-_PIPE_WIDTH = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", 160))
+# Rich draws 80 columns when output is not a terminal (CI logs, pipes); tables need more: the
+# flat report table (interval, spread and factor columns) takes about 170.
+PIPE_COLUMNS = 200
+_PIPE_WIDTH = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", PIPE_COLUMNS))
 console = _Console(width=_PIPE_WIDTH)
-err_console = _Console(stderr=True, width=None if sys.stderr.isatty() else int(os.environ.get("COLUMNS", 160)))
+err_console = _Console(stderr=True, width=None if sys.stderr.isatty() else int(os.environ.get("COLUMNS", PIPE_COLUMNS)))
 
 
 class Format(str, Enum):

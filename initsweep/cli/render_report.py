@@ -19,7 +19,8 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
-from ..report.formats import LEGEND, ColourScale, display_table, fallback_note, fmt_value, n_note, pivot_cell, usual_n
+from ..report.formats import (ColourScale, display_table, fallback_note, fmt_value, legend, mark_notes, n_note,
+                               pivot_cell, stat_format, usual_n)
 from ..report.stats import Report, count_runs, lower_is_better, pivot_blocks
 
 _BARS = "▁▂▃▄▅▆▇█"
@@ -82,6 +83,8 @@ def render_table(console: Console, report: Report) -> None:
             cells[-1].stylize(_CHANGE_STYLE.get(changes.iloc[i], ""))
         table.add_row(*cells)
     console.print(table)
+    for note in mark_notes(report.table):
+        console.print(note, highlight=False, style="dim")
 
 
 def render_pivot(console: Console, report: Report) -> None:
@@ -89,6 +92,7 @@ def render_pivot(console: Console, report: Report) -> None:
     rows, cols = report.pivot
     verdict = report.summary["verdict"].notna().any()
     usual = usual_n(report.summary)
+    number = stat_format(report.summary)
     scale = ColourScale(report.summary["mean"], lower_is_better(report.metric))
     for block in pivot_blocks(report.summary, rows, cols):
         title = f"{report.metric}" + (f" — {block.title}" if block.title else "")
@@ -104,10 +108,11 @@ def render_pivot(console: Console, report: Report) -> None:
                 style = Style(bgcolor=colours[0], color=colours[1]) if colours else Style()
                 if row is not None and row["best"]:
                     style += Style(bold=True, underline=True)
-                cells.append(Text(pivot_cell(row, verdict, usual), style=style))
+                cells.append(Text(pivot_cell(row, verdict, usual, number), style=style))
             table.add_row(Text(label), *cells)
         console.print(table)
-    console.print(f"{LEGEND}; {n_note(report.summary)}; brighter = better", highlight=False, style="dim")
+    console.print(f"{legend(report.summary)}; {n_note(report.summary)}; brighter = better", highlight=False,
+                  style="dim")
     console.print("every group with n, min, max and diverged counts: initsweep report --by "
                   + ",".join(report.summary.attrs.get("keys", [])), highlight=False, style="dim")
 

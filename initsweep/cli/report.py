@@ -16,7 +16,7 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 from typer.core import TyperCommand
 
-from .app import Format, FormatOpt, ResultsOpt, app, boundary, console, err_console, print_json
+from .app import PIPE_COLUMNS, Format, FormatOpt, ResultsOpt, app, boundary, console, err_console, print_json
 from ..errors import InitsweepError
 from ..registry import did_you_mean
 
@@ -125,6 +125,8 @@ def report(
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="Write to this file instead of stdout.")] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write PNG and SVG figures into this folder.")] = None,
+    ci: Annotated[float, typer.Option(
+        "--ci", help="The level of the seed mean's Student-t interval (ci_low, ci_high, the ±), 0 < CI < 1.")] = 0.95,
 ) -> None:
     """Compare runs: seed statistics per group, a pivot per depth, baselines, exports and plots.
 
@@ -141,7 +143,7 @@ def report(
     if runs is None:
         return
     base = filter_runs(read_runs(baseline), where) if baseline is not None else None
-    rep = replace(build_report(runs, metric, by.split(",") if by else None, pivot, sort, top, base),
+    rep = replace(build_report(runs, metric, by.split(",") if by else None, pivot, sort, top, base, ci),
                   sweeps=sweep, where=where)
     rep = with_seed_verdicts(rep, read_layers(results, runs["row_id"].astype(int).tolist() if "row_id" in runs else []))
     figures = None
@@ -161,7 +163,7 @@ def report(
             render_report(console, rep)
             return
         with _writing("--output", output), output.open("w", encoding="utf-8") as handle:
-            render_report(Console(file=handle, width=160, no_color=True), rep)
+            render_report(Console(file=handle, width=PIPE_COLUMNS, no_color=True), rep)
         return
     captions = {}
     if get_report_format(fmt).plots:

@@ -25,7 +25,7 @@ from ..errors import ParamError
 from ..jsontext import json_text
 from ..registry import unknown_name_error
 from ..results.read import need_pyarrow
-from .stats import count_runs
+from .stats import BEST, TIED, count_runs, half_width
 
 
 # ---------------------------------------------------------------------- the registries
@@ -145,9 +145,32 @@ def markdown_table(df: pd.DataFrame, right: set[str] = frozenset(), align: bool 
 
 # ---------------------------------------------------------------------- cells people read
 
-DIVERGED_ALL, DIVERGED_SOME, BEST, FALLBACK = "†", "‡", "★", "§"
-LEGEND = (f"{DIVERGED_ALL} every seed diverged · {DIVERGED_SOME} some seeds diverged · "
-          f"{BEST} best of its table · mean ± sample std over seeds (no ± for a single seed)")
+DIVERGED_ALL, DIVERGED_SOME, FALLBACK, SINGLE = "†", "‡", "§", "¹"
+
+
+def ci_percent(table: pd.DataFrame) -> str:
+    """``95%``: the level of the intervals in a summary (``summarize(ci=...)``)."""
+    return f"{table.attrs.get('ci', 0.95) * 100:g}%"
+
+
+def mark_notes(summary: pd.DataFrame) -> list[str]:
+    """The footnotes a view of ``summary`` owes its reader: what ``★`` and ``≈`` claim, when a
+    cell carries them (see ``stats.best_marks``), and why a group with one run has no interval."""
+    marks = set(summary["mark"].dropna()) if "mark" in summary else set()
+    notes = []
+    if BEST in marks:
+        notes.append(f"{BEST} best of its table: better than every other cell at 5% (paired t-test by seed)")
+    if TIED in marks:
+        notes.append(f"{TIED}: not distinguishable from the best at 5%, paired by seed")
+    if (summary["n"] == 1).any():
+        notes.append(f"{SINGLE} n = 1: no interval")
+    return notes
+
+
+def legend(summary: pd.DataFrame) -> str:
+    """The line under a pivot: its marks, and what the ± is."""
+    return " · ".join([f"{DIVERGED_ALL} every seed diverged", f"{DIVERGED_SOME} some seeds diverged",
+                       *mark_notes(summary), f"mean ± half-width of its {ci_percent(summary)} CI over seeds"])
 
 
 def fallback_note(summary: pd.DataFrame) -> str | None:
@@ -172,13 +195,42 @@ def fmt_value(value: Any) -> str:
     return f"{value:.4f}"
 
 
-def fmt_stat(mean: Any, std: Any, n: Any, sep: str = " ± ") -> str:
-    """``mean ± std``; only the mean for a single seed (its std is unknown, not 0)."""
+def number_format(values: Any, spreads: Any = ()) -> Callable[[Any], str]:
+    """One format for a metric's column (its means, and the spreads printed beside them), so a
+    mean and its ± read alike: 4 decimals, more when a non-zero spread would read 0 (up to 8;
+    an exact 0 is printed as the honest ``0.0000``); scientific, 3 digits, for every value when
+    a mean is 1e4 or more or below 1e-3 (a loss that explodes)."""
+    def magnitudes(column: Any) -> list[float]:
+        numbers = pd.to_numeric(pd.Series(list(column), dtype=object), errors="coerce").dropna().abs()
+        return [float(v) for v in numbers if 0 < v < float("inf")]
+
+    if any(v >= 1e4 or v < 1e-3 for v in magnitudes(values)):
+        spec = ".2e"
+    else:
+        small = magnitudes(spreads)
+        spec = f".{min(8, max(4, -math.floor(math.log10(min(small))))) if small else 4}f"
+    return lambda value: "—" if value is None or pd.isna(value) else format(float(value), spec)
+
+
+def stat_format(table: pd.DataFrame) -> Callable[[Any], str]:
+    """The number format of a summary's means and their intervals (see :func:`number_format`)."""
+    return number_format(table["mean"], table["ci_high"] - table["mean"])
+
+
+def fmt_stat(mean: Any, spread: Any, n: Any, sep: str = " ± ", number: Callable[[Any], str] = fmt_value) -> str:
+    """``mean ± spread`` (an interval's half-width), both through ``number``; a single run's mean
+    alone, marked ``¹`` (one run has no interval, and its spread is unknown, not 0)."""
     if pd.isna(n) or n == 0 or pd.isna(mean):
         return "—"
-    if n < 2 or pd.isna(std):
-        return fmt_value(mean)
-    return f"{fmt_value(mean)}{sep}{fmt_value(std)}"
+    if n < 2:
+        return number(mean) + SINGLE
+    if pd.isna(spread):
+        return number(mean)
+    return f"{number(mean)}{sep}{number(spread)}"
+
+
+def _mark(row: pd.Series) -> str:
+    return row["mark"] if isinstance(row.get("mark"), str) else ""
 
 
 def fmt_change(delta: Any, change: str) -> str:
@@ -210,15 +262,17 @@ def n_note(summary: pd.DataFrame) -> str:
     return f"n = {usual} per cell" + (", other n marked (n=k)" if differs else "")
 
 
-def pivot_cell(row: pd.Series | None, verdict: bool = False, usual: int | None = None) -> str:
-    """``0.9123±0.0041†★``: the cell's statistic and its marks (see :data:`LEGEND`), then
-    ``(n=1)`` where its n is not the ``usual`` one (a seed missing or failed); with
-    ``verdict``, the group's diagnosis on a second line."""
+def pivot_cell(row: pd.Series | None, verdict: bool = False, usual: int | None = None,
+               number: Callable[[Any], str] = fmt_value) -> str:
+    """``0.9123±0.0081†★``: the cell's mean ± its interval's half-width in ``number``'s format
+    (:func:`stat_format`) and its marks (see :func:`legend`), then ``(n=1)`` where its n is not
+    the ``usual`` one (a seed missing or failed); with ``verdict``, the group's diagnosis on a
+    second line."""
     if row is None:
         return "·"
     if verdict and isinstance(row.get("verdict"), str):
-        return pivot_cell(row, usual=usual) + "\n" + row["verdict"]
-    text = fmt_stat(row["mean"], row["std"], row["n"], sep="±")
+        return pivot_cell(row, usual=usual, number=number) + "\n" + row["verdict"]
+    text = fmt_stat(row["mean"], row["ci_high"] - row["mean"], row["n"], sep="±", number=number)
     finished = row["runs"] - row["unfinished"]
     if row["diverged"] and row["diverged"] == finished:
         text += DIVERGED_ALL
@@ -226,7 +280,7 @@ def pivot_cell(row: pd.Series | None, verdict: bool = False, usual: int | None =
         text += DIVERGED_SOME
     if isinstance(row.get("data_fallback"), str):
         text += FALLBACK
-    text += BEST if row.get("best") else ""
+    text += _mark(row)
     if usual is not None and not pd.isna(row["n"]) and int(row["n"]) != usual:
         text += f" (n={int(row['n'])})"
     return text
@@ -249,10 +303,14 @@ def display_table(table: pd.DataFrame, metric: str) -> pd.DataFrame:
     keys = table.attrs.get("keys", [])
     out = pd.DataFrame({k: ["—" if v is None or pd.isna(v) else str(v) for v in table[k]] for k in keys},
                        index=table.index)
-    out[f"{metric} (mean ± std)"] = [fmt_stat(r["mean"], r["std"], r["n"]) for _, r in table.iterrows()]
+    number = stat_format(table)
+    out[f"{metric} (mean ± {ci_percent(table)} CI)"] = [
+        fmt_stat(r["mean"], r["ci_high"] - r["mean"], r["n"], number=number) + _mark(r) for _, r in table.iterrows()]
+    for col in ("ci_low", "ci_high", "std"):
+        out[col] = table[col].map(number)
     out["n"] = [fmt_value(v) if pd.isna(v) else str(int(v)) for v in table["n"]]
-    out["min"] = table["min"].map(fmt_value)
-    out["max"] = table["max"].map(fmt_value)
+    out["min"] = table["min"].map(number)
+    out["max"] = table["max"].map(number)
     out["diverged"] = [fmt_diverged(r) for _, r in table.iterrows()]
     if (table["unfinished"].fillna(0) > 0).any():
         out["unfinished"] = table["unfinished"].map(lambda v: "—" if pd.isna(v) else str(int(v)))
@@ -264,7 +322,9 @@ def display_table(table: pd.DataFrame, metric: str) -> pd.DataFrame:
     if "data_fallback" in table:
         out["data fallback"] = table["data_fallback"].map(lambda v: f"{FALLBACK} {v}" if isinstance(v, str) else "—")
     if "change" in table:
-        out["baseline"] = [fmt_stat(r["base_mean"], r["base_std"], r["base_n"]) for _, r in table.iterrows()]
+        base_half = half_width(table["base_std"], table["base_n"], table.attrs.get("ci", 0.95))
+        out["baseline"] = [fmt_stat(r["base_mean"], half, r["base_n"], number=number)
+                           for (_, r), half in zip(table.iterrows(), base_half)]
         out["Δ"] = [fmt_change(r["delta"], r["change"]) for _, r in table.iterrows()]
     return out
 
@@ -301,11 +361,13 @@ class ColourScale:
 
 
 def report_frame(report: Any) -> pd.DataFrame:
-    """The machine-readable table of a report: the wide pivot when one was asked for, else
-    the flat table; led by a ``metric`` column so a file says what it measured."""
+    """The machine-readable table of a report: the wide pivot when one was asked for (the means,
+    then each cell's interval and mark), else the flat table; led by a ``metric`` column so a
+    file says what it measured."""
     from .stats import pivot_frame
 
-    frame = pivot_frame(report.summary, *report.pivot) if report.pivot_asked else report.table
+    also = ("ci_low", "ci_high", "mark")
+    frame = pivot_frame(report.summary, *report.pivot, also=also) if report.pivot_asked else report.table
     frame = frame.copy()
     frame.insert(0, "metric", report.metric)
     return frame
@@ -317,16 +379,18 @@ def _pivot_markdown(report: Any) -> list[str]:
     rows, cols = report.pivot
     verdict = report.summary["verdict"].notna().any()
     usual = usual_n(report.summary)
+    number = stat_format(report.summary)
     lines = [f"### {report.metric} by {' / '.join(rows)} × {' / '.join(cols)}", ""]
     for block in pivot_blocks(report.summary, rows, cols):
         if block.title:
             lines += [f"**{block.title}**", ""]
         grid = pd.DataFrame(
-            [[label, *(_bold(pivot_cell(block.cells.get((label, col)), verdict, usual), block.cells.get((label, col)))
-                       for col in block.col_labels)] for label in block.row_labels],
+            [[label, *(_bold(pivot_cell(block.cells.get((label, col)), verdict, usual, number),
+                             block.cells.get((label, col))) for col in block.col_labels)]
+             for label in block.row_labels],
             columns=[" / ".join(rows), *block.col_labels])
         lines += [markdown_table(grid, right=set(block.col_labels)), ""]
-    return lines + [f"_{LEGEND}; {n_note(report.summary)}_", ""]
+    return lines + [f"_{legend(report.summary)}; {n_note(report.summary)}_", ""]
 
 
 def _bold(text: str, row: pd.Series | None) -> str:
@@ -362,6 +426,9 @@ def report_markdown(report: Any) -> str:
         lines += _pivot_markdown(report)
     shown = display_table(report.table, report.metric)
     lines += [markdown_table(shown, right=set(shown.columns[len(report.table.attrs.get('keys', [])):])), ""]
+    notes = mark_notes(report.table)
+    if notes:
+        lines += [f"_{' · '.join(notes)}_", ""]
     note = fallback_note(report.summary)
     if note:
         lines += [f"_{note}_", ""]
@@ -417,9 +484,10 @@ def _pivot_html(report: Any) -> list[str]:
     rows, cols = report.pivot
     verdict = report.summary["verdict"].notna().any()
     usual = usual_n(report.summary)
+    number = stat_format(report.summary)
     scale = ColourScale(report.summary["mean"], lower_is_better(report.metric))
     parts = [f"<h2>{escape(report.metric)} by {escape(' / '.join(rows))} × {escape(' / '.join(cols))}</h2>",
-             f'<p class="note">{escape(LEGEND)}; {escape(n_note(report.summary))}; brighter = better, '
+             f'<p class="note">{escape(legend(report.summary))}; {escape(n_note(report.summary))}; brighter = better, '
              "one colour scale for every table.</p>"]
     for block in pivot_blocks(report.summary, rows, cols):
         grid, styles, classes = [], {}, {}
@@ -427,7 +495,7 @@ def _pivot_html(report: Any) -> list[str]:
             grid.append([label])
             for j, col in enumerate(block.col_labels, start=1):
                 row = block.cells.get((label, col))
-                grid[-1].append(pivot_cell(row, verdict, usual))
+                grid[-1].append(pivot_cell(row, verdict, usual, number))
                 colours = scale(row["mean"]) if row is not None else None
                 if colours:
                     styles[(i, j)] = f"background:{colours[0]};color:{colours[1]}"
@@ -457,6 +525,9 @@ def report_html(report: Any, figures: dict[str, bytes], source: str) -> str:
     if report.pivot:
         parts += _pivot_html(report)
     parts += ["<h2>All groups</h2>", _html_table(display_table(report.table, report.metric), keys)]
+    notes = mark_notes(report.table)
+    if notes:
+        parts.append(f'<p class="note">{escape(" · ".join(notes))}</p>')
     note = fallback_note(report.summary)
     if note:
         parts.append(f'<p class="note"><strong>{escape(note)}</strong></p>')

@@ -49,17 +49,19 @@ def probe_figure(entries: list[dict[str, Any]], title: str):
     Colour = initializer, marker = activation; solid = measured, dashed = predicted.
     """
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     inits = list(dict.fromkeys(e["settings"]["init_label"] for e in entries))
     acts = list(dict.fromkeys(e["settings"]["activation_label"] for e in entries))
-    palette = plt.get_cmap("tab10" if len(inits) <= 10 else "tab20").colors
+    palette = matplotlib.colormaps["tab10" if len(inits) <= 10 else "tab20"].colors
     markers = "osD^vP*Xph"
     many_seeds = len({e["seed"] for e in entries}) > 1
-    fig, (ax_act, ax_grad) = plt.subplots(1, 2, figsize=(13, 5.2), constrained_layout=True)
+    # the object API on an Agg canvas, as plots.py: no pyplot, so a notebook's backend is left alone
+    fig = Figure(figsize=(13, 5.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_act, ax_grad = fig.subplots(1, 2)
     for e in entries:
         s = e["settings"]
         colour = palette[inits.index(s["init_label"]) % len(palette)]
@@ -91,8 +93,6 @@ def probe_figure(entries: list[dict[str, Any]], title: str):
 
 def save_probe_figures(entries: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
     """Write ``probe_<arch...>.png`` (one per architecture) into ``out_dir``; return the paths."""
-    import matplotlib.pyplot as plt
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     groups: dict[tuple, list[dict[str, Any]]] = {}
@@ -104,6 +104,5 @@ def save_probe_figures(entries: list[dict[str, Any]], out_dir: str | Path) -> li
                                     f"{members[0]['batch_size']} images")
         path = out / f"probe_{_slug(key)}.png"
         fig.savefig(path, dpi=110)
-        plt.close(fig)
         paths.append(path)
     return paths

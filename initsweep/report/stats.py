@@ -9,7 +9,9 @@ count: a diverged run is evaluated where it stopped, so its accuracy is a real r
 a divergent setting should pay for. ``failed``/``interrupted``/``running`` rows are counted
 in ``unfinished`` and left out of the statistics. ``n`` is the number of finished runs whose
 metric is a number (a diverged run's loss may be NaN); ``std`` is the sample standard
-deviation (ddof=1) over those, NaN for a single run, never a made-up 0. A run stored by two
+deviation (ddof=1) over those, NaN for a single run, never a made-up 0; ``ci_low``/``ci_high``
+the Student-t interval of the mean (``half_width``), NaN below two runs; ``mark`` the best
+cell's ``★`` or the ties' ``≈`` (``best_marks``: paired t-tests by seed). A run stored by two
 sweeps (same ``run_id``: same resolved settings) counts once, unless the groups keep the
 sweeps apart (grouped by ``sweep``): then runs are keyed by (sweep, run_id), the store's key,
 and it counts in each of its sweeps.
@@ -38,7 +40,11 @@ FINISHED = ("ok", "diverged")
 ALIASES = {"init": "init_label", "activation": "activation_label", "bias": "bias_label"}
 _FRIENDLY = {label: name for name, label in ALIASES.items()}
 CORE_AXES = ("init_label", "activation_label", "depth")
-STAT_COLUMNS = ["n", "mean", "std", "min", "max", "runs", "diverged", "diverged_rate", "unfinished", "verdict"]
+STAT_COLUMNS = ["n", "mean", "std", "ci_low", "ci_high", "min", "max", "runs", "diverged", "diverged_rate",
+                "unfinished", "verdict", "mark"]
+# The marks of :func:`best_marks`: better than every other cell of its table / not distinguishable from the best.
+BEST, TIED = "★", "≈"
+ALPHA = 0.05  # the paired test's level for the marks
 
 
 def varying_settings(df: pd.DataFrame, exclude: tuple[str, ...] = ()) -> list[str]:
@@ -210,22 +216,101 @@ def _fallback_cell(labels: pd.Series) -> str | None:
     return text if len(hit) == len(labels) else f"{text} ({len(hit)}/{len(labels)} runs)"
 
 
-def summarize(df: pd.DataFrame, metric: str = "test_acc", by: str | list[str] | None = None) -> pd.DataFrame:
+def check_ci(ci: Any) -> float:
+    """The interval's level, a number strictly between 0 and 1 (0.95 for a 95% interval)."""
+    if isinstance(ci, bool) or not isinstance(ci, (int, float)) or not 0 < ci < 1:
+        raise OptionError("ci", ci, "the interval's level must lie strictly between 0 and 1, e.g. 0.95")
+    return float(ci)
+
+
+def half_width(std: Any, n: Any, ci: float = 0.95) -> Any:
+    """Half the Student-t interval of a seed mean, t_{(1+ci)/2, n-1} · std / √n (the mean ± it is
+    the interval): NaN where n < 2, since one run says nothing about the spread. Takes scalars
+    or Series (a Series in, a Series out)."""
+    import numpy as np
+    from scipy.stats import t
+
+    count = np.asarray(pd.to_numeric(n, errors="coerce"), dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dof = np.where(count >= 2, count - 1, np.nan)
+        half = t.ppf((1 + ci) / 2, dof) * np.asarray(std, dtype=float) / np.sqrt(count)
+    return pd.Series(half, index=n.index) if isinstance(n, pd.Series) else float(half)
+
+
+def best_marks(values: pd.DataFrame, keys: list[str], within: list[str], metric: str,
+               alpha: float = ALPHA) -> list[str]:
+    """``★``, ``≈`` or ``""`` for each group of ``values`` (one row per run: the ``keys``, ``pair``
+    and ``value`` columns), groups in first-seen order; the one rule every format shows.
+
+    A table is the groups that share the ``within`` keys (a pivot's depth), or all of them.
+    Its best group (best mean, in the metric's direction) is compared with every other
+    group by a paired t-test (``scipy.stats.ttest_rel``), pairing the runs with the same
+    ``pair`` (the seed, and the settings that vary but are not keys). The best gets ``★`` only
+    when it is better than every other group at ``alpha``; otherwise it and every group not
+    distinguishable from it (p >= alpha, or fewer than 2 pairs: no test is possible) get
+    ``≈``. A mean within seed noise is a tie, not a winner; a table of one group has no mark.
+    """
+    import warnings
+
+    from scipy.stats import ttest_rel
+
+    grouped = values.groupby(keys, dropna=False, sort=False)
+    names = [key if isinstance(key, tuple) else (key,) for key, _ in grouped]
+    means = grouped["value"].mean().tolist()
+    by_pair = [group.groupby("pair", sort=False)["value"].mean().dropna() for _, group in grouped]
+    where = [keys.index(col) for col in within]
+    tables: dict[tuple, list[int]] = {}
+    for i, name in enumerate(names):
+        if not pd.isna(means[i]):
+            tables.setdefault(tuple(None if pd.isna(name[j]) else name[j] for j in where), []).append(i)
+    marks = [""] * len(names)
+    pick = min if lower_is_better(metric) else max
+    for members in tables.values():
+        if len(members) < 2:
+            continue
+        best = pick(members, key=lambda i: means[i])
+        tied = []
+        for i in members:
+            if i == best:
+                continue
+            common = by_pair[best].index.intersection(by_pair[i].index)
+            with warnings.catch_warnings():  # equal pairs (p is NaN: a tie) and constant differences (p = 0)
+                warnings.simplefilter("ignore", RuntimeWarning)
+                p = ttest_rel(by_pair[best][common], by_pair[i][common]).pvalue if len(common) >= 2 else float("nan")
+            if not p < alpha:
+                tied.append(i)
+        if tied:
+            for i in (best, *tied):
+                marks[i] = TIED
+        else:
+            marks[best] = BEST
+    return marks
+
+
+def summarize(df: pd.DataFrame, metric: str = "test_acc", by: str | list[str] | None = None,
+              ci: float = 0.95, within: list[str] | None = None) -> pd.DataFrame:
     """Seed statistics of ``metric`` per group of runs (see the module docstring for the rules).
 
     ``by`` takes run columns or the friendly ``init``/``activation``/``bias`` (their labels),
     as a list or a string (``"init"``, or ``"init,depth"`` as on the command line); by
     default every setting that varies except the seed. One row per group, the keys named
-    friendly, then ``n, mean, std, min, max, runs, diverged, diverged_rate, unfinished, verdict``.
+    friendly, then ``n, mean, std, ci_low, ci_high, min, max, runs, diverged, diverged_rate,
+    unfinished, verdict, mark``: ``ci_low``/``ci_high`` the Student-t interval of the mean at
+    level ``ci`` (empty for n < 2), ``mark`` the best group's ``★`` or the ties' ``≈`` of
+    :func:`best_marks`, in each table of the groups sharing the ``within`` keys (default: one table).
 
     >>> summarize(load_results("results"), "test_acc", ["init", "activation", "depth"])  # doctest: +SKIP
     """
     check_metric(df, metric)
+    ci = check_ci(ci)
     keys = resolve_by(df, by)
+    tables = resolve_by(df, within, "within") if within else []
+    if any(col not in keys for col in tables):
+        raise OptionError("within", within, f"names a column that is not a grouping key ({', '.join(keys)})")
     runs = distinct_runs(df, run_key(df, keys))
     if runs.empty:
         out = pd.DataFrame(columns=[*map(friendly, keys), *(c for c in STAT_COLUMNS if c not in keys)])
-        out.attrs.update(metric=metric, keys=[friendly(k) for k in keys])
+        out.attrs.update(metric=metric, keys=[friendly(k) for k in keys], ci=ci)
         return out
     status = runs["status"] if "status" in runs else pd.Series("ok", index=runs.index)
     done = status.isin(FINISHED)
@@ -243,25 +328,19 @@ def summarize(df: pd.DataFrame, metric: str = "test_acc", by: str | list[str] | 
     marked = fallback.notna().any()
     if marked:
         out["data_fallback"] = grouped["_fallback"].agg(_fallback_cell)
+    pairs = [c for c in ["seed", *varying_settings(runs, exclude=tuple(keys))] if c in runs]
+    values = frame[keys].assign(value=frame["_value"],
+                                pair=runs[pairs].astype(str).agg("|".join, axis=1) if pairs else "")
+    out["mark"] = best_marks(values, keys, tables, metric)
     out = out.reset_index()
+    half = half_width(out["std"], out["n"], ci)
+    out["ci_low"], out["ci_high"] = out["mean"] - half, out["mean"] + half
     out["diverged_rate"] = (out["diverged"] / out["finished"]).where(out["finished"] > 0)
     out["unfinished"] = out["runs"] - out["finished"]
     stats = [c for c in STAT_COLUMNS if c not in keys] + (["data_fallback"] if marked else [])
     out = _sorted_like(out[[*keys, *stats]], runs, keys).rename(columns=friendly)
-    out.attrs.update(metric=metric, keys=[friendly(k) for k in keys])
+    out.attrs.update(metric=metric, keys=[friendly(k) for k in keys], ci=ci)
     return out
-
-
-def best_mask(summary: pd.DataFrame, within: list[str], metric: str) -> pd.Series:
-    """True on the group with the best mean inside each ``within`` group (e.g. per depth)."""
-    best = pd.Series(False, index=summary.index)
-    means = summary["mean"].dropna()
-    if means.empty:
-        return best
-    groups = summary.loc[means.index].groupby(within, dropna=False, sort=False)["mean"] if within else [(None, means)]
-    for _, col in groups:
-        best[col.idxmin() if lower_is_better(metric) else col.idxmax()] = True
-    return best
 
 
 def order(summary: pd.DataFrame, sort: str | None = None, top: int | None = None) -> pd.DataFrame:
@@ -307,20 +386,22 @@ def check_pivot(summary: pd.DataFrame, rows: list[str], cols: list[str]) -> None
         raise OptionError("pivot", [*rows, *cols], "a column appears twice in ROWS:COLS", repeat_value=False)
 
 
-def pivot_frame(summary: pd.DataFrame, rows: list[str], cols: list[str], value: str = "mean") -> pd.DataFrame:
+def pivot_frame(summary: pd.DataFrame, rows: list[str], cols: list[str], value: str = "mean",
+                also: tuple[str, ...] = ()) -> pd.DataFrame:
     """A wide table of ``value``: one row per (other keys..., rows...), one column per ``cols`` value.
 
     The other grouping keys (e.g. depth) stay as leading columns, so one frame holds every
-    per-depth table; a column is named by its ``cols`` values joined with `` / ``.
+    per-depth table; a column is named by its ``cols`` values joined with `` / ``. Each of
+    ``also`` (e.g. ``ci_low``) follows as a column per ``cols`` value, named ``relu ci_low``.
     """
     check_pivot(summary, rows, cols)
     split = pivot_split(summary, rows, cols)
     frame = summary.assign(_col=summary[cols].astype(str).agg(" / ".join, axis=1))
     col_order = list(pd.unique(frame["_col"]))
-    wide = frame.pivot_table(index=[*split, *rows], columns="_col", values=value, aggfunc="first",
+    wide = frame.pivot_table(index=[*split, *rows], columns="_col", values=[value, *also], aggfunc="first",
                              dropna=False, sort=False)
-    wide = wide.reindex(columns=[c for c in col_order if c in wide.columns])
-    wide.columns.name = None
+    wide = wide.reindex(columns=[(v, c) for v in (value, *also) for c in col_order if (v, c) in wide.columns])
+    wide.columns = [col if v == value else f"{col} {v}" for v, col in wide.columns]
     row_order = _sorted_like(frame[[*split, *rows]].drop_duplicates(), summary, split)
     wide = row_order.merge(wide.reset_index(), on=[*split, *rows], how="left")
     if "data_fallback" in summary:  # a wide row is marked when any of its cells is
@@ -338,7 +419,9 @@ def pivot_split(summary: pd.DataFrame, rows: list[str], cols: list[str]) -> list
 @dataclass
 class PivotBlock:
     """One pivot table (e.g. depth 8): row and column labels in sweep order, and per cell the
-    summary row (``n, mean, std, diverged, ...``) plus ``best`` (best mean of the block)."""
+    summary row (``n, mean, std, ci_low, ci_high, diverged, mark, ...``) plus ``best`` (its
+    ``mark`` is ``★``: marked by :func:`best_marks` within the blocks when :func:`build_report`
+    made the summary)."""
 
     title: str
     row_labels: list[str]
@@ -353,7 +436,7 @@ def pivot_blocks(summary: pd.DataFrame, rows: list[str], cols: list[str]) -> lis
     labelled = summary.assign(
         _row=summary[rows].astype(str).agg(" / ".join, axis=1),
         _col=summary[cols].astype(str).agg(" / ".join, axis=1),
-        best=best_mask(summary, split, summary.attrs.get("metric", "")))
+        best=summary["mark"].eq(BEST) if "mark" in summary else False)
     groups = labelled.groupby(split, sort=False, dropna=False) if split else [((), labelled)]
     blocks = []
     for values, block in groups:
@@ -400,7 +483,8 @@ def check_like_with_like(current: pd.DataFrame, baseline: pd.DataFrame, keys: li
 
 
 def compare(current: pd.DataFrame, baseline: pd.DataFrame, metric: str = "test_acc",
-            by: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+            by: list[str] | None = None, ci: float = 0.95,
+            within: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Compare two run tables group by group, and list the runs only one of them has.
 
     A setting that is not a grouping key must take the same values on both sides in every
@@ -419,7 +503,7 @@ def compare(current: pd.DataFrame, baseline: pd.DataFrame, metric: str = "test_a
                           repeat_value=False)
     check_metric(baseline, metric)
     check_like_with_like(current, baseline, keys)
-    now, then = summarize(current, metric, keys), summarize(baseline, metric, keys)
+    now, then = summarize(current, metric, keys, ci, within), summarize(baseline, metric, keys, ci)
     names = now.attrs["keys"]
     base = then[[*names, "n", "mean", "std"]].rename(columns={"n": "base_n", "mean": "base_mean", "std": "base_std"})
     # an outer merge sorts its keys A-Z; put the groups back in the sweep's order
@@ -435,7 +519,7 @@ def compare(current: pd.DataFrame, baseline: pd.DataFrame, metric: str = "test_a
     change[table["_merge"] == "right_only"] = "missing"
     table["change"] = change
     table = table.drop(columns="_merge")
-    table.attrs.update(metric=metric, keys=names)
+    table.attrs.update(metric=metric, keys=names, ci=now.attrs["ci"])
     key = run_key(current, keys) if run_key(baseline, keys) == run_key(current, keys) else ["run_id"]
     now_runs, then_runs = distinct_runs(current, key), distinct_runs(baseline, key)
     ids_now, ids_then = (pd.MultiIndex.from_frame(d[key]) for d in (now_runs, then_runs))
@@ -474,11 +558,12 @@ class Report:
 
 def build_report(runs: pd.DataFrame, metric: str = "test_acc", by: list[str] | None = None,
                  pivot: str | None = None, sort: str | None = None, top: int | None = None,
-                 baseline: pd.DataFrame | None = None) -> Report:
+                 baseline: pd.DataFrame | None = None, ci: float = 0.95) -> Report:
     """Summarize ``runs`` as ``initsweep report`` does (see its options).
 
     Without ``--by``/``--sort``/``--top``/``--baseline``, a grid with more than one init or
-    activation is viewed as a pivot: one init x activation table per depth.
+    activation is viewed as a pivot: one init x activation table per depth. The best-cell
+    marks are drawn per pivot table (per depth), else over the whole table.
     """
     check_metric(runs, metric)
     keys = resolve_by(runs, by)
@@ -490,15 +575,16 @@ def build_report(runs: pd.DataFrame, metric: str = "test_acc", by: list[str] | N
         rows, cols = (resolve_by(runs, side, "pivot") for side in parse_pivot(pivot))
         keys += [col for col in (*rows, *cols) if col not in keys]
         axes = ([friendly(c) for c in rows], [friendly(c) for c in cols])
-    summary = summarize(runs, metric, keys)
     if axes is None and not (by or sort or top or baseline is not None):
-        grid = [c for c in ("init", "activation") if c in summary]
-        if len(grid) == 2 and (summary["init"].nunique() > 1 or summary["activation"].nunique() > 1):
+        grid = [c for c in ("init_label", "activation_label") if c in keys]
+        if len(grid) == 2 and (runs["init_label"].nunique() > 1 or runs["activation_label"].nunique() > 1):
             axes = (["init"], ["activation"])
+    within = [k for k in map(friendly, keys) if axes and k not in (*axes[0], *axes[1])]
+    summary = summarize(runs, metric, keys, ci, within)
     new_runs = missing_runs = None
     table = summary
     if baseline is not None:
-        table, new_runs, missing_runs = compare(runs, baseline, metric, keys)
+        table, new_runs, missing_runs = compare(runs, baseline, metric, keys, ci, within)
     if axes:
         check_pivot(summary, *axes)
     return Report(metric, runs, summary, order(table, sort, top), axes, pivot is not None, new_runs, missing_runs)
