@@ -751,7 +751,7 @@ def validate(raw: Any, source: str | None = None, default_name: str | None = Non
     except ValidationError as exc:
         problems = _pydantic_problems(exc, model=SweepConfig)
         if "grid" in raw:  # the grid's shape is checked outside pydantic: said in its place among the rest
-            after = [i for i, p in enumerate(problems) if re.split(r"[.\[:]", p, maxsplit=1)[0] in _AFTER_GRID]
+            after = [i for i, p in enumerate(problems) if _after_grid(re.split(r"[.\[:]", p, maxsplit=1)[0])]
             at = after[0] if after else len(problems)
             problems[at:at] = _grid_shapes(raw["grid"])[1]
         raise ConfigError(problems, source) from None
@@ -774,8 +774,11 @@ def validate(raw: Any, source: str | None = None, default_name: str | None = Non
     return cfg
 
 
-# the sections pydantic checks after grid (and unknown keys, which it reports last)
-_AFTER_GRID = {"exclude", "diagnostics"}
+def _after_grid(key: str) -> bool:
+    """Does pydantic report a problem of this top-level key after grid's? The fields after
+    it, and unknown keys (reported last)."""
+    fields = list(SweepConfig.model_fields)
+    return key not in fields or fields.index(key) > fields.index("grid")
 
 
 def _matching_rules(point: dict[str, Any], rules: list[dict[str, list[Any]]]) -> list[int]:
@@ -799,6 +802,7 @@ def _all_excluded_problem(grids: _Grids, rules: list[dict[str, list[Any]]]) -> l
 
 
 _SHAPE_FIELDS = ("arch", "depth", "width")
+_SHAPE_TARGETS = {("model", name) for name in _SHAPE_FIELDS}
 
 
 def _size_problems(cfg: SweepConfig, grids: _Grids) -> list[str]:
@@ -807,9 +811,8 @@ def _size_problems(cfg: SweepConfig, grids: _Grids) -> list[str]:
     m = cfg.model
     shapes = set()
     for grid in grids.grids:
-        projections = [{tuple((grids.axes[a][1], v) for a, (v, _) in p.items()
-                              if grids.axes[a][:2] in {("model", f) for f in _SHAPE_FIELDS}) for p in points}
-                       for _, points in grid.factors]
+        projections = [{tuple((grids.axes[a][1], v) for a, (v, _) in p.items() if grids.axes[a][:2] in _SHAPE_TARGETS)
+                        for p in points} for _, points in grid.factors]
         for combo in itertools.product(*projections):
             shape = {"arch": m.arch, "depth": m.depth, "width": m.width}
             for part in combo:

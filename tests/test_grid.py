@@ -116,6 +116,14 @@ def test_grid_errors_name_the_list_index(tmp_path, grid, lines):
     assert errors("plan", str(path)) == [f"error: {path}: {line}" for line in lines]
 
 
+def test_grid_problems_come_in_order_with_the_others(tmp_path):
+    """The grid's shape is checked outside pydantic; its lines still come among the rest, in
+    the order of the keys (model, grid, diagnostics, then unknown keys)."""
+    path = write(tmp_path / "bad.yaml", [{"depth": 3}, 4], model={"wdith": 4}, diagnostics={"x": 1}, extra=1)
+    assert [line.split(": ")[2] for line in errors("plan", str(path))] == [
+        "model.wdith", "grid[0].depth", "grid[1]", "diagnostics.x", "extra"]
+
+
 def test_the_paired_example_config_plans():
     data = plan_json(str(REPO / "configs" / "paired.yaml"))
     assert data["n_runs"] == 9 and data["grids"][0]["axes"] == {"depth": [2, 8, 16]}
@@ -145,6 +153,9 @@ def test_set_forms_on_plan(tmp_path):
                  train={"epochs": 1, "batch_size": 64, "lr": 0.01})
     assert ids("-S", "train.lr=0.01") == [run["run_id"] for run in plan_json(str(same))["runs"]]
     assert ids("-S", "model.width=4") == base  # the file's own value: nothing changes
+    # the whole grid, as a list of two: lr 0.001 is the default, so depth 1 is the same run twice
+    union = plan_json(str(path), "-S", "grid=[{depth: [1]}, {depth: [1, 2], lr: [0.001]}]")
+    assert (len(union["grids"]), union["n_points"], union["n_duplicates"], union["n_runs"]) == (2, 3, 1, 2)
 
 
 @pytest.mark.parametrize("setting, line", [
