@@ -514,7 +514,7 @@ def _validate_settings(section: str, base: _Section, values: dict[str, tuple[Any
         problems = []
         for line in _pydantic_problems(exc, model=cls):
             path, _, msg = line.partition(": ")
-            name = next((n for n in values if path.startswith(n)), None)
+            name = next((n for n in values if path == n or path.startswith((n + ".", n + "["))), None)
             problems.append(f"{values[name][1]}{path.removeprefix(name)}: {msg}" if name else f"{where}: {msg}")
         return {}, problems
     return {name: getattr(validated, name) for name in values}, []
@@ -529,7 +529,7 @@ def _matches(wanted: Any, actual: Any) -> bool:
 
 
 # A partial point: axis -> (validated value, as people read it)
-Point = dict[str, tuple[Any, Any]]
+_Point = dict[str, tuple[Any, Any]]
 
 
 @dataclass(frozen=True)
@@ -539,15 +539,15 @@ class _Grid:
     together); the grid's points are the product of its factors."""
 
     where: str  # its key path: grid, or grid[1] in a list of grids
-    factors: list[tuple[str, list[Point]]]
+    factors: list[tuple[str, list[_Point]]]
 
     @property
     def n_points(self) -> int:
         return math.prod(len(points) for _, points in self.factors)
 
-    def points(self) -> Iterator[Point]:
+    def points(self) -> Iterator[_Point]:
         for combo in itertools.product(*(points for _, points in self.factors)):
-            point: Point = {}
+            point: _Point = {}
             for part in combo:
                 point.update(part)
             yield point
@@ -572,13 +572,13 @@ class _Grids:
 
     grids: list[_Grid]
     axes: dict[str, tuple[str, str, list[Any]]]  # every swept axis, as first written -> section, field, values
-    base: Point  # axis -> the config's own setting, for a grid that does not sweep that axis
+    base: _Point  # axis -> the config's own setting, for a grid that does not sweep that axis
 
     @property
     def n_points(self) -> int:
         return sum(grid.n_points for grid in self.grids)
 
-    def full(self, point: Point) -> Point:
+    def full(self, point: _Point) -> _Point:
         """A grid's point over every axis of the sweep: the same keys for every run of a union."""
         return {a: point[a] if a in point else self.base[a] for a in self.axes}
 
@@ -666,7 +666,7 @@ def _grid_problems(cfg: SweepConfig) -> tuple[_Grids, list[str]]:
 
 
 def _zip_points(cfg: SweepConfig, entries: Any, loc: tuple, taken: set, names: dict,
-                axes: dict) -> tuple[list[Point], set, list[str]]:
+                axes: dict) -> tuple[list[_Point], set, list[str]]:
     """A ``zip``'s entries as partial points (settings that vary together), the settings
     they sweep and the problems; an entry's settings of one section are validated together."""
     where = _path(loc)
@@ -694,7 +694,7 @@ def _zip_points(cfg: SweepConfig, entries: Any, loc: tuple, taken: set, names: d
                 continue
             sections.setdefault(section, {})[name] = (value, f"{at}.{key}")
             names.setdefault(target, key)
-        point: Point = {}
+        point: _Point = {}
         for section, values in sections.items():
             validated, errs = _validate_settings(section, getattr(cfg, section), values, at)
             problems += errs
