@@ -13,6 +13,8 @@ import yaml
 from typer.testing import CliRunner
 
 from initsweep.cli import app
+from initsweep.errors import ConfigError, OptionError
+from initsweep.overrides import load_config_with
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -220,3 +222,21 @@ def test_set_on_probe(tmp_path):
         ({"init": "he", "activation": "relu"}, 1, 6), ({"init": "xavier_uniform", "activation": "tanh"}, 1, 6)]
     assert errors("probe", "-S", "model.depthh=3") == [
         "error: --set model.depthh=3: unknown key 'depthh' — did you mean 'depth'?"]
+    # a probe flag replaces its setting inside zip entries and in every grid of a list too
+    grids = write(tmp_path / "l.yaml", [{"depth": [1], "zip": ZIP}, {"depth": [1], "init": ["orthogonal"]}])
+    result = runner.invoke(app, ["probe", str(grids), "--threads", "1", "--batch-size", "8", "-f", "json",
+                                 "--init", "lecun_normal"])
+    assert result.exit_code == 0, result.output
+    assert [(e["settings"]["init_label"], e["settings"]["activation_label"]) for e in json.loads(result.stdout)] == [
+        ("lecun_normal", "relu"), ("lecun_normal", "tanh")]  # grid[1]'s one point is grid[0]'s first: merged
+
+
+def test_overrides_from_python_name_the_parameter(tmp_path):
+    """The library says ``set_=...`` (the CLI, ``--set ...``): it never writes a flag."""
+    path = write(tmp_path / "s.yaml", {"depth": [1, 2]})
+    with pytest.raises(ConfigError) as info:
+        load_config_with(path, ["train.lrr=0.1"])
+    assert str(info.value) == "set_='train.lrr=0.1': unknown key 'lrr' — did you mean 'lr'?"
+    with pytest.raises(OptionError, match=r"^set_='train.lr': expected KEY=VALUE"):
+        load_config_with(path, ["train.lr"])
+    assert load_config_with(path, ["train.lr=0.01", "grid.depth=null"]).train.lr == 0.01
