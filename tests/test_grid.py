@@ -148,6 +148,9 @@ def test_set_forms_on_plan(tmp_path):
     assert data["axes"] == {"depth": [3, 4, 5], "lr": [0.001, 0.003]} and data["n_runs"] == 6
     assert ids("-S", "grid.depth=3,4,5") == ids("-S", "grid.depth=[3, 4, 5]")
     assert ids("-S", "grid.depth=2") == ids("-S", "grid.depth=[2]")
+    # the commas of a mapping are not the axis's: two values
+    mixed = plan_json(str(path), "-S", "grid.activation={name: leaky_relu, negative_slope: 0.1},relu")
+    assert mixed["axes"]["activation"] == ["leaky_relu(negative_slope=0.1)", "relu"]
     # an override changes run ids as the same setting in the file does
     base = ids()
     assert not set(ids("-S", "train.lr=0.01")) & set(base)
