@@ -243,3 +243,10 @@ def test_overrides_from_python_name_the_parameter(tmp_path):
     with pytest.raises(OptionError, match=r"^set_='train.lr': expected KEY=VALUE"):
         load_config_with(path, ["train.lr"])
     assert load_config_with(path, ["train.lr=0.01", "grid.depth=null"]).train.lr == 0.01
+
+
+@pytest.mark.parametrize("command", ["plan", "run", "probe"])
+def test_set_is_on_run_plan_and_probe(command):
+    result = runner.invoke(app, [command, "-h"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "--set" in result.stdout and "-S" in result.stdout and "grid.AXIS=[a, b]" in result.stdout

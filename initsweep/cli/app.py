@@ -162,7 +162,7 @@ FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format
 SetOpt = Annotated[Optional[list[str]], typer.Option(
     "--set", "-S", metavar="KEY=VALUE",
     help="Override a setting of the config (repeatable): a dotted KEY (train.lr, model.width, name) = a YAML "
-         "VALUE; grid.AXIS=[a, b] or =a,b sets or adds an axis, grid.AXIS=null removes it.")]
+         "VALUE; grid.AXIS=\\[a, b] or =a,b sets or adds an axis, grid.AXIS=null removes it.")]
 
 
 def write_output(path: Path, text: str) -> None:
