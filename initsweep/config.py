@@ -3,7 +3,9 @@
 The flow is parse (``yaml.safe_load`` semantics, duplicate keys refused) -> validate
 (pydantic v2; every problem becomes one line naming the file and the key path, e.g.
 ``grid.init[2]: unknown initializer 'kaiming_nromal' — did you mean 'kaiming_normal'?``)
--> expand (product of the grid axes x seeds, minus ``exclude``).
+-> expand (product of the grid axes x seeds, minus ``exclude``). A ``zip`` in a grid is one
+axis of partial points whose settings vary together; ``grid`` may be a list of grids, whose
+union (merged by run id) is the sweep.
 
 A ``RunSpec``'s ``run_id`` is a hash of every resolved setting that can change a result
 (not the sweep's name, the data folder or the device), so the same point gets the same id
@@ -19,11 +21,11 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Iterator, Literal
 
 import yaml
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, Strict, ValidationError,
-                      field_validator, model_validator)
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, Strict, TypeAdapter,
+                      ValidationError, field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
 from .activations import get_activation
@@ -257,10 +259,12 @@ class SweepConfig(_Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
-    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    # a mapping of axes (each a list of values; ``zip``: a list of partial points varying
+    # together), or a list of such mappings whose union is the sweep; checked by _grid_problems
+    grid: Any = Field(default_factory=dict)
     exclude: list[dict[str, Any]] = Field(default_factory=list)
     diagnostics: DiagnosticsConfig = DiagnosticsConfig()
-    # (the field values it was resolved from, axes, exclude rules): set by validate(), so
+    # (the field values it was resolved from, grids, exclude rules): set by validate(), so
     # expand() builds runs from the values validated there instead of validating them again
     _resolved: tuple | None = PrivateAttr(default=None)
 
@@ -343,8 +347,9 @@ class Plan:
     axes: dict[str, list[Any]]
     n_points: int  # product of the axes (before exclusions), times seeds
     n_excluded: int
-    n_duplicates: int  # points that resolved to an already planned run (e.g. depth for arch tutorial)
+    n_duplicates: int  # points that resolved to an already planned run (e.g. depth for arch tutorial, or an earlier grid's)
     notes: list[str]
+    grids: list[dict[str, Any]] = field(default_factory=list)  # each grid's axes, zip entries and counts (plan)
 
 
 # ---------------------------------------------------------------- YAML loading
@@ -489,20 +494,30 @@ def _owner_fields(model: type[BaseModel], loc: tuple) -> list[str]:
 
 
 def _validate_setting(section: str, base: _Section, name: str, value: Any, where: str) -> tuple[Any, list[str]]:
-    """Validate one swept value in its section (the section's own rules, e.g. momentum only
-    with sgd, see the value in place). The other fields go in as the validated values they
-    are, not dumped: pydantic passes them through, and a choice keeps its registry entry."""
+    """Validate one swept value in its section; ``(None, problems)`` when it is refused."""
+    validated, problems = _validate_settings(section, base, {name: (value, where)}, where)
+    return validated.get(name), problems
+
+
+def _validate_settings(section: str, base: _Section, values: dict[str, tuple[Any, str]],
+                       where: str) -> tuple[dict[str, Any], list[str]]:
+    """Validate swept values (``field -> (value, key path)``) of one section together in it:
+    the section's own rules (e.g. momentum only with sgd) see the values in place, so a zip
+    entry's ``{optimizer: sgd, momentum: 0.9}`` is checked as the pair it is. The other
+    fields go in as the validated values they are, not dumped: pydantic passes them through,
+    and a choice keeps its registry entry. A problem of one value is said at its key path,
+    one of the values together at ``where``."""
     cls = SECTIONS[section]
     try:
-        validated = cls.model_validate({**dict(base), name: value})
+        validated = cls.model_validate({**dict(base), **{name: v for name, (v, _) in values.items()}})
     except ValidationError as exc:
         problems = []
         for line in _pydantic_problems(exc, model=cls):
             path, _, msg = line.partition(": ")
-            sub = path.removeprefix(name) if path.startswith(name) else ""
-            problems.append(f"{where}{sub}: {msg}")
-        return None, problems
-    return getattr(validated, name), []
+            name = next((n for n in values if path == n or path.startswith((n + ".", n + "["))), None)
+            problems.append(f"{values[name][1]}{path.removeprefix(name)}: {msg}" if name else f"{where}: {msg}")
+        return {}, problems
+    return {name: getattr(validated, name) for name in values}, []
 
 
 def _matches(wanted: Any, actual: Any) -> bool:
@@ -513,32 +528,183 @@ def _matches(wanted: Any, actual: Any) -> bool:
     return wanted == actual
 
 
-def _grid_problems(cfg: SweepConfig) -> tuple[dict[str, tuple[str, str, list[Any]]], list[str]]:
-    """Validate each axis; return ``axis -> (section, field, values)`` and the problems."""
-    axes, problems = {}, []
-    for axis, values in cfg.grid.items():
-        target = AXIS_TARGETS.get(axis)
-        if target is None:
-            if axis in ("seed", "seeds", "train.seeds"):
-                problems.append(f"grid.{axis}: seeds are not a grid axis; set train.seeds: [0, 1, 2]")
+# A partial point: axis -> (validated value, as people read it)
+_Point = dict[str, tuple[Any, Any]]
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """One grid, validated: its factors in the order written, each ``(key, partial points)``.
+    A plain axis gives one partial point per value, ``zip`` one per entry (its settings vary
+    together); the grid's points are the product of its factors."""
+
+    where: str  # its key path: grid, or grid[1] in a list of grids
+    factors: list[tuple[str, list[_Point]]]
+
+    @property
+    def n_points(self) -> int:
+        return math.prod(len(points) for _, points in self.factors)
+
+    def points(self) -> Iterator[_Point]:
+        for combo in itertools.product(*(points for _, points in self.factors)):
+            point: _Point = {}
+            for part in combo:
+                point.update(part)
+            yield point
+
+    def structure(self, n_seeds: int, n_runs: int) -> dict[str, Any]:
+        """What ``plan`` shows of this grid: its axes, its zip entries, its points x seeds, and
+        the runs it adds (not excluded, not planned by an earlier grid)."""
+        out: dict[str, Any] = {"where": self.where, "axes": {}}
+        for key, points in self.factors:
+            shown = [{axis: label for axis, (_, label) in p.items()} for p in points]
+            if key == "zip":
+                out["zip"] = shown
             else:
-                hint = did_you_mean(axis, [k for k in AXIS_TARGETS if "." not in k])
-                problems.append(f"grid.{axis}: unknown axis '{axis}'{hint or ' (an axis is a setting of data, model or train, e.g. init, activation, depth, lr)'}")
+                (axis,) = shown[0]
+                out["axes"][axis] = [p[axis] for p in shown]
+        return {**out, "n_points": self.n_points * n_seeds, "n_runs": n_runs}
+
+
+@dataclass(frozen=True)
+class _Grids:
+    """A config's grid (or the list of grids whose union is the sweep), validated."""
+
+    grids: list[_Grid]
+    axes: dict[str, tuple[str, str, list[Any]]]  # every swept axis, as first written -> section, field, values
+    base: _Point  # axis -> the config's own setting, for a grid that does not sweep that axis
+
+    @property
+    def n_points(self) -> int:
+        return sum(grid.n_points for grid in self.grids)
+
+    def full(self, point: _Point) -> _Point:
+        """A grid's point over every axis of the sweep: the same keys for every run of a union."""
+        return {a: point[a] if a in point else self.base[a] for a in self.axes}
+
+
+_ONE_GRID = TypeAdapter(dict[str, list[Any]])
+_ZIP = TypeAdapter(list[dict[str, Any]])
+
+
+def _grid_shapes(grid: Any) -> tuple[list[tuple[tuple, dict[str, list[Any]]]], list[str]]:
+    """``grid`` is a mapping of axes, or a list of them whose union is the sweep: each mapping
+    with its location (``grid``, ``grid[1]``), and the problems of shape."""
+    listed = isinstance(grid, list)
+    if listed and not grid:
+        return [], ["grid: empty list (give at least one grid, or leave grid out)"]
+    shapes, problems = [], []
+    for i, mapping in enumerate(grid if listed else [grid]):
+        loc = ("grid", i) if listed else ("grid",)
+        try:
+            shapes.append((loc, _ONE_GRID.validate_python(mapping)))
+        except ValidationError as exc:
+            problems += _pydantic_problems(exc, prefix=loc)
+    return shapes, problems
+
+
+def _axis_target(axis: str, where: str) -> tuple[tuple[str, str] | None, list[str]]:
+    """The ``(section, field)`` an axis name sweeps, or the problem with the name."""
+    target = AXIS_TARGETS.get(axis)
+    if target is not None:
+        return target, []
+    if axis in ("seed", "seeds", "train.seeds"):
+        return None, [f"{where}: seeds are not a grid axis; set train.seeds: [0, 1, 2]"]
+    hint = did_you_mean(axis, [k for k in AXIS_TARGETS if "." not in k])
+    return None, [f"{where}: unknown axis '{axis}'{hint or ' (an axis is a setting of data, model or train, e.g. init, activation, depth, lr)'}"]
+
+
+def _add_values(axes: dict, axis: str, target: tuple[str, str], values: list[Any]) -> None:
+    """Record an axis's values for display and ``exclude``: as written the first time, then
+    only the values not seen yet (a zip entry, another grid of a union)."""
+    if axis not in axes:
+        axes[axis] = (*target, list(values))
+    else:
+        known = axes[axis][2]
+        known += [v for v in values if v not in known]
+
+
+def _grid_problems(cfg: SweepConfig) -> tuple[_Grids, list[str]]:
+    """Validate each grid's axes and zip entries; return the grids resolved and the problems."""
+    shapes, problems = _grid_shapes(cfg.grid)
+    grids, axes, names = [], {}, {}  # names: (section, field) -> the axis name first written for it
+    for loc, mapping in shapes:
+        where, factors, taken = _path(loc), [], set()
+        for key, values in mapping.items():
+            if key == "zip":
+                points, used, errs = _zip_points(cfg, values, loc + ("zip",), taken, names, axes)
+                problems += errs
+                taken |= used
+                factors.append((key, points))
+                continue
+            target, errs = _axis_target(key, f"{where}.{key}")
+            if target is None:
+                problems += errs
+                continue
+            section, name = target
+            if not values:
+                problems.append(f"{where}.{key}: empty axis (give at least one value)")
+                continue
+            if target in taken:
+                problems.append(f"{where}.{key}: '{name}' is already an axis")
+                continue
+            taken.add(target)
+            axis = names.setdefault(target, key)
+            resolved = []
+            for i, value in enumerate(values):
+                v, errs = _validate_setting(section, getattr(cfg, section), name, value, f"{where}.{key}[{i}]")
+                problems += errs
+                resolved.append(v)
+            _add_values(axes, axis, target, resolved)
+            factors.append((key, [{axis: (v, display_value(name, v))} for v in resolved]))
+        grids.append(_Grid(where, factors))
+    base = {}
+    for axis, (section, name, _) in axes.items():
+        value = getattr(getattr(cfg, section), name)
+        base[axis] = (value, display_value(name, value))
+    return _Grids(grids, axes, base), problems
+
+
+def _zip_points(cfg: SweepConfig, entries: Any, loc: tuple, taken: set, names: dict,
+                axes: dict) -> tuple[list[_Point], set, list[str]]:
+    """A ``zip``'s entries as partial points (settings that vary together), the settings
+    they sweep and the problems; an entry's settings of one section are validated together."""
+    where = _path(loc)
+    try:
+        entries = _ZIP.validate_python(entries)
+    except ValidationError as exc:
+        return [], set(), _pydantic_problems(exc, prefix=loc)
+    if not entries:
+        return [], set(), [f"{where}: empty zip (give at least one entry)"]
+    points, used, problems = [], set(), []
+    for i, entry in enumerate(entries):
+        at = f"{where}[{i}]"
+        if not entry:
+            problems.append(f"{at}: empty entry (name the settings that vary together)")
             continue
-        section, name = target
-        if not values:
-            problems.append(f"grid.{axis}: empty axis (give at least one value)")
-            continue
-        if any(t[:2] == target for t in axes.values()):
-            problems.append(f"grid.{axis}: '{name}' is already an axis")
-            continue
-        resolved = []
-        for i, value in enumerate(values):
-            v, errs = _validate_setting(section, getattr(cfg, section), name, value, f"grid.{axis}[{i}]")
+        sections: dict[str, dict[str, tuple[Any, str]]] = {}
+        for key, value in entry.items():
+            target, errs = _axis_target(key, f"{at}.{key}")
+            if target is None:
+                problems += errs
+                continue
+            section, name = target
+            if target in taken or name in sections.get(section, {}):
+                problems.append(f"{at}.{key}: '{name}' is already an axis")
+                continue
+            sections.setdefault(section, {})[name] = (value, f"{at}.{key}")
+            names.setdefault(target, key)
+        point: _Point = {}
+        for section, values in sections.items():
+            validated, errs = _validate_settings(section, getattr(cfg, section), values, at)
             problems += errs
-            resolved.append(v)
-        axes[axis] = (section, name, resolved)
-    return axes, problems
+            for name, v in validated.items():
+                axis = names[(section, name)]
+                _add_values(axes, axis, (section, name), [v])
+                point[axis] = (v, display_value(name, v))
+                used.add((section, name))
+        points.append(point)
+    return points, used, problems
 
 
 def _exclude_problems(cfg: SweepConfig, axes: dict) -> tuple[list[dict[str, list[Any]]], list[str]]:
@@ -583,24 +749,36 @@ def validate(raw: Any, source: str | None = None, default_name: str | None = Non
     try:
         cfg = SweepConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_pydantic_problems(exc, model=SweepConfig), source) from None
+        problems = _pydantic_problems(exc, model=SweepConfig)
+        if "grid" in raw:  # the grid's shape is checked outside pydantic: said in its place among the rest
+            after = [i for i, p in enumerate(problems) if _after_grid(re.split(r"[.\[:]", p, maxsplit=1)[0])]
+            at = after[0] if after else len(problems)
+            problems[at:at] = _grid_shapes(raw["grid"])[1]
+        raise ConfigError(problems, source) from None
     problems = []
-    axes, grid_errs = _grid_problems(cfg)
+    grids, grid_errs = _grid_problems(cfg)
     problems += grid_errs
-    rules, exclude_errs = _exclude_problems(cfg, axes)
+    rules, exclude_errs = _exclude_problems(cfg, grids.axes)
     problems += exclude_errs
     if not problems and rules:
-        problems += _all_excluded_problem(axes, rules)
+        problems += _all_excluded_problem(grids, rules)
     if not problems:
-        n = math.prod(len(v) for _, _, v in axes.values()) * len(cfg.train.seeds)
+        n = grids.n_points * len(cfg.train.seeds)
         if n > MAX_RUNS:
             problems.append(f"grid: {n:,} runs (axes x seeds) is more than the limit of {MAX_RUNS:,}")
         else:
-            problems += _size_problems(cfg, axes)
+            problems += _size_problems(cfg, grids)
     if problems:
         raise ConfigError(problems, source)
-    cfg._resolved = (cfg.__dict__, axes, rules)
+    cfg._resolved = (cfg.__dict__, grids, rules)
     return cfg
+
+
+def _after_grid(key: str) -> bool:
+    """Does pydantic report a problem of this top-level key after grid's? The fields after
+    it, and unknown keys (reported last)."""
+    fields = list(SweepConfig.model_fields)
+    return key not in fields or fields.index(key) > fields.index("grid")
 
 
 def _matching_rules(point: dict[str, Any], rules: list[dict[str, list[Any]]]) -> list[int]:
@@ -609,27 +787,41 @@ def _matching_rules(point: dict[str, Any], rules: list[dict[str, list[Any]]]) ->
             if all(any(_matches(w, point[a]) for w in ws) for a, ws in rule.items())]
 
 
-def _all_excluded_problem(axes: dict, rules: list[dict[str, list[Any]]]) -> list[str]:
+def _all_excluded_problem(grids: _Grids, rules: list[dict[str, list[Any]]]) -> list[str]:
     """A config whose exclusions remove every point can never run anything: say so, and by
     which rules. Stops at the first point that survives (the usual case: the first one)."""
-    names, used = list(axes), set()
-    for combo in itertools.product(*(axes[a][2] for a in names)):
-        matched = _matching_rules(dict(zip(names, combo)), rules)
-        if not matched:
-            return []
-        used.update(matched)
+    used = set()
+    for grid in grids.grids:
+        for point in grid.points():
+            matched = _matching_rules({a: v for a, (v, _) in grids.full(point).items()}, rules)
+            if not matched:
+                return []
+            used.update(matched)
     which = ", ".join(f"exclude[{k}]" for k in sorted(used))
     return [f"exclude: the grid expands to 0 runs: every point is excluded by {which}"]
 
 
-def _size_problems(cfg: SweepConfig, axes: dict) -> list[str]:
-    """Refuse models too large to be a sensible sweep point, before any allocation."""
-    values = {name: v for _, name, v in axes.values()}
+_SHAPE_FIELDS = ("arch", "depth", "width")
+_SHAPE_TARGETS = {("model", name) for name in _SHAPE_FIELDS}
+
+
+def _size_problems(cfg: SweepConfig, grids: _Grids) -> list[str]:
+    """Refuse models too large to be a sensible sweep point, before any allocation. Each
+    grid's factors are projected on the shape settings, so a large grid costs little."""
     m = cfg.model
+    shapes = set()
+    for grid in grids.grids:
+        projections = [{tuple((grids.axes[a][1], v) for a, (v, _) in p.items() if grids.axes[a][:2] in _SHAPE_TARGETS)
+                        for p in points} for _, points in grid.factors]
+        for combo in itertools.product(*projections):
+            shape = {"arch": m.arch, "depth": m.depth, "width": m.width}
+            for part in combo:
+                shape.update(part)
+            shapes.add(tuple(shape[f] for f in _SHAPE_FIELDS))
+    # in the order of the values as written (arch, then depth, then width)
+    order = [[v for axis in grids.axes.values() if axis[:2] == ("model", f) for v in axis[2]] for f in _SHAPE_FIELDS]
     problems = []
-    for arch, depth, width in itertools.product(
-        values.get("arch", [m.arch]), values.get("depth", [m.depth]), values.get("width", [m.width])
-    ):
+    for arch, depth, width in sorted(shapes, key=lambda s: tuple(o.index(v) if v in o else -1 for o, v in zip(order, s))):
         if get_arch(arch).fixed_shape:
             continue
         n_params = measure_shape(arch, depth=depth, width=width).n_params
@@ -655,63 +847,74 @@ def _without_unused(model: ModelConfig) -> ModelConfig:
     return model.model_copy(update={name: ModelConfig.model_fields[name].default for name in unused})
 
 
-def _resolved_grid(cfg: SweepConfig) -> tuple[dict, list]:
-    """The axes and exclude rules :func:`validate` resolved for ``cfg``; resolved here only
+def _resolved_grid(cfg: SweepConfig) -> tuple[_Grids, list]:
+    """The grids and exclude rules :func:`validate` resolved for ``cfg``; resolved here only
     for a config that did not come from it (built directly, or a ``model_copy`` of one)."""
     if cfg._resolved is not None and cfg._resolved[0] is cfg.__dict__:
         return cfg._resolved[1], cfg._resolved[2]
-    axes, problems = _grid_problems(cfg)
-    rules, more = _exclude_problems(cfg, axes)
+    grids, problems = _grid_problems(cfg)
+    rules, more = _exclude_problems(cfg, grids.axes)
     if problems or more:
         raise ConfigError(problems + more)
-    return axes, rules
+    return grids, rules
 
 
 def expand(cfg: SweepConfig, dataset: str | None = None) -> Plan:
-    """The runs of a config: the product of its axes x seeds, minus ``exclude``, deduplicated.
+    """The runs of a config: each grid's points (the product of its axes and zips) x seeds,
+    minus ``exclude``, deduplicated by run id (a list of grids is their union).
 
     ``dataset`` replaces ``data.dataset`` when the data actually found differs from the one
     asked for (the offline fallback), so run ids say what was really trained on.
     """
-    axes, rules = _resolved_grid(cfg)
-    names = list(axes)
+    grids, rules = _resolved_grid(cfg)
     notes = []
     base_data = cfg.data if dataset is None else cfg.data.model_copy(update={"dataset": dataset})
-    runs, seen, n_excluded, n_duplicates, hits = [], set(), 0, 0, [0] * len(rules)
-    # each value's label once per axis, not once per run
-    display_axes = {a: [display_value(axes[a][1], v) for v in axes[a][2]] for a in names}
-    for combo in itertools.product(*(zip(axes[a][2], display_axes[a]) for a in names)):
-        point = {a: value for a, (value, _) in zip(names, combo)}
-        display = tuple((a, shown) for a, (_, shown) in zip(names, combo))
-        matched = _matching_rules(point, rules)
-        for k in matched:
-            hits[k] += 1
-        if matched:
-            n_excluded += len(cfg.train.seeds)
-            continue
-        updates: dict[str, dict[str, Any]] = {"data": {}, "model": {}, "train": {}}
-        for axis, value in point.items():
-            section, name, _ = axes[axis]
-            updates[section][name] = value
-        model = _without_unused(cfg.model.model_copy(update=updates["model"]))
-        data = base_data.model_copy(update=updates["data"])
-        train = cfg.train.model_copy(update=updates["train"])
-        for seed in cfg.train.seeds:
-            spec = RunSpec(cfg.name, data, model, train, seed, display, cfg.diagnostics)
-            if spec.run_id in seen:
-                n_duplicates += 1
+    runs, first_grid, n_excluded, n_same, hits = [], {}, 0, 0, [0] * len(rules)
+    planned, merged = [0] * len(grids.grids), [0] * len(grids.grids)  # per grid: new runs, runs of earlier grids
+    for k, grid in enumerate(grids.grids):
+        for own in grid.points():
+            full = grids.full(own)
+            matched = _matching_rules({a: v for a, (v, _) in full.items()}, rules)
+            for i in matched:
+                hits[i] += 1
+            if matched:
+                n_excluded += len(cfg.train.seeds)
                 continue
-            seen.add(spec.run_id)
-            runs.append(spec)
-    for k, count in enumerate(hits):
+            # only the grid's own axes update the config: the others keep its settings (and
+            # data.dataset the one actually found)
+            updates: dict[str, dict[str, Any]] = {"data": {}, "model": {}, "train": {}}
+            for axis, (value, _) in own.items():
+                section, name, _ = grids.axes[axis]
+                updates[section][name] = value
+            model = _without_unused(cfg.model.model_copy(update=updates["model"]))
+            data = base_data.model_copy(update=updates["data"])
+            train = cfg.train.model_copy(update=updates["train"])
+            display = tuple((a, shown) for a, (_, shown) in full.items())
+            for seed in cfg.train.seeds:
+                spec = RunSpec(cfg.name, data, model, train, seed, display, cfg.diagnostics)
+                if spec.run_id in first_grid:
+                    if first_grid[spec.run_id] == k:
+                        n_same += 1
+                    else:
+                        merged[k] += 1
+                    continue
+                first_grid[spec.run_id] = k
+                planned[k] += 1
+                runs.append(spec)
+    for i, count in enumerate(hits):
         if count == 0:
-            notes.append(f"exclude[{k}] matches no point of the grid")
-    if n_duplicates:
-        notes.append(f"{n_duplicates} point(s) resolved to an already planned run "
+            notes.append(f"exclude[{i}] matches no point of the grid")
+    if n_same:
+        notes.append(f"{n_same} point(s) resolved to an already planned run "
                      "(e.g. depth/width with arch: tutorial, which has a fixed shape) and were merged")
-    swept = {axes[a][1] for a in names}
+    for grid, count in zip(grids.grids, merged):
+        if count:
+            notes.append(f"{count} run(s) of {grid.where} were already planned by an earlier grid and were merged")
+    swept = {name for _, name, _ in grids.axes.values()}
     for arch in list_archs():
         if any(r.model.arch == arch.name for r in runs) and set(arch.unused) & swept:
             notes.append(f"arch {arch.name} does not use {', '.join(sorted(set(arch.unused) & swept))}")
-    n_points = math.prod(len(axes[a][2]) for a in names) * len(cfg.train.seeds)
-    return Plan(cfg, runs, display_axes, n_points, n_excluded, n_duplicates, notes)
+    display_axes = {a: [display_value(name, v) for v in values] for a, (_, name, values) in grids.axes.items()}
+    structure = [grid.structure(len(cfg.train.seeds), n) for grid, n in zip(grids.grids, planned)]
+    return Plan(cfg, runs, display_axes, grids.n_points * len(cfg.train.seeds), n_excluded,
+                n_same + sum(merged), notes, structure)

@@ -90,8 +90,9 @@ def _name_params(template: str, cli: bool) -> str:
 
 
 def flag(param: str) -> str:
-    """The CLI flag of a library parameter: ``time_budget`` -> ``--time-budget``."""
-    return "--" + param.replace("_", "-")
+    """The CLI flag of a library parameter: ``time_budget`` -> ``--time-budget``; a trailing
+    underscore (``set_``, a name Python keeps for itself) is not part of the flag."""
+    return "--" + param.rstrip("_").replace("_", "-")
 
 
 class Terminated(KeyboardInterrupt):

@@ -13,7 +13,7 @@ import os
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Callable
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 from typer.core import TyperGroup
@@ -163,6 +163,10 @@ ResultsOpt = Annotated[Path, typer.Option("--results", "-r", envvar="INITSWEEP_R
                                           help="Results folder (holds initsweep.db).")]
 ConfigArg = Annotated[Path, typer.Argument(help="Sweep config (YAML), e.g. configs/grid.yaml.", show_default=False)]
 FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option(
+    "--set", "-S", metavar="KEY=VALUE",
+    help="Override a setting of the config (repeatable): a dotted KEY (train.lr, model.width, name) = a YAML "
+         "VALUE; grid.AXIS=\\[a, b] or =a,b sets or adds an axis, grid.AXIS=null removes it.")]
 
 
 def write_output(path: Path, text: str) -> None:

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .app import Format, FormatOpt, app, boundary, choices, console, err_console, print_json
+from .app import Format, FormatOpt, SetOpt, app, boundary, choices, console, err_console, print_json
 from ..errors import InitsweepError
 
 
@@ -61,9 +61,9 @@ def _with_overrides(raw: Any, overrides: dict[str, Any], seeds: list[int] | None
     if overrides and isinstance(raw.get("model", {}), dict):
         raw["model"] = {**raw.get("model", {}), **overrides}
     grid = raw.get("grid")
-    if overrides and isinstance(grid, dict):
+    if overrides and isinstance(grid, (dict, list)):
         gone = set(overrides) | {f"model.{k}" for k in overrides}
-        raw["grid"] = {k: v for k, v in grid.items() if k not in gone}
+        raw["grid"] = [_without_axes(g, gone) for g in grid] if isinstance(grid, list) else _without_axes(grid, gone)
         if isinstance(raw.get("exclude"), list):
             raw["exclude"] = [r for r in raw["exclude"] if not (isinstance(r, dict) and gone & set(r))]
     if seeds is not None and isinstance(raw.get("train", {}), dict):
@@ -71,6 +71,22 @@ def _with_overrides(raw: Any, overrides: dict[str, Any], seeds: list[int] | None
     if batch_size is not None and isinstance(raw.get("diagnostics", {}), dict):
         raw["diagnostics"] = {**raw.get("diagnostics", {}), "batch_size": batch_size}
     return raw
+
+
+def _without_axes(grid: Any, gone: set[str]) -> Any:
+    """One grid without the axes a flag sets, in its zip entries too (an entry left with
+    nothing to vary is dropped, a zip left with no entry too)."""
+    if not isinstance(grid, dict):
+        return grid
+    out = {k: v for k, v in grid.items() if k not in gone}
+    if isinstance(out.get("zip"), list):
+        kept = [{k: v for k, v in e.items() if k not in gone} if isinstance(e, dict) else e for e in out["zip"]]
+        kept = [e for e, was in zip(kept, out["zip"]) if e or not was]
+        if kept:
+            out["zip"] = kept
+        else:
+            del out["zip"]
+    return out
 
 
 def probe_seeds(configured: list[int], n: int) -> list[int]:
@@ -241,6 +257,7 @@ def probe(
     fmt: FormatOpt = Format.table,
     plot: Annotated[Optional[Path], typer.Option(
         "--plot", help="Write the activation-std-per-layer figure(s) (log scale, all pairs) into this folder.")] = None,
+    set_: SetOpt = None,
 ) -> None:
     """Per-layer signal statistics at init beside the mean-field prediction, and a verdict — no training.
 
@@ -251,8 +268,9 @@ def probe(
     """
     import torch
 
-    from ..config import MAX_SEEDS, expand, load_yaml, validate
+    from ..config import MAX_SEEDS, expand, load_yaml
     from ..data import resolve_source
+    from ..overrides import apply_overrides, parse_overrides, validate_overridden
     from ..probe import fixed_batch, probe_spec
     from ..train import splits_for
 
@@ -262,20 +280,24 @@ def probe(
         "init": _parse_choice(init), "activation": _parse_choice(activation), "depth": depth, "width": width,
         "arch": arch, "padding": padding.value if padding else None,
         "bias": _parse_choice(bias)}.items() if v is not None}
+    settings = parse_overrides(set_ or ())
     if config is not None:
         raw, source_name, name = load_yaml(config), str(config), config.stem
     else:
         raw, source_name, name = {"name": "probe", "data": {"dataset": "mnist-sample"}}, "flags", "probe"
     if seeds > MAX_SEEDS:
         raise InitsweepError(f"--seeds {seeds}: at most {MAX_SEEDS} seeds per point")
-    cfg = validate(_with_overrides(raw, overrides, None if seed is None else [seed], batch_size),
-                   source=source_name, default_name=name)
+    # -S first, then the flags (--init, ...), which replace a setting and any axis over it
+    raw = apply_overrides(raw, settings)
+    cfg = validate_overridden(_with_overrides(raw, overrides, None if seed is None else [seed], batch_size),
+                              settings, source=source_name, default_name=name)
     wanted = probe_seeds(list(cfg.train.seeds), seeds)
     if max(wanted) > 2**31 - 1:
         raise InitsweepError(f"--seeds {seeds}: topping up from seed {max(cfg.train.seeds)} passes the largest "
                              "seed, 2^31-1")
     if wanted != list(cfg.train.seeds):
-        cfg = validate(_with_overrides(raw, overrides, wanted, batch_size), source=source_name, default_name=name)
+        cfg = validate_overridden(_with_overrides(raw, overrides, wanted, batch_size), settings,
+                                  source=source_name, default_name=name)
     # the probe never downloads: missing data falls back to the sample as the config allows
     data = SimpleNamespace(dataset=cfg.data.dataset, root=cfg.data.root, download=False, fallback=cfg.data.fallback)
     source = resolve_source(data)

@@ -36,11 +36,20 @@ def render_plan(console: Console, summary: dict[str, Any], limit: int | None = 4
                       f"{substitute_text(summary['dataset_requested'], summary['dataset'])}", highlight=False)
     else:
         console.print(f"  data: {escape(summary['data_location'])}", highlight=False)
-    for axis, values in summary["axes"].items():
-        console.print(f"  {axis:>12}: {', '.join(map(str, values))}  ({len(values)})", highlight=False)
+    grids = summary["grids"]
+    if len(grids) == 1 and "zip" not in grids[0]:
+        _print_axes(console, summary["axes"], "  ")
+    else:
+        for grid in grids:
+            console.print(f"  {grid['where']}: {grid['n_points']} points x seeds, {grid['n_runs']} new run(s)", highlight=False)
+            _print_axes(console, grid["axes"], "    ")
+            if "zip" in grid:
+                entries = [" ".join(f"{k}={v}" for k, v in entry.items()) for entry in grid["zip"]]
+                console.print(f"    {'zip':>12}: {escape(' | '.join(entries))}  ({len(entries)})", highlight=False)
     console.print(f"  {'seeds':>12}: {', '.join(map(str, summary['seeds']))}", highlight=False)
+    union = f"{len(grids)} grids, " if len(grids) > 1 else ""
     console.print(
-        f"{summary['n_points']} points x seeds, {summary['n_excluded']} excluded, "
+        f"{union}{summary['n_points']} points x seeds, {summary['n_excluded']} excluded, "
         f"{summary['n_duplicates']} merged -> [bold]{summary['n_runs']} runs[/]", highlight=False)
     work = summary["work"]
     console.print(
@@ -63,6 +72,11 @@ def render_plan(console: Console, summary: dict[str, Any], limit: int | None = 4
     console.print(table)
     if len(shown) < len(runs):
         console.print(f"... and {len(runs) - len(shown)} more (--all lists every run)", highlight=False)
+
+
+def _print_axes(console: Console, axes: dict[str, list[Any]], indent: str) -> None:
+    for axis, values in axes.items():
+        console.print(f"{indent}{axis:>12}: {escape(', '.join(map(str, values)))}  ({len(values)})", highlight=False)
 
 
 def run_label(spec) -> str:

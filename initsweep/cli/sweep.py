@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from .app import (
-    ConfigArg, Format, FormatOpt, ResultsOpt, app, boundary, choices, console, err_console, print_json,
+    ConfigArg, Format, FormatOpt, ResultsOpt, SetOpt, app, boundary, choices, console, err_console, print_json,
     write_output,
 )
 from ..errors import (
@@ -38,13 +38,14 @@ def plan(
     fmt: FormatOpt = Format.table,
     show_all: Annotated[bool, typer.Option("--all", help="List every run, not only the first 40.")] = False,
     offline: Annotated[bool, typer.Option("--offline", help="Plan as run --offline: no download, no substitute.")] = False,
+    set_: SetOpt = None,
 ) -> None:
     """Show the runs a config expands to, its axes, exclusions, the work it will take, and
     the data they will use (found, downloaded, or the fallback: the same run ids as run)."""
-    from ..config import load_config
+    from ..overrides import load_config_with
     from ..sweep.planner import plan_summary, resolve_plan
 
-    source, runs = resolve_plan(load_config(config), offline=offline)
+    source, runs = resolve_plan(load_config_with(config, set_ or ()), offline=offline)
     summary = plan_summary(runs, source)
     if fmt is Format.json:
         print_json(summary)
@@ -86,6 +87,7 @@ def run(
     junit: Annotated[Optional[Path], typer.Option(help="Write a JUnit XML file: one testcase per run.")] = None,
     summary_md: Annotated[Optional[Path], typer.Option(
         help="Write a Markdown summary \\[default: appended to $GITHUB_STEP_SUMMARY when set].")] = None,
+    set_: SetOpt = None,
 ) -> None:
     """Train every run of CONFIG not finished yet, storing each the moment it ends (resumable).
 
@@ -97,7 +99,10 @@ def run(
     from .render import SweepDisplay, render_sweep_summary
     from ..results.store import Store
     from ..sweep.run import run_sweep
+    from ..overrides import load_config_with
 
+    if set_:  # the config as overridden is the sweep's: its run ids, its stored specs
+        config = load_config_with(config, set_)
     sigterm_as_interrupt()  # SIGTERM stops a sweep like Ctrl-C (runs in flight marked), but exits 143
     shard_kn = parse_shard(shard) if shard is not None else None
     budget = parse_duration(time_budget) if time_budget is not None else None

@@ -103,6 +103,7 @@ def plan_summary(plan: Plan, source: DataSource) -> dict[str, Any]:
         "data_location": source.location,
         "data_fallback": source.fallback_reason,
         "axes": plan.axes,
+        "grids": plan.grids,
         "seeds": plan.config.train.seeds,
         "n_points": plan.n_points,
         "n_excluded": plan.n_excluded,
