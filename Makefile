@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # torch/torchvision pinned to the builds this kind of machine has on local disk; override
 # on another machine, e.g. `make test TORCH_SPEC="torch torchvision"`.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
-EXTRAS ?= dev,plot,parquet,ray
+EXTRAS ?= dev,plot,parquet,ray,tensorboard,mlflow
 STAMP := $(VENV)/.installed-$(EXTRAS)
 
 .PHONY: run test venv clean
