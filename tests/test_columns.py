@@ -88,14 +88,17 @@ def test_the_store_schema_is_the_column_tables_and_does_not_change(tmp_path):
     with Store(tmp_path / "res") as store:
         runs = [(r[1], r[2]) for r in store.conn.execute("PRAGMA table_info(runs)")]
         layers = [(r[1], r[2]) for r in store.conn.execute("PRAGMA table_info(layers)")]
+        reused = [(r[1], r[2]) for r in store.conn.execute("PRAGMA table_info(reused)")]
         schema = "\n".join(r[0] for r in store.conn.execute(
             "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY name"))
     assert runs == list(RUN_COLUMNS.items())
     assert layers == [("row_id", "INTEGER"), ("run_id", "TEXT"), ("phase", "TEXT"), ("layer", "INTEGER"),
                       *LAYER_COLUMNS.items()]
-    # The exact CREATE statements of schema version 2: existing stores rely on them. A change
-    # here needs a SCHEMA_VERSION bump and a migration in Store._migrate, then a new pin.
-    assert hashlib.sha256(schema.encode()).hexdigest()[:16] == "fbc058bc91e7e2d9"
+    assert reused == [("sweep", "TEXT"), ("run_id", "TEXT"), ("row_id", "INTEGER"), ("reused_at", "TEXT")]
+    # The exact CREATE statements of schema version 3 (2 + the reused table): existing stores
+    # rely on them. A change here needs a SCHEMA_VERSION bump and a migration in
+    # Store._migrate, then a new pin.
+    assert hashlib.sha256(schema.encode()).hexdigest()[:16] == "39d551d01a126b67"
 
 
 def test_a_run_stores_every_result_column_and_every_layer_column(tmp_path):
@@ -155,6 +158,7 @@ def test_run_into_an_older_store_adds_the_missing_columns_and_keeps_its_rows(tmp
     old_schema = store_module._SCHEMA.replace(runs_now, ", ".join(
         f"{c} {t}" for c, t in {**SETTING_COLUMNS, **RESULT_COLUMNS}.items() if c not in newest)).replace(
         layers_now, ", ".join(f"{c} {t}" for c, t in LAYER_COLUMNS.items() if c not in v2_layers))
+    old_schema = old_schema[:old_schema.index("CREATE TABLE IF NOT EXISTS reused")]  # v3's table
     assert old_schema.count("CREATE TABLE") == 4 and "peak_rss_mb" not in old_schema and "pre_m2" not in old_schema
     db = tmp_path / "res" / "initsweep.db"
     db.parent.mkdir()
@@ -170,10 +174,12 @@ def test_run_into_an_older_store_adds_the_missing_columns_and_keeps_its_rows(tmp
     conn = sqlite3.connect(db)
     runs = [(r[1], r[2]) for r in conn.execute("PRAGMA table_info(runs)")]
     layers = {r[1] for r in conn.execute("PRAGMA table_info(layers)")}
+    reused = {r[1] for r in conn.execute("PRAGMA table_info(reused)")}
     rows = conn.execute("SELECT run_id, status, init, depth, test_acc, peak_rss_mb FROM runs ORDER BY row_id").fetchall()
     version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
     conn.close()
     assert dict(runs) == RUN_COLUMNS and len(runs) == len(RUN_COLUMNS)  # the missing ones added, typed
-    assert layers == {"row_id", "run_id", "phase", "layer", *LAYER_COLUMNS} and version == "2"
+    assert layers == {"row_id", "run_id", "phase", "layer", *LAYER_COLUMNS} and version == "3"
+    assert reused == {"sweep", "run_id", "row_id", "reused_at"}  # v3's table, created on the first write
     assert len(rows) == 2 and rows[0] == ("old", "ok", "he", 7, 0.5, None)
     assert rows[1][1] == "ok" and rows[1][3] == 1 and rows[1][5] is not None

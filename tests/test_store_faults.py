@@ -18,6 +18,7 @@ import pytest
 from test_ci import invoke, write_config
 
 from initsweep.results.read import load_results
+from initsweep.results.store import SCHEMA_VERSION
 
 PAGE = 4096
 
@@ -56,7 +57,7 @@ def damaged(made, tmp_path) -> Path:
     data[2 * PAGE:] = bytes((0xA5, 0x5A, 0x00, 0xFF)) * ((len(data) - 2 * PAGE) // 4)
     db.write_bytes(bytes(data))
     with sqlite3.connect(f"{db.as_uri()}?immutable=1", uri=True) as conn:  # SQLite itself sees the damage
-        assert conn.execute("SELECT value FROM meta").fetchone() == ("2",)  # the schema and meta still read
+        assert conn.execute("SELECT value FROM meta").fetchone() == (str(SCHEMA_VERSION),)  # schema and meta still read
         with pytest.raises(sqlite3.DatabaseError, match="database disk image is malformed"):
             conn.execute("SELECT * FROM runs").fetchall()
     conn.close()

@@ -124,12 +124,8 @@ def read_runs(source: str | Path, sweep: str | list[str] | None = None, history:
         return normalize(df.reset_index(drop=True), str(path))
     with Store(path, create=False) as store:
         if sweep is not None:
-            _check_sweeps(sweep, _stored_sweeps(store), path)
+            _check_sweeps(sweep, store.sweeps(), path)
         return normalize(store.runs_frame(sweep, history=history), str(path))
-
-
-def _stored_sweeps(store: Store) -> set[str]:
-    return {row[0] for row in store.conn.execute("SELECT DISTINCT sweep FROM runs")}
 
 
 def is_empty_folder(path: Path) -> bool:
@@ -165,9 +161,9 @@ def find_run(source: str | Path, prefix: str, sweep: str | None = None) -> dict[
     """The run whose id starts with ``prefix``: its current row, attempts, epochs and layers."""
     with Store(source, create=False) as store:
         if sweep is not None:
-            _check_sweeps(sweep, _stored_sweeps(store), Path(source))
+            _check_sweeps(sweep, store.sweeps(), Path(source))
         every = store.runs_frame(sweep, history=True)
-        current = current_rows(every)
+        current = store.runs_frame(sweep)  # a sweep's reused runs are its own; a replaced own row is not current
         hits = current[current["run_id"].str.startswith(prefix)] if prefix else current.head(0)
         ids = list(pd.unique(hits["run_id"]))
         if not ids:
@@ -179,7 +175,10 @@ def find_run(source: str | Path, prefix: str, sweep: str | None = None) -> dict[
         if len(hits) > 1:
             raise ParamError(f"run {ids[0]} is stored by sweeps {', '.join(hits['sweep'])}; pick one with {{sweep}}")
         run = hits.iloc[0]
-        attempts = every[(every["run_id"] == run["run_id"]) & (every["sweep"] == run["sweep"])]
+        trained_by = run.get("reused_from") if isinstance(run.get("reused_from"), str) else run["sweep"]
+        if trained_by != run["sweep"]:
+            every = store.runs_frame(trained_by, history=True)
+        attempts = every[(every["run_id"] == run["run_id"]) & (every["sweep"] == trained_by)]
         return {"run": run, "epochs": store.epochs_frame([int(run["row_id"])]),
                 "layers": store.layers_frame([int(run["row_id"])]),
                 "attempts": attempts[["row_id", "status", "claimed_at", "finished_at", "error"]]}
