@@ -118,7 +118,7 @@ def test_plan_results_says_done_reused_and_left_and_the_work_left(tmp_path):
     assert [r["reused_from"] for r in reused["runs"] if r["status"] == "done"] == ["ci"]
     table = invoke("plan", str(copy), "--results", str(res))
     assert f"in {res}: 1 done, 1 of them from sweep ci, 0 failed, 2 left\n" in table.stdout
-    assert "work left: 2 runs" in table.stdout
+    assert "work left: 2 run(s), " in table.stdout
     missing = invoke("plan", str(config), "--results", str(tmp_path / "nowhere"))
     assert missing.exit_code == 2 and missing.stderr == f"error: {tmp_path / 'nowhere'}: does not exist\n"
 

@@ -76,7 +76,7 @@ def _render_status(console: Console, summary: dict[str, Any]) -> None:
     states = ", ".join(f"{totals[state]} {state}" + (reused if state == "done" else "")
                        for state in totals if totals[state] or state in ("done", "failed", "left"))
     console.print(f"in {escape(summary['results'])}: {states}", highlight=False)
-    console.print(f"work left: {left['n_runs']} runs, {_si(left['train_samples'])} training samples, "
+    console.print(f"work left: {left['n_runs']} run(s), {_si(left['train_samples'])} training samples, "
                   f"~{_si(left['train_gflop'] * 1e9)}FLOP to train", highlight=False)
 
 
