@@ -6,6 +6,7 @@ at the first failed run."""
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from test_ci import TINY, invoke, write_config
 from test_data import sample, write_dataset
 
 from initsweep import load_results
+from initsweep.results.store import process_owner
 
 GRID = {"depth": [1, 2]}
 
@@ -112,6 +114,23 @@ def test_plan_results_says_done_reused_and_left_and_the_work_left(tmp_path):
     assert summary["work_left"]["n_runs"] == 2
     assert summary["work_left"]["train_samples"] == sum(r["train_samples"] for r in left)
 
+    # a claim held by a live process is running; one whose process is gone, interrupted
+    live, dead = [r["run_id"] for r in summary["runs"] if r["status"] == "left"]
+    conn = sqlite3.connect(res / "initsweep.db")
+    with conn:
+        for run_id, owner in ((live, process_owner()), (dead, f"{socket.gethostname()}:{2 ** 22 + 1}:?")):
+            conn.execute("INSERT INTO runs (run_id, sweep, status, owner, claimed_at, spec_json) "
+                         "VALUES (?, 'ci', 'running', ?, '2026-01-01T00:00:00+00:00', '{}')", (run_id, owner))
+    conn.close()
+    claimed = plan_json(config, res)
+    assert {r["run_id"]: r["status"] for r in claimed["runs"] if r["run_id"] in (live, dead)} == {
+        live: "running", dead: "interrupted"}
+    assert claimed["totals"] == {"done": 1, "failed": 0, "interrupted": 1, "running": 1, "left": 0}
+    assert claimed["work_left"]["n_runs"] == 2
+    with sqlite3.connect(res / "initsweep.db") as conn:
+        conn.execute("DELETE FROM runs WHERE status = 'running'")
+    conn.close()
+
     copy = renamed(config, tmp_path / "copy.yaml", "copy")
     reused = plan_json(copy, res)
     assert reused["totals"]["done"] == 1 and reused["reused_from"] == {"ci": 1}
@@ -180,6 +199,9 @@ def test_fail_fast_with_the_worker_pool_interrupts_the_run_in_flight(tmp_path):
     interrupted = load_results(tmp_path / "res", where="status == 'interrupted'").error.iloc[0]
     assert interrupted.startswith("interrupted (run ") and interrupted.endswith(" failed first: fail_fast)")
     assert "stopped at the first failed run (--fail-fast)" in result.stderr
+    summary = plan_json(config, tmp_path / "res")
+    assert summary["totals"] == {"done": 0, "failed": 1, "interrupted": 1, "running": 0, "left": 1}
+    assert summary["work_left"]["n_runs"] == 3
 
 
 def test_merge_carries_the_reuse_records(tmp_path):

@@ -499,11 +499,17 @@ class Store:
 
     def run_states(self, sweep: str) -> tuple[dict[str, tuple[str, str | None]], dict[str, str]]:
         """What ``initsweep plan --results`` reports: ``{run_id: (status, reused from)}`` of
-        the runs ``sweep`` holds, and ``{run_id: sweep}`` of the runs another sweep finished."""
+        the runs ``sweep`` holds, and ``{run_id: sweep}`` of the runs another sweep finished.
+        A ``running`` claim whose process is gone reads ``interrupted``, as the next claim
+        will record it."""
         with self.guard():
             states = self._states(self.conn, sweep)
             elsewhere = self._finished_elsewhere(self.conn, sweep)
-        return ({run_id: (status, source) for run_id, (status, _, source) in states.items()},
+            dead = {r["run_id"] for r in self.conn.execute(
+                f"SELECT run_id, owner, claimed_at FROM runs WHERE row_id IN ({CURRENT_ROWS}) AND sweep = ? "
+                "AND status = 'running'", (sweep,)) if not owner_alive(r["owner"], r["claimed_at"])}
+        return ({run_id: ("interrupted" if status == "running" and run_id in dead else status, source)
+                 for run_id, (status, _, source) in states.items()},
                 {run_id: source for run_id, (_, source) in elsewhere.items()})
 
     def finished_run_ids(self, sweep: str, fresh_since: str | None = None) -> set[str]:

@@ -10,7 +10,8 @@ counts and cost estimates (``initsweep plan``).
 
 With a results folder, ``plan`` also says where each run stands (:func:`run_status`): done
 (here, or by another sweep, which ``run`` would reuse), failed, interrupted, running or left,
-and the work left (what ``run`` would train next).
+and the work left (the runs not done; a ``running`` claim whose process is gone reads
+``interrupted``, as the next claim records it).
 
 Costs are counted, not guessed: each distinct model shape is built on the meta device and walked
 (layers, parameters, forward multiply-accumulates), and training is taken as 3x the
