@@ -265,3 +265,22 @@ def test_merge_refuses_a_reuse_record_whose_sweep_holds_another_result(tmp_path)
     assert text.endswith(" (kept)") and text.count(" (kept)") == 2
     assert load_results(target, sweep="new")[["run_id", "test_acc"]].values.tolist() == kept
     assert rows(target) == [("ci", "ok", 2), ("new", "ok", 2)] and rows(target, "SELECT * FROM reused") == []
+
+
+def test_a_reused_row_deleted_since_is_trained_again(tmp_path):
+    """A record whose row is gone (deleted by hand, or by a future rm) is not a finished run."""
+    old = write_config(tmp_path / "old.yaml", GRID)
+    res = tmp_path / "res"
+    assert run(old, res).exit_code == 0
+    new = renamed(old, tmp_path / "new.yaml", "new")
+    assert "2 reused from sweep ci" in run(new, res).stdout
+    conn = sqlite3.connect(res / "initsweep.db")
+    with conn:
+        conn.execute("DELETE FROM epochs")
+        conn.execute("DELETE FROM runs")
+    conn.close()
+    assert plan_json(new, res)["totals"]["left"] == 2
+    assert len(load_results(res, sweep="new")) == 0
+    result = run(new, res)
+    assert result.exit_code == 0 and "this run: 2 ok; skipped 0\nsweep so far: 2 ok" in result.stdout
+    assert rows(res) == [("new", "ok", 2)] and rows(res, "SELECT * FROM reused") == []
