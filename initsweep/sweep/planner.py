@@ -24,9 +24,8 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
-
 from pathlib import Path
+from typing import Any
 
 from ..config import Plan, RunSpec, SweepConfig, expand
 from ..data import DataSource, dataset_sizes, resolve_source, split_sizes
