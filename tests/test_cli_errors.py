@@ -232,9 +232,9 @@ def test_a_run_stored_by_two_sweeps_asks_for_sweep_as_the_caller_names_it(tmp_pa
     from initsweep.results.read import find_run
 
     res = tmp_path / "res"
-    for name in ("a", "b"):  # the same point in two sweeps is the same run id
+    for name in ("a", "b"):  # the same point in two sweeps is the same run id (b trains it too: --fresh)
         config = write_config(tmp_path / f"{name}.yaml", {"depth": [1]}, name=name)
-        assert invoke("run", str(config), "--results", str(res), *CPU, "--quiet").exit_code == 0
+        assert invoke("run", str(config), "--results", str(res), *CPU, "--quiet", "--fresh").exit_code == 0
     [run_id] = set(load_results(res)["run_id"])
     problem = f"run {run_id} is stored by sweeps a, b; pick one with"
     result = invoke("show", run_id[:6], "--results", str(res))

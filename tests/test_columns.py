@@ -88,16 +88,18 @@ def test_the_store_schema_is_the_column_tables_and_does_not_change(tmp_path):
     with Store(tmp_path / "res") as store:
         runs = [(r[1], r[2]) for r in store.conn.execute("PRAGMA table_info(runs)")]
         layers = [(r[1], r[2]) for r in store.conn.execute("PRAGMA table_info(layers)")]
+        reused = [(r[1], r[2]) for r in store.conn.execute("PRAGMA table_info(reused)")]
         schema = "\n".join(r[0] for r in store.conn.execute(
             "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY name"))
     assert runs == list(RUN_COLUMNS.items())
     assert layers == [("row_id", "INTEGER"), ("run_id", "TEXT"), ("phase", "TEXT"), ("layer", "INTEGER"),
                       *LAYER_COLUMNS.items()]
-    # The exact CREATE statements of schema version 3 (2 plus the predictions and tags tables):
-    # existing stores rely on them. A change here needs a SCHEMA_VERSION bump and a migration
-    # in Store._migrate, then a new pin. (Without those two tables, the statements hash to
-    # version 2's fbc058bc91e7e2d9.)
-    assert hashlib.sha256(schema.encode()).hexdigest()[:16] == "910215705d9e9f8f"
+    assert reused == [("sweep", "TEXT"), ("run_id", "TEXT"), ("row_id", "INTEGER"), ("reused_at", "TEXT")]
+    # The exact CREATE statements of schema version 3 (2 plus the predictions, tags and reused
+    # tables): existing stores rely on them. A change here needs a SCHEMA_VERSION bump and a
+    # migration in Store._migrate, then a new pin. (Without those three tables, the statements
+    # hash to version 2's fbc058bc91e7e2d9.)
+    assert hashlib.sha256(schema.encode()).hexdigest()[:16] == "75bfb05dda484cbe"
     assert "CREATE TABLE predictions (\n    row_id INTEGER PRIMARY KEY REFERENCES runs (row_id)" in schema
 
 
@@ -174,6 +176,7 @@ def test_run_into_an_older_store_adds_the_missing_columns_and_keeps_its_rows(tmp
     conn = sqlite3.connect(db)
     runs = [(r[1], r[2]) for r in conn.execute("PRAGMA table_info(runs)")]
     layers = {r[1] for r in conn.execute("PRAGMA table_info(layers)")}
+    reused = {r[1] for r in conn.execute("PRAGMA table_info(reused)")}
     rows = conn.execute("SELECT run_id, status, init, depth, test_acc, peak_rss_mb FROM runs ORDER BY row_id").fetchall()
     version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
     tags = [r[1] for r in conn.execute("PRAGMA table_info(tags)")]
@@ -183,5 +186,6 @@ def test_run_into_an_older_store_adds_the_missing_columns_and_keeps_its_rows(tmp
     assert layers == {"row_id", "run_id", "phase", "layer", *LAYER_COLUMNS} and version == "3"
     assert tags == ["row_id", "tag", "note", "added_at"]  # the tables schema 3 added
     assert predictions == ["row_id", "run_id", "predicted", "target"]
+    assert reused == {"sweep", "run_id", "row_id", "reused_at"}  # v3's table, created on the first write
     assert len(rows) == 2 and rows[0] == ("old", "ok", "he", 7, 0.5, None)
     assert rows[1][1] == "ok" and rows[1][3] == 1 and rows[1][5] is not None

@@ -205,3 +205,18 @@ def test_executor_ray_without_an_address_starts_its_own_even_beside_a_running_cl
     outcome = run_sweep(config, results_dir=tmp_path / "res", executor="ray")
     assert outcome.counts == {"ok": 1}
     assert len(load_results(tmp_path / "res")) == 1
+
+
+def test_fail_fast_on_ray_interrupts_the_task_in_flight(tmp_path, cluster):
+    from test_ci import invoke
+    from test_reuse import corrupt_dataset, mnist_config
+
+    corrupt_dataset(tmp_path / "bad")
+    config = mnist_config(tmp_path / "c.yaml", tmp_path / "bad")  # 3 runs, each fails reading its data
+    result = invoke("run", str(config), "--results", str(tmp_path / "res"), "--executor", "ray", "--ray-address",
+                    cluster, "--num-cpus", "1", "-q", "--fail-fast")
+    assert result.exit_code == 1, result.output
+    # the cluster's 2 CPUs took 2 runs at once: the first failure stops the sweep, the other is
+    # recorded interrupted, the third never starts
+    assert load_results(tmp_path / "res").status.value_counts().to_dict() == {"failed": 1, "interrupted": 1}
+    assert "stopped at the first failed run (--fail-fast)" in result.stderr

@@ -32,7 +32,8 @@ def merge(
 
     report = merge_results(sources, into)
     console.print(f"merged {report.sources} source(s) into {into}: {report.added} run(s) added, "
-                  f"{report.identical} already there", highlight=False)
+                  f"{report.identical} already there"
+                  + (f", {report.reused} reuse record(s) added" if report.reused else ""), highlight=False)
     for conflict in report.conflicts:
         err_console.print(f"conflict: {conflict}", highlight=False, markup=False)
     if report.conflicts:

@@ -59,16 +59,20 @@ def render_plan(console: Console, summary: dict[str, Any], limit: int | None = 4
         highlight=False)
     for note in summary["notes"]:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
+    if "totals" in summary:
+        _render_status(console, summary)
     runs = summary["runs"]
     if not runs:
         return
     shown = runs if limit is None else runs[:limit]
     table = Table(show_edge=False, pad_edge=False)
-    columns = [c for c in shown[0] if c not in ("macs_per_sample", "train_samples")]
+    hidden = ("macs_per_sample", "train_samples") + (() if summary.get("reused_from") else ("reused_from",))
+    columns = [c for c in shown[0] if c not in hidden]
     for col in columns:
         table.add_column(col, justify="right" if isinstance(shown[0][col], (int, float)) else "left")
     for row in shown:
-        table.add_row(*(_si(row[c]) if c == "params" else str(row[c]) for c in columns))
+        table.add_row(*(_si(row[c]) if c == "params" else "-" if c == "reused_from" and row[c] is None
+                        else str(row[c]) for c in columns))
     console.print(table)
     if len(shown) < len(runs):
         console.print(f"... and {len(runs) - len(shown)} more (--all lists every run)", highlight=False)
@@ -77,6 +81,17 @@ def render_plan(console: Console, summary: dict[str, Any], limit: int | None = 4
 def _print_axes(console: Console, axes: dict[str, list[Any]], indent: str) -> None:
     for axis, values in axes.items():
         console.print(f"{indent}{axis:>12}: {escape(', '.join(map(str, values)))}  ({len(values)})", highlight=False)
+
+
+def _render_status(console: Console, summary: dict[str, Any]) -> None:
+    """``plan --results``: the runs' states in the folder and the work left."""
+    totals, left = summary["totals"], summary["work_left"]
+    reused = "".join(f", {n} of them from sweep {escape(sweep)}" for sweep, n in summary["reused_from"].items())
+    states = ", ".join(f"{totals[state]} {state}" + (reused if state == "done" else "")
+                       for state in totals if totals[state] or state in ("done", "failed", "left"))
+    console.print(f"in {escape(summary['results'])}: {states}", highlight=False)
+    console.print(f"work left: {left['n_runs']} run(s), {_si(left['train_samples'])} training samples, "
+                  f"~{_si(left['train_gflop'] * 1e9)}FLOP to train", highlight=False)
 
 
 def run_label(spec) -> str:
@@ -198,6 +213,8 @@ def render_sweep_summary(console: Console, outcome, best: "pd.DataFrame", totals
     counts = outcome.counts
     ran = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "nothing"
     console.print(f"this run: {ran}; skipped {outcome.n_skipped}", highlight=False)
+    for sweep, n in sorted(outcome.reused.items()):
+        console.print(f"{n} reused from sweep {escape(sweep)}", highlight=False)
     console.print("sweep so far: " + (", ".join(f"{n} {s}" for s, n in sorted(totals.items())) or "nothing"),
                   highlight=False)
     if not best.empty:

@@ -163,8 +163,10 @@ def render_run(console: Console, detail: dict[str, Any]) -> None:
     """Everything stored about one run: settings, outcome, curve, timings, versions, layers."""
     run = detail["run"]
     status = run["status"]
+    reused = run.get("reused_from")
     console.print(f"[bold]run {run['run_id']}[/] · sweep {escape(str(run['sweep']))} · "
-                  f"[{_STATUS_STYLE.get(status, 'white')}]{status}[/]", highlight=False)
+                  f"[{_STATUS_STYLE.get(status, 'white')}]{status}[/]"
+                  + (f" · reused from sweep {escape(reused)}" if isinstance(reused, str) else ""), highlight=False)
     if not detail["tags"].empty:
         console.print(_pairs("tags", [(t.tag, t.note) for t in detail["tags"].itertuples()]))
     console.print(_pairs("settings", list(_flatten(json.loads(run["spec_json"])).items())))

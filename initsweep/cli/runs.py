@@ -132,7 +132,7 @@ def rm(
         raise typer.Exit(1)
     with Store(results) as store:
         deleted = store.delete_runs([int(r) for r in picked.attempts["row_id"]])
-    rows = ", ".join(f"{table} {n}" for table, n in deleted.items())
+    rows = ", ".join(f"{table} {n}" for table, n in deleted.items() if n or table == "runs")  # tables it touched
     console.print(f"deleted {_runs(count)} (rows: {rows})", markup=False, highlight=False)
 
 

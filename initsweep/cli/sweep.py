@@ -38,6 +38,9 @@ def plan(
     fmt: FormatOpt = Format.table,
     show_all: Annotated[bool, typer.Option("--all", help="List every run, not only the first 40.")] = False,
     offline: Annotated[bool, typer.Option("--offline", help="Plan as run --offline: no download, no substitute.")] = False,
+    results: Annotated[Optional[Path], typer.Option(
+        "--results", help="Also say, per run and in total, what is done, failed, interrupted or left in this "
+                          "results folder, and the work left.")] = None,
     set_: SetOpt = None,
 ) -> None:
     """Show the runs a config expands to, its axes, exclusions, the work it will take, and
@@ -46,7 +49,7 @@ def plan(
     from ..sweep.planner import plan_summary, resolve_plan
 
     source, runs = resolve_plan(load_config_with(config, set_ or ()), offline=offline)
-    summary = plan_summary(runs, source)
+    summary = plan_summary(runs, source, results)
     if fmt is Format.json:
         print_json(summary)
         return
@@ -62,6 +65,8 @@ def run(
     results: ResultsOpt = Path("results"),
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps (auto takes CUDA when present).")] = "auto",
     fresh: Annotated[bool, typer.Option("--fresh", help="Rerun finished runs too (old rows are kept as history).")] = False,
+    fail_fast: Annotated[bool, typer.Option(
+        "--fail-fast", help="Stop at the first failed run (runs in flight recorded interrupted); exit 1.")] = False,
     max_runs: Annotated[Optional[int], typer.Option("--max-runs", min=1, help="Run at most N runs now.")] = None,
     offline: Annotated[bool, typer.Option("--offline", help="Never download, never substitute the MNIST sample.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the summary.")] = False,
@@ -91,6 +96,9 @@ def run(
 ) -> None:
     """Train every run of CONFIG not finished yet, storing each the moment it ends (resumable).
 
+    A run another sweep in RESULTS finished (the same run id: a renamed or copied config) is
+    reused, not trained again, unless --fresh.
+
     Exit codes: 0 done, 1 a run failed, 2 bad input, 75 time budget spent with runs left
     (run again to resume), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
     """
@@ -114,7 +122,7 @@ def run(
                             precision=precision.value if precision else None, max_retries=max_retries,
                             executor=executor,
                             ray_address=ray_address, num_cpus=num_cpus, num_gpus=num_gpus,
-                            shard=shard_kn, time_budget=budget, ray_timeout=ray_timeout)
+                            shard=shard_kn, time_budget=budget, ray_timeout=ray_timeout, fail_fast=fail_fast)
     finally:
         display.close()
     if shard_kn is not None and not outcome.n_planned:  # nothing to do is not an error: exit 0
@@ -131,6 +139,9 @@ def run(
         err_console.print(f"{how}: finished runs are stored; run the same command again to resume",
                           highlight=False)
         raise typer.Exit(EXIT_TERMINATED if outcome.terminated else EXIT_INTERRUPTED)
+    if outcome.stopped_at:
+        err_console.print(f"stopped at the first failed run (--fail-fast): {outcome.stopped_at}", highlight=False,
+                          markup=False)
     if outcome.counts.get("failed"):
         raise typer.Exit(EXIT_RUNS_FAILED)
     if outcome.budget_exhausted:

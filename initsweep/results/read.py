@@ -125,12 +125,8 @@ def read_runs(source: str | Path, sweep: str | list[str] | None = None, history:
         return normalize(df.reset_index(drop=True), str(path))
     with Store(path, create=False) as store:
         if sweep is not None:
-            _check_sweeps(sweep, _stored_sweeps(store), path)
+            _check_sweeps(sweep, store.sweeps(), path)
         return normalize(store.runs_frame(sweep, history=history), str(path))
-
-
-def _stored_sweeps(store: Store) -> set[str]:
-    return {row[0] for row in store.conn.execute("SELECT DISTINCT sweep FROM runs")}
 
 
 def is_empty_folder(path: Path) -> bool:
@@ -206,10 +202,14 @@ def find_run(source: str | Path, prefix: str, sweep: str | None = None) -> dict[
     and test predictions (``(predicted, target)``, or None when it has none)."""
     with Store(source, create=False) as store:
         if sweep is not None:
-            _check_sweeps(sweep, _stored_sweeps(store), Path(source))
+            _check_sweeps(sweep, store.sweeps(), Path(source))
         every = store.runs_frame(sweep, history=True)
-        run = _one_run(current_rows(every), prefix, source, sweep)
-        attempts = _attempts(every, run.to_frame().T)
+        current = store.runs_frame(sweep)  # a sweep's reused runs are its own; a replaced own row is not current
+        run = _one_run(current, prefix, source, sweep)
+        trained_by = run.get("reused_from") if isinstance(run.get("reused_from"), str) else run["sweep"]
+        if trained_by != run["sweep"]:
+            every = store.runs_frame(trained_by, history=True)
+        attempts = every[(every["run_id"] == run["run_id"]) & (every["sweep"] == trained_by)]
         row_id = [int(run["row_id"])]
         return {"run": run, "epochs": store.epochs_frame(row_id), "layers": store.layers_frame(row_id),
                 "attempts": attempts[["row_id", "status", "claimed_at", "finished_at", "error"]],
@@ -233,7 +233,7 @@ def select_runs(source: str | Path, prefixes: list[str] = (), where: str | None 
     those ``where`` selects (every run with neither), within ``sweep`` if given."""
     with Store(source, create=False) as store:
         if sweep is not None:
-            _check_sweeps(sweep, _stored_sweeps(store), Path(source))
+            _check_sweeps(sweep, store.sweeps(), Path(source))
         every = normalize(store.runs_frame(history=True), str(source))
     current = current_rows(every)
     scope = current[current["sweep"] == sweep] if sweep is not None else current

@@ -17,9 +17,19 @@ Tables (schema version in ``meta``):
   accuracy and the confusion matrix, without retraining and without the dataset.
 * ``tags`` — names a user gave an attempt (``initsweep tag``), each with an optional note.
 
+* ``reused`` — one record per (``sweep``, ``run_id``) that a sweep took from another sweep's
+  finished row (``row_id``) instead of training it again: run ids exclude the sweep name, so
+  a renamed or copied config finds its finished runs wherever they were trained. The record
+  *is* the run's current state in that sweep; the sweep's own claim of the run (``--fresh``)
+  removes it. Readers asked for a sweep list the reused rows under that sweep, with
+  ``reused_from`` naming the sweep that trained them (``docs/results.md``).
+
 Every table whose rows belong to an attempt says so in its schema (``row_id INTEGER NOT
 NULL REFERENCES runs (row_id)``): :meth:`Store.delete_runs` and ``merge`` find such tables
 there (:func:`child_tables`), so a table added later is deleted and merged with its runs.
+``reused`` refers to an attempt too, without belonging to it (:data:`POINTER_TABLES`): ``rm``
+deletes the records pointing at a deleted attempt, and ``merge`` copies records on their own
+terms (``merge._merge_reused``), not as an attempt's rows.
 
 Their columns are defined once, in ``columns.py``; the schema below is built from them.
 
@@ -60,9 +70,10 @@ DB_NAME = "initsweep.db"
 _SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite 3 database
 # 2: layers gained pre_m2, act_m2, act_grad_norm2, sigma_w2 and predicted_* (probe.py);
 #    older databases get the missing columns (NULL in old rows) when opened for writing.
-# 3: the predictions and tags tables; older databases get them (empty: their runs lack
-#    predictions and tags) when opened for writing. An initsweep of schema 2 refuses a
-#    schema-3 store, so its ``merge`` cannot copy runs and leave their predictions behind.
+# 3: the predictions, tags and reused tables; older databases get them (empty: their runs
+#    lack predictions and tags, no run is reused) when opened for writing, and readers of
+#    older ones see none. An initsweep of schema 2 refuses a schema-3 store, so its
+#    ``merge`` cannot copy runs and leave their predictions behind.
 SCHEMA_VERSION = 3
 PREDICTIONS_SINCE = 3  # the first schema whose runs store their test predictions
 STALE_CLAIM_S = 6 * 3600.0
@@ -108,16 +119,30 @@ CREATE TABLE IF NOT EXISTS tags (
     added_at TEXT NOT NULL,
     PRIMARY KEY (row_id, tag)
 );
+CREATE TABLE IF NOT EXISTS reused (
+    sweep TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    row_id INTEGER NOT NULL REFERENCES runs (row_id),
+    reused_at TEXT NOT NULL,
+    PRIMARY KEY (sweep, run_id)
+);
 """
 
 # The latest attempt of each (sweep, run_id): what a run's state *is*.
 CURRENT_ROWS = "SELECT MAX(row_id) FROM runs GROUP BY sweep, run_id"
+# Own rows that a later reuse record replaces as their sweep's state (see the ``reused`` table).
+_NOT_REPLACED = "NOT EXISTS (SELECT 1 FROM reused u WHERE u.sweep = runs.sweep AND u.run_id = runs.run_id)"
 
 
 # The runs frame's column of each attempt's tags, sorted and comma-joined ("baseline,paper";
 # None when it has none): a tag holds no comma, so the text splits back into the tags.
 TAGS_COLUMN = "tags"
 _TAG = re.compile(r"[\w.:/+=@-]+")
+
+
+# Tables whose rows refer to an attempt without belonging to it: a reuse record points at
+# another sweep's row. rm deletes them with the attempt; merge does not copy them as its rows.
+POINTER_TABLES = ("reused",)
 
 
 def child_tables(conn: sqlite3.Connection) -> list[str]:
@@ -212,6 +237,8 @@ class Store:
     newer than this initsweep; SQLite errors met later come out the same way (:meth:`guard`).
     """
 
+    has_reused = True  # the reused table exists (every store but an older one opened to read)
+
     def __init__(self, results_dir: str | Path, *, create: bool = True):
         given = Path(results_dir)
         self.dir, self.path = (given.parent, given) if not create and given.is_file() else (given, given / DB_NAME)
@@ -276,6 +303,7 @@ class Store:
                 self.conn.close()
                 raise
             if tables:
+                self.has_reused = "reused" in tables  # an older store read as it is: no reuse
                 return
             self.conn.close()
         # an empty database reads as a store without runs, from memory: the file stays as it is
@@ -440,6 +468,15 @@ class Store:
         (``--fresh``), so they are rerun, and kept as history.
         """
         with self._write() as conn:
+            reused = conn.execute("SELECT u.reused_at, runs.row_id AS source FROM reused u LEFT JOIN runs "
+                                  "ON runs.row_id = u.row_id WHERE u.sweep = ? AND u.run_id = ?",
+                                  (spec.sweep, spec.run_id)).fetchone()
+            if reused is not None:
+                if reused["source"] is not None and (fresh_since is None or reused["reused_at"] >= fresh_since):
+                    return None
+                # fresh_since (or a reused row deleted since): this sweep trains the run itself;
+                # the reused row stays the other sweep's
+                conn.execute("DELETE FROM reused WHERE sweep = ? AND run_id = ?", (spec.sweep, spec.run_id))
             latest = conn.execute(
                 "SELECT row_id, status, owner, claimed_at, finished_at FROM runs WHERE sweep = ? AND run_id = ? "
                 "ORDER BY row_id DESC LIMIT 1", (spec.sweep, spec.run_id)).fetchone()
@@ -494,29 +531,108 @@ class Store:
             conn.execute("UPDATE runs SET status = 'interrupted', error = ?, finished_at = ? "
                          "WHERE row_id = ? AND status = 'running'", (reason, _now(), row_id))
 
+    def reuse(self, sweep: str, run_ids: list[str]) -> dict[str, str]:
+        """Record, for each of ``run_ids`` that ``sweep`` has neither finished nor in flight, the
+        latest finished row of that run in another sweep as this sweep's; ``{run_id: the
+        sweep it came from}`` for those recorded. One transaction, so two processes of one
+        sweep never record a run twice, and a run claimed meanwhile is not reused."""
+        recorded: dict[str, str] = {}
+        with self._write() as conn:
+            states = self._states(conn, sweep)
+            elsewhere = self._finished_elsewhere(conn, sweep)
+            now = _now()
+            for run_id in run_ids:
+                if run_id in elsewhere and states.get(run_id, ("",))[0] not in (*FINISHED, "running"):
+                    row_id, source = elsewhere[run_id]
+                    conn.execute("INSERT OR REPLACE INTO reused VALUES (?, ?, ?, ?)", (sweep, run_id, row_id, now))
+                    recorded[run_id] = source
+        return recorded
+
     # ------------------------------------------------------------------ reading
 
-    def finished_run_ids(self, sweep: str, fresh_since: str | None = None) -> set[str]:
-        """Run ids of ``sweep`` whose current attempt finished (after ``fresh_since`` if given)."""
+    def _states(self, conn: sqlite3.Connection, sweep: str) -> dict[str, tuple[str, str | None, str | None]]:
+        """``run_id -> (status, finished_at, reused from)`` of every run ``sweep`` holds: its
+        reuse record where there is one (newer than any own row: claiming removes it), else its
+        latest own attempt."""
+        states = {r["run_id"]: (r["status"], r["finished_at"], None) for r in conn.execute(
+            f"SELECT run_id, status, finished_at FROM runs WHERE row_id IN ({CURRENT_ROWS}) AND sweep = ?",
+            (sweep,))}
+        if self.has_reused:
+            for r in conn.execute("SELECT u.run_id, u.reused_at, runs.status, runs.sweep FROM reused u "
+                                  "JOIN runs ON runs.row_id = u.row_id WHERE u.sweep = ?", (sweep,)):
+                states[r["run_id"]] = (r["status"], r["reused_at"], r["sweep"])
+        return states
+
+    @staticmethod
+    def _finished_elsewhere(conn: sqlite3.Connection, sweep: str) -> dict[str, tuple[int, str]]:
+        """``run_id -> (row_id, sweep)``: the latest finished current row of each run that a
+        sweep other than ``sweep`` trained (what ``sweep`` may reuse)."""
+        rows = conn.execute(f"SELECT run_id, row_id, sweep FROM runs WHERE row_id IN ({CURRENT_ROWS}) "
+                            f"AND status IN {FINISHED} AND sweep != ? ORDER BY row_id", (sweep,))
+        return {r["run_id"]: (r["row_id"], r["sweep"]) for r in rows}
+
+    def run_states(self, sweep: str) -> tuple[dict[str, tuple[str, str | None]], dict[str, str]]:
+        """What ``initsweep plan --results`` reports: ``{run_id: (status, reused from)}`` of
+        the runs ``sweep`` holds, and ``{run_id: sweep}`` of the runs another sweep finished.
+        A ``running`` claim whose process is gone reads ``interrupted``, as the next claim
+        will record it."""
         with self.guard():
-            rows = self.conn.execute(
-                f"SELECT run_id, finished_at FROM runs WHERE row_id IN ({CURRENT_ROWS}) AND sweep = ? "
-                f"AND status IN {FINISHED}", (sweep,)).fetchall()
-        return {r["run_id"] for r in rows if fresh_since is None or (r["finished_at"] or "") >= fresh_since}
+            states = self._states(self.conn, sweep)
+            elsewhere = self._finished_elsewhere(self.conn, sweep)
+            dead = {r["run_id"] for r in self.conn.execute(
+                f"SELECT run_id, owner, claimed_at FROM runs WHERE row_id IN ({CURRENT_ROWS}) AND sweep = ? "
+                "AND status = 'running'", (sweep,)) if not owner_alive(r["owner"], r["claimed_at"])}
+        return ({run_id: ("interrupted" if status == "running" and run_id in dead else status, source)
+                 for run_id, (status, _, source) in states.items()},
+                {run_id: source for run_id, (_, source) in elsewhere.items()})
+
+    def finished_run_ids(self, sweep: str, fresh_since: str | None = None) -> set[str]:
+        """Run ids of ``sweep`` whose current attempt finished, or that it reused (after
+        ``fresh_since`` if given)."""
+        with self.guard():
+            states = self._states(self.conn, sweep)
+        return {run_id for run_id, (status, finished_at, _) in states.items()
+                if status in FINISHED and (fresh_since is None or (finished_at or "") >= fresh_since)}
+
+    def sweeps(self) -> set[str]:
+        """The names of the sweeps stored, those that only reused runs included."""
+        sql = "SELECT sweep FROM runs" + (" UNION SELECT sweep FROM reused" if self.has_reused else "")
+        with self.guard():
+            return {row[0] for row in self.conn.execute(sql)}
 
     def runs_frame(self, sweep: str | list[str] | None = None, history: bool = False) -> pd.DataFrame:
-        """The runs table as a DataFrame: current attempts only, unless ``history``."""
+        """The runs table as a DataFrame: current attempts only, unless ``history``.
+
+        Each stored attempt is listed once, under the sweep that made it, except where a
+        sweep is named: then the rows it reused from other sweeps are its rows too (current
+        attempts only; ``sweep`` is the named one, ``reused_from`` the one that trained it).
+        The ``reused_from`` column is there only when such rows are.
+        """
         sql, params = "SELECT * FROM runs WHERE 1 = 1", []
         if not history:
-            sql += f" AND row_id IN ({CURRENT_ROWS})"
+            sql += f" AND row_id IN ({CURRENT_ROWS})" + (f" AND {_NOT_REPLACED}" if self.has_reused else "")
+        names = [sweep] if isinstance(sweep, str) else list(sweep or [])
         if sweep is not None:
-            names = [sweep] if isinstance(sweep, str) else list(sweep)
             sql += f" AND sweep IN ({', '.join('?' * len(names))})"
             params += names
         runs = self._frame(sql + " ORDER BY row_id", params)
+        if sweep is not None and not history and self.has_reused:
+            runs = self._with_reused(runs, names)
         joined = self.tags_frame().groupby("row_id")["tag"].agg(",".join)
         runs[TAGS_COLUMN] = runs["row_id"].map(joined).astype(object).where(lambda tags: tags.notna(), None)
         return runs
+
+    def _with_reused(self, own: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+        """``own`` (these sweeps' current rows) with the rows they reused from other sweeps."""
+        reused = self._frame(
+            f"SELECT runs.*, u.sweep AS reused_by FROM reused u JOIN runs ON runs.row_id = u.row_id "
+            f"WHERE u.sweep IN ({', '.join('?' * len(names))}) ORDER BY runs.row_id", names)
+        if reused.empty:
+            return own
+        reused["reused_from"] = reused["sweep"]
+        reused["sweep"] = reused.pop("reused_by")
+        both = pd.concat([own, reused], ignore_index=True) if not own.empty else reused
+        return both.sort_values("row_id", kind="stable", ignore_index=True)
 
     def tags_frame(self, row_ids: list[int] | None = None) -> pd.DataFrame:
         """Tags of these attempts (all when None), by attempt and name; none in a store older

@@ -7,10 +7,16 @@ arrives; a run whose worker died and is retried gives back its attempt with
 :meth:`Ledger.abandon`. When the sweep stops early (Ctrl-C, SIGTERM, an error),
 ``run_sweep`` calls :meth:`Ledger.interrupt_open`, which marks every run still in flight
 ``interrupted``. So whatever the executor, the store tells the same story.
+
+Before training, :meth:`Ledger.reuse` takes the runs another sweep of the folder finished
+(run ids exclude the sweep name) as this sweep's. With ``fail_fast``, :meth:`Ledger.finish`
+raises :class:`StopAtFailure` once it has stored a failed run: it comes out of every
+executor's loop as Ctrl-C does, so ``run_sweep`` stops the sweep the same way.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -31,6 +37,14 @@ class Claim:
     fresh_since: str | None = None  # --fresh: results finished before this ISO time are rerun
 
 
+class StopAtFailure(Exception):
+    """A run failed and the sweep stops there (``fail_fast``); the message names the run."""
+
+    def __init__(self, spec: RunSpec, result: RunResult):
+        super().__init__(f"run {spec.run_id} failed: {result.error}")
+        self.spec, self.result = spec, result
+
+
 @dataclass
 class Ledger:
     store: Store
@@ -38,7 +52,13 @@ class Ledger:
     observer: "Observer"
     results: list[tuple[RunSpec, RunResult]] = field(default_factory=list)
     n_skipped: int = 0  # finished or claimed by another process meanwhile
+    fail_fast: bool = False  # stop the sweep at the first failed run
     _open: dict[str, int] = field(default_factory=dict)  # run_id -> the row of its attempt in flight
+
+    def reuse(self, sweep: str, specs: list[RunSpec]) -> Counter:
+        """Take as ``sweep``'s the runs of ``specs`` that another sweep finished; how many
+        came from each sweep."""
+        return Counter(self.store.reuse(sweep, [spec.run_id for spec in specs]).values())
 
     def claim(self, specs: list[RunSpec]) -> list[RunSpec]:
         """Claim each run for this process; return the ones claimed, in order."""
@@ -60,6 +80,8 @@ class Ledger:
         self.store.finish(self._open.pop(spec.run_id), result)
         self.results.append((spec, result))
         self.observer.run_finished(spec, result)
+        if self.fail_fast and result.status == "failed":
+            raise StopAtFailure(spec, result)
 
     def abandon(self, spec: RunSpec, reason: str) -> None:
         """End a claimed run's attempt as ``interrupted`` (its row stays as history); a

@@ -8,6 +8,11 @@ counts and cost estimates (``initsweep plan``).
   flight finish, and exits with :data:`~initsweep.errors.EXIT_BUDGET` (75); the next
   invocation resumes where it stopped.
 
+With a results folder, ``plan`` also says where each run stands (:func:`run_status`): done
+(here, or by another sweep, which ``run`` would reuse), failed, interrupted, running or left,
+and the work left (the runs not done; a ``running`` claim whose process is gone reads
+``interrupted``, as the next claim records it).
+
 Costs are counted, not guessed: each distinct model shape is built on the meta device and walked
 (layers, parameters, forward multiply-accumulates), and training is taken as 3x the
 forward pass (forward + backward for activations and weights), 2 FLOPs per MAC.
@@ -16,14 +21,18 @@ forward pass (forward + backward for activations and weights), 2 FLOPs per MAC.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from ..config import Plan, RunSpec, SweepConfig, expand
 from ..data import DataSource, dataset_sizes, resolve_source, split_sizes
 from ..errors import OptionError
 from ..models import ModelShape, measure_shape
+from ..results.read import is_empty_folder
+from ..results.store import FINISHED, Store
 
 
 def resolve_plan(cfg: SweepConfig, *, offline: bool = False) -> tuple[DataSource, Plan]:
@@ -85,17 +94,59 @@ def estimate_work(runs: list[RunSpec]) -> WorkEstimate:
     return WorkEstimate(len(runs), int(samples), flops, largest_params, largest_macs)
 
 
-def plan_summary(plan: Plan, source: DataSource) -> dict[str, Any]:
+# What plan --results says of a run, in the order its totals list them
+RUN_STATES = ("done", "failed", "interrupted", "running", "left")
+
+
+def run_status(plan: Plan, results_dir: str | Path) -> dict[str, tuple[str, str | None]]:
+    """``run_id -> (state, reused from)`` of each planned run in a results folder, a state of
+    :data:`RUN_STATES`. A run the sweep has not finished that another sweep finished is
+    ``done``, from that sweep: ``run`` reuses it. A folder with nothing in it yet: all left."""
+    if is_empty_folder(Path(results_dir)):
+        return {spec.run_id: ("left", None) for spec in plan.runs}
+    with Store(results_dir, create=False) as store:
+        held, elsewhere = store.run_states(plan.config.name)
+    states = {}
+    for spec in plan.runs:
+        status, source = held.get(spec.run_id, (None, None))
+        if status == "running" or status in FINISHED:
+            states[spec.run_id] = ("running" if status == "running" else "done", source)
+        elif spec.run_id in elsewhere:
+            states[spec.run_id] = ("done", elsewhere[spec.run_id])
+        else:
+            states[spec.run_id] = (status or "left", None)
+    return states
+
+
+def _work(work: WorkEstimate) -> dict[str, Any]:
+    return {"train_samples": work.train_samples, "train_gflop": round(work.train_flops / 1e9, 3),
+            "largest_params": work.largest_params, "largest_macs_per_sample": work.largest_macs}
+
+
+def plan_summary(plan: Plan, source: DataSource, results_dir: str | Path | None = None) -> dict[str, Any]:
     """Everything ``initsweep plan`` shows, as plain data (also its ``--format json``); the
-    data fields are named like the store's columns (``dataset`` is the data used)."""
+    data fields are named like the store's columns (``dataset`` is the data used). With
+    ``results_dir``, each run's ``status`` there (and ``reused_from``), their ``totals`` and
+    the ``work_left`` (the runs not done)."""
     work = estimate_work(plan.runs)
+    states = run_status(plan, results_dir) if results_dir is not None else None
     runs = []
     for spec in plan.runs:
         shape = model_shape(spec)
         row = {"run_id": spec.run_id, **dict(spec.point), "seed": spec.seed,
                "params": shape.n_params, "macs_per_sample": shape.macs_per_sample,
                "train_samples": train_samples(spec)}
+        if states is not None:
+            row["status"], row["reused_from"] = states[spec.run_id]
         runs.append(row)
+    status = {}
+    if states is not None:
+        left = [spec for spec in plan.runs if states[spec.run_id][0] != "done"]
+        reused = Counter(source for state, source in states.values() if source)
+        status = {"results": str(results_dir),
+                  "totals": {state: sum(s == state for s, _ in states.values()) for state in RUN_STATES},
+                  "reused_from": dict(sorted(reused.items())),
+                  "work_left": {"n_runs": len(left), **_work(estimate_work(left))}}
     return {
         "sweep": plan.config.name,
         "dataset": source.dataset,
@@ -110,8 +161,8 @@ def plan_summary(plan: Plan, source: DataSource) -> dict[str, Any]:
         "n_duplicates": plan.n_duplicates,
         "n_runs": len(plan.runs),
         "notes": plan.notes,
-        "work": {"train_samples": work.train_samples, "train_gflop": round(work.train_flops / 1e9, 3),
-                 "largest_params": work.largest_params, "largest_macs_per_sample": work.largest_macs},
+        "work": _work(work),
+        **status,
         "runs": runs,
     }
 

@@ -22,7 +22,7 @@ from ..config import PRECISIONS, RunSpec, SweepConfig, load_config
 from ..data import DataSource
 from ..errors import InitsweepError, OptionError, ParamError, interrupt_reason, terminated
 from .executors import CONNECT_TIMEOUT_S, Execution, Task, get_executor, usable_cores
-from .ledger import Claim, Ledger
+from .ledger import Claim, Ledger, StopAtFailure
 from .observer import Observer
 from .planner import estimate_work, in_shard, resolve_plan
 from ..results.store import Store
@@ -44,6 +44,8 @@ class SweepOutcome:
     run_ids: set[str] = field(default_factory=set)  # the runs this invocation plans (its shard)
     budget_exhausted: bool = False  # the time budget stopped runs from starting
     n_in_grid: int = 0  # runs in the whole plan, before the shard was taken
+    reused: dict[str, int] = field(default_factory=dict)  # sweep -> runs of it taken as this sweep's now
+    stopped_at: str | None = None  # fail_fast: the failed run the sweep stopped at, and why it failed
 
     @property
     def counts(self) -> Counter:
@@ -98,7 +100,7 @@ def run_sweep(config: str | Path | SweepConfig, *, results_dir: str | Path = "re
               executor: str = "local", ray_address: str | None = None, num_cpus: float | None = None,
               num_gpus: float | None = None, shard: tuple[int, int] | None = None,
               time_budget: float | None = None, observer: Observer | None = None,
-              ray_timeout: float | None = None) -> SweepOutcome:
+              ray_timeout: float | None = None, fail_fast: bool = False) -> SweepOutcome:
     """Train every run of a config that is not finished yet; return what happened.
 
     Ctrl-C (``KeyboardInterrupt``) is caught: the runs in flight are recorded as
@@ -106,6 +108,12 @@ def run_sweep(config: str | Path | SweepConfig, *, results_dir: str | Path = "re
     ``terminated=True`` when it was SIGTERM, see ``errors.sigterm_as_interrupt``). ``shard=(K, N)``
     keeps the K-th of N disjoint parts of the grid; with ``time_budget`` (seconds) no run
     starts after that long, and ``budget_exhausted`` tells whether runs were left.
+
+    A run this sweep has not finished that another sweep of the folder finished (the same
+    run id, whatever the sweep's name) is reused, not trained (unless ``fresh``):
+    ``reused`` counts them per sweep, and readers list them under this sweep. With
+    ``fail_fast`` the sweep stops at the first failed run as Ctrl-C stops it (the runs in
+    flight ``interrupted``, no new run started); ``stopped_at`` says which.
     """
     started = time.monotonic()
     cfg = config if isinstance(config, SweepConfig) else load_config(config)
@@ -125,6 +133,11 @@ def run_sweep(config: str | Path | SweepConfig, *, results_dir: str | Path = "re
         planned = [s for s in plan.runs if shard is None or in_shard(s.run_id, *shard)]
         fresh_since = datetime.now(timezone.utc).isoformat(timespec="milliseconds") if fresh else None
         done = store.finished_run_ids(cfg.name, fresh_since)
+        ledger = Ledger(store, Claim(source.requested, source.fallback_reason, fresh_since), observer,
+                        fail_fast=fail_fast)
+        reused = {} if fresh else ledger.reuse(cfg.name, [s for s in planned if s.run_id not in done])
+        if reused:
+            done = store.finished_run_ids(cfg.name)
         todo = [spec for spec in planned if spec.run_id not in done][:max_runs]
         groups = group_specs(todo) if execution.vmap else [[spec] for spec in todo]
         # longest first (a stable sort: plan order among equals), so that the workers run out
@@ -135,9 +148,9 @@ def run_sweep(config: str | Path | SweepConfig, *, results_dir: str | Path = "re
             execution = _fit_workers(execution, tasks, todo, threads)
         outcome = SweepOutcome(cfg.name, Path(results_dir), source, len(planned),
                                sum(spec.run_id in done for spec in planned), execution=execution,
-                               run_ids={s.run_id for s in planned}, n_in_grid=len(plan.runs))
+                               run_ids={s.run_id for s in planned}, n_in_grid=len(plan.runs),
+                               reused=dict(reused))
         observer.sweep_started(cfg.name, len(planned), len(todo), outcome.n_done_before)
-        ledger = Ledger(store, Claim(source.requested, source.fallback_reason, fresh_since), observer)
 
         def may_start() -> bool:
             if time_budget is None or time.monotonic() - started < time_budget:
@@ -150,11 +163,14 @@ def run_sweep(config: str | Path | SweepConfig, *, results_dir: str | Path = "re
                 try:
                     executor.execute(tasks, ledger, observer, may_start)
                 except BaseException as exc:  # marked before the executor's shutdown, which may take seconds
-                    ledger.interrupt_open(interrupt_reason(exc))
+                    ledger.interrupt_open(f"interrupted (run {exc.spec.run_id} failed first: fail_fast)"
+                                          if isinstance(exc, StopAtFailure) else interrupt_reason(exc))
                     raise
         except KeyboardInterrupt as exc:
             outcome.interrupted = True
             outcome.terminated = terminated(exc)
+        except StopAtFailure as exc:
+            outcome.stopped_at = str(exc)
         finally:
             outcome.results, outcome.n_skipped = ledger.results, ledger.n_skipped
     return outcome
