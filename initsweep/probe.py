@@ -53,7 +53,7 @@ stay healthy: 50 zero-padded 3x3 convs at He init lose variance at the borders (
 0.91 per layer, 0.90 at 7x7) and at finite width the forward second moment drifts below
 the prediction (measured 0.86-0.88 at width 32, 0.79-0.82 at width 16), while LeCun-style
 ``gaussian_inv_sqrt_n`` with ReLU halves it every layer (0.40-0.45): the forward band is
-[0.7, 1/0.7]. The backward factor tracks its prediction more closely: within 4% in the
+[0.7, 1/0.7]. The backward factor tracks its prediction more closely: within about 4% in the
 MLPs and plain CNNs of docs/diagnostics.md (tests/test_probe.py), so its band is narrower,
 [0.8, 1.25]. Max-pooling is the exception: the prediction treats it as picking one element
 of the window at random, but the gradient goes to each window's maximum, whose ReLU is
