@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from itertools import takewhile
 from pathlib import Path
 
 import pytest
@@ -50,9 +51,8 @@ def test_edge_of_chaos_theory_table_is_the_theorys(one_thread):
     header = "| sigma_w^2 | q* | chi_1 | c* | chi_c | xi_c | 6 xi_c |"
     text = (REPO / "docs/studies/edge_of_chaos.md").read_text(encoding="utf-8")
     assert header in text, "the theory table of docs/studies/edge_of_chaos.md moved: update this test"
-    lines = text.split(header, 1)[1].splitlines()[2:]
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[:next(
-        i for i, line in enumerate(lines) if not line.startswith("|"))]]
+    below = text.split(header, 1)[1].splitlines()[2:]  # past the header's own line and the |---| rule
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in takewhile(lambda s: s.startswith("|"), below)]
     checked = 0
     for s2_text, *cells in rows:
         s2 = float(s2_text)
