@@ -259,7 +259,8 @@ _scaled("he", 2.0, "normal",
         "Tutorial scheme 4, correctly: He et al. 2015, 'Delving Deep into Rectifiers'.",
         "w ~ N(0, std^2), std = sqrt(2 / fan_in)")
 _scaled("he_as_written", 4.0, "normal",
-        "The tutorial's misprint of He's formula (std 2/sqrt(n)): twice He's std, kept to measure the cost.",
+        "The tutorial's misprint of He's formula (std 2/sqrt(n)): sqrt(2) times He's std, twice its variance "
+        "(sigma_w^2 = 4), kept to measure the cost.",
         "w ~ N(0, std^2), std = 2 / sqrt(fan_in)")
 
 

@@ -181,6 +181,45 @@ def test_list_activations_json_gains():
                          "softsign", "mish", "hardtanh", "identity"}
 
 
+def _table_rows(command: str) -> dict[str, list[str]]:
+    """``initsweep COMMAND``'s table through the real entry point, wide enough that no cell
+    wraps: each row's cells by its first cell (the name)."""
+    proc = subprocess.run([sys.executable, "-m", "initsweep", command], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, "COLUMNS": "1000", "NO_COLOR": "1"})
+    assert proc.returncode == 0, proc.stderr
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in proc.stdout.splitlines() if line.startswith("│")]
+    return {r[0]: r for r in rows}
+
+
+def test_list_commands_print_registry_texts_verbatim():
+    """Brackets are text, not rich markup: ``w ~ U[a, b]`` was printed ``w ~ U``, ``1/sqrt(E[phi(z)^2])``
+    ``1/sqrt(E)`` and trunc_normal's formula ended at "truncated to". Every cell, every entry."""
+    from initsweep.activations import list_activations
+
+    inits = _table_rows("list-inits")
+    expected = {e.name: [e.name, e.formula, ", ".join(p.describe() for p in e.params), e.description]
+                for e in list_inits()}
+    assert inits == expected
+    assert inits["uniform"][1] == "w ~ U[a, b]" and inits["trunc_normal"][1] == "w ~ N(mean, std^2) truncated to [a, b]"
+    acts = _table_rows("list-activations")
+    assert {name: [row[1], row[4], row[5]] for name, row in acts.items()} == {
+        a.name: [a.formula, "calculate_gain" if a.gain_key else "1/sqrt(E[phi(z)^2])",
+                 ", ".join(p.describe() for p in a.params)] for a in list_activations()}
+    assert acts["gelu"][4] == "1/sqrt(E[phi(z)^2])"
+
+
+def test_he_as_written_is_twice_hes_variance():
+    """The tutorial's misprint (std 2/sqrt(n)) is sqrt(2) times He's std, 2 times its variance:
+    what list-inits says of it, from the declared moments (which tests/test_inits.py samples)."""
+    from initsweep.inits import get_init
+
+    for shape in ((64, 32, 3, 3), (10, 64)):
+        (_, misprint), (_, he) = (get_init(n).moments(shape, {}, 1.0) for n in ("he_as_written", "he"))
+        assert misprint / he == pytest.approx(2.0, rel=1e-12)
+    described = {e["name"]: e["description"] for e in json.loads(runner.invoke(app, ["list-inits", "-f", "json"]).stdout)}
+    assert "sqrt(2) times He's std, twice its variance" in described["he_as_written"]
+
+
 def test_version_and_short_help():
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and __version__ in result.stdout

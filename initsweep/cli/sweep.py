@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from .app import (
@@ -183,7 +184,7 @@ def list_inits_cmd(fmt: FormatOpt = Format.table) -> None:
     for col in ("name", "formula", "parameters", "description"):
         table.add_column(col, overflow="fold")
     for e in list_inits():
-        table.add_row(e.name, e.formula, ", ".join(p.describe() for p in e.params), e.description)
+        table.add_row(*_plain(e.name, e.formula, ", ".join(p.describe() for p in e.params), e.description))
     console.print(table)
 
 
@@ -205,6 +206,12 @@ def list_activations_cmd(fmt: FormatOpt = Format.table) -> None:
     for col in ("name", "formula", "family", "gain", "from", "parameters"):
         table.add_column(col, overflow="fold")
     for r, a in zip(rows, list_activations()):
-        table.add_row(r["name"], r["formula"], r["family"], f"{r['gain']:.4f}", r["gain_source"],
-                      ", ".join(p.describe() for p in a.params))
+        table.add_row(*_plain(r["name"], r["formula"], r["family"], f"{r['gain']:.4f}", r["gain_source"],
+                              ", ".join(p.describe() for p in a.params)))
     console.print(table)
+
+
+def _plain(*cells: str) -> list[str]:
+    """Registry texts as table cells, escaped: rich reads ``[a, b]`` as markup and would print
+    ``w ~ U[a, b]`` as ``w ~ U`` (formulas, descriptions and parameter help hold brackets)."""
+    return [escape(c) for c in cells]
