@@ -182,7 +182,8 @@ def two_sweeps(tmp_path_factory) -> Path:
     results = root / "res"
     for name, depths in (("a", [1, 2]), ("b", [2])):
         config = write_config(root / f"{name}.yaml", name=name, grid={"init": ["he", "std_normal"], "depth": depths})
-        ran = invoke("run", config, "--results", results, "--device", "cpu")
+        # --fresh: b trains its own rows rather than reusing a's finished ones
+        ran = invoke("run", config, "--results", results, "--device", "cpu", *(["--fresh"] if name == "b" else []))
         assert ran.exit_code == 0, ran.output
     assert stored(results, "SELECT COUNT(*), COUNT(DISTINCT run_id) FROM runs") == [(6, 4)]
     return results
