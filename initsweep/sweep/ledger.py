@@ -6,13 +6,14 @@ and counted as skipped); each result they hand to :meth:`Ledger.finish` the mome
 arrives; a run whose worker died and is retried gives back its attempt with
 :meth:`Ledger.abandon`. When the sweep stops early (Ctrl-C, SIGTERM, an error),
 ``run_sweep`` calls :meth:`Ledger.interrupt_open`, which marks every run still in flight
-``interrupted``. So whatever the executor, the store tells the same story.
+``interrupted``. So whatever the executor, the store tells the same story, and so do the
+sweep's loggers (``log_to``), which the ledger hands each run once the store has it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from ..config import RunSpec
 from ..results.store import Store
@@ -38,6 +39,8 @@ class Ledger:
     observer: "Observer"
     results: list[tuple[RunSpec, RunResult]] = field(default_factory=list)
     n_skipped: int = 0  # finished or claimed by another process meanwhile
+    # called with each finished run after the store has it (sweep/loggers.py: log_to)
+    loggers: list[Callable[[RunSpec, RunResult], None]] = field(default_factory=list)
     _open: dict[str, int] = field(default_factory=dict)  # run_id -> the row of its attempt in flight
 
     def claim(self, specs: list[RunSpec]) -> list[RunSpec]:
@@ -59,6 +62,8 @@ class Ledger:
         """Store a claimed run's result (its epochs, layers and predictions with it, atomically)."""
         self.store.finish(self._open.pop(spec.run_id), result)
         self.results.append((spec, result))
+        for log in self.loggers:
+            log(spec, result)
         self.observer.run_finished(spec, result)
 
     def abandon(self, spec: RunSpec, reason: str) -> None:

@@ -23,6 +23,7 @@ from ..data import DataSource
 from ..errors import InitsweepError, OptionError, ParamError, interrupt_reason, terminated
 from .executors import CONNECT_TIMEOUT_S, Execution, Task, get_executor, usable_cores
 from .ledger import Claim, Ledger
+from .loggers import open_loggers
 from .observer import Observer
 from .planner import estimate_work, in_shard, resolve_plan
 from ..results.store import Store
@@ -98,14 +99,16 @@ def run_sweep(config: str | Path | SweepConfig, *, results_dir: str | Path = "re
               executor: str = "local", ray_address: str | None = None, num_cpus: float | None = None,
               num_gpus: float | None = None, shard: tuple[int, int] | None = None,
               time_budget: float | None = None, observer: Observer | None = None,
-              ray_timeout: float | None = None) -> SweepOutcome:
+              ray_timeout: float | None = None, log_to: list[str] | None = None) -> SweepOutcome:
     """Train every run of a config that is not finished yet; return what happened.
 
     Ctrl-C (``KeyboardInterrupt``) is caught: the runs in flight are recorded as
     ``interrupted`` and the outcome comes back with ``interrupted=True`` (and
     ``terminated=True`` when it was SIGTERM, see ``errors.sigterm_as_interrupt``). ``shard=(K, N)``
     keeps the K-th of N disjoint parts of the grid; with ``time_budget`` (seconds) no run
-    starts after that long, and ``budget_exhausted`` tells whether runs were left.
+    starts after that long, and ``budget_exhausted`` tells whether runs were left. ``log_to``
+    adds loggers (``config.LOGGERS``) to the config's ``log_to``: each finished run is also
+    written there (``sweep/loggers.py``); they never change a run or its id.
     """
     started = time.monotonic()
     cfg = config if isinstance(config, SweepConfig) else load_config(config)
@@ -118,6 +121,7 @@ def run_sweep(config: str | Path | SweepConfig, *, results_dir: str | Path = "re
     if cfg.train.precision == "bf16" and execution.device.type != "cuda":
         raise InitsweepError(f"precision bf16 needs a CUDA device (running on {execution.device})")
     observer = observer or Observer()
+    loggers = open_loggers([*cfg.log_to, *(log_to or ())], results_dir, cfg.name)
     # the data first: a missing dataset is refused before a results folder is created for it
     source, plan = resolve_plan(cfg, offline=offline)
     observer.data_resolved(source)
@@ -137,7 +141,8 @@ def run_sweep(config: str | Path | SweepConfig, *, results_dir: str | Path = "re
                                sum(spec.run_id in done for spec in planned), execution=execution,
                                run_ids={s.run_id for s in planned}, n_in_grid=len(plan.runs))
         observer.sweep_started(cfg.name, len(planned), len(todo), outcome.n_done_before)
-        ledger = Ledger(store, Claim(source.requested, source.fallback_reason, fresh_since), observer)
+        ledger = Ledger(store, Claim(source.requested, source.fallback_reason, fresh_since), observer,
+                        loggers=loggers)
 
         def may_start() -> bool:
             if time_budget is None or time.monotonic() - started < time_budget:
