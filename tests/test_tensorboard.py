@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from initsweep.cli import app
 from initsweep.config import expand, load_config
 from initsweep.results.read import load_results, read_curves
+from initsweep.sweep.run import run_sweep
 
 EventAccumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator").EventAccumulator
 from tensorboard.plugins.hparams import metadata as hparams_metadata  # noqa: E402
@@ -54,7 +55,7 @@ F32 = {"rel": 1e-6, "abs": 1e-9}
 def pooled(tmp_path_factory):
     """Two runs of two epochs trained by two worker processes, logged with --log-to."""
     tmp = tmp_path_factory.mktemp("tb")
-    config = write_config(tmp / "c.yaml", [1, 2], epochs=2)
+    config = write_config(tmp / "c.yaml", [1, 2], epochs=2, log_every_steps=1)
     result = runner.invoke(app, ["run", str(config), "-r", str(tmp / "res"), "--device", "cpu", "--workers", "2",
                                  "--threads", "1", "--log-to", "tensorboard", "-q"])
     assert result.exit_code == 0, result.output + result.stderr
@@ -85,6 +86,38 @@ def test_one_folder_per_run_with_its_stored_epochs_test_metrics_and_layers(poole
                 i: pytest.approx(math.sqrt(v), **F32) for i, v in zip(rows.layer, rows.act_grad_norm2)}
 
 
+def assert_step_losses_average_to_epochs(results: Path, batch_size: int = 64) -> None:
+    """``log_every_steps: 1``: a loss per optimizer step, which the store does not keep; each
+    epoch's mean of them, weighted by batch size, is the epoch's stored ``train_loss``."""
+    runs = load_results(results)
+    epochs, _ = read_curves(results, runs.row_id.tolist())
+    for run in runs.itertuples():
+        steps = series(events(results / "tensorboard" / "tb" / run.run_id), "train/step_loss")
+        assert sorted(steps) == list(range(1, run.steps + 1))
+        per_epoch = math.ceil(run.n_train / batch_size)
+        sizes = [min(batch_size, run.n_train - batch_size * i) for i in range(per_epoch)]  # the last is smaller
+        mine = epochs[epochs.row_id == run.row_id]
+        for epoch, stored in zip(mine.epoch, mine.train_loss):
+            first = (epoch - 1) * per_epoch + 1
+            mean = sum(steps[first + i] * b for i, b in enumerate(sizes)) / run.n_train
+            assert mean == pytest.approx(stored, rel=1e-5)
+
+
+def test_every_steps_loss_averages_to_its_epochs_stored_train_loss(pooled):
+    assert_step_losses_average_to_epochs(pooled)
+
+
+def test_step_losses_of_a_vmapped_group_are_each_runs_own(tmp_path):
+    """K runs trained as one batched model: each run's folder gets its own model's losses."""
+    config = write_config(tmp_path / "c.yaml", [2], log_every_steps=1, diagnostics={"enabled": False},
+                          train={"epochs": 1, "batch_size": 64, "seeds": [0, 1]},
+                          grid={"depth": [2], "init": ["kaiming_normal", "xavier_uniform"]})
+    outcome = run_sweep(config, results_dir=tmp_path / "res", device="cpu", workers=1, vmap="on",
+                        log_to=["tensorboard"])
+    assert outcome.counts == {"ok": 4} and all(r.batched for _, r in outcome.results)
+    assert_step_losses_average_to_epochs(tmp_path / "res")
+
+
 def test_each_run_is_an_hparams_session_with_its_settings(pooled):
     for run in load_results(pooled).itertuples():
         content = events(pooled / "tensorboard" / "tb" / run.run_id).PluginTagToContent(hparams_metadata.PLUGIN_NAME)
@@ -102,7 +135,8 @@ def test_each_run_is_an_hparams_session_with_its_settings(pooled):
 
 
 def test_config_log_to_in_process_and_a_resume_writes_no_second_events(tmp_path):
-    config = write_config(tmp_path / "c.yaml", [1], log_to=["tensorboard"], diagnostics={"enabled": False})
+    config = write_config(tmp_path / "c.yaml", [1], log_to=["tensorboard"], diagnostics={"enabled": False},
+                          log_every_steps=3)
     args = ["run", str(config), "-r", str(tmp_path / "res"), "--device", "cpu", "--workers", "1", "-q"]
     assert runner.invoke(app, args).exit_code == 0
     first = event_files(tmp_path / "res")
@@ -117,11 +151,12 @@ def test_config_log_to_in_process_and_a_resume_writes_no_second_events(tmp_path)
     acc = events(tmp_path / "res" / "tensorboard" / "tb" / run.run_id)
     assert series(acc, "test/acc") == {1: pytest.approx(run.test_acc, **F32)}
     assert not [t for t in acc.Tags()["scalars"] if t.startswith("layers/")]  # diagnostics off: no layer rows
+    assert sorted(series(acc, "train/step_loss")) == list(range(3, run.steps + 1, 3))
 
 
 def test_log_to_changes_no_run_id(tmp_path):
     plain = expand(load_config(write_config(tmp_path / "a.yaml", [1, 2])))
-    logged = expand(load_config(write_config(tmp_path / "b.yaml", [1, 2], log_to=["tensorboard"])))
+    logged = expand(load_config(write_config(tmp_path / "b.yaml", [1, 2], log_to=["tensorboard"], log_every_steps=5)))
     assert [r.run_id for r in logged.runs] == [r.run_id for r in plain.runs]
 
 

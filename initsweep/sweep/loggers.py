@@ -10,6 +10,8 @@ TensorBoard: one event folder per run, ``<results>/tensorboard/<sweep>/<run_id>/
 (``tensorboard --logdir results/tensorboard``):
 
 * ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc`` at each epoch (step = epoch);
+* ``train/step_loss`` at every ``log_every_steps``-th optimizer step, when the config sets
+  it (step = the optimizer step; ``RunResult.step_losses``);
 * ``test/loss``, ``test/acc`` at the last epoch;
 * ``layers/{init,final}/act_std`` and ``layers/{init,final}/act_grad_norm`` (the per-example
   gradient norm ``sqrt(act_grad_norm2)``, see ``probe.py``) with step = the layer index:
@@ -20,8 +22,8 @@ TensorBoard: one event folder per run, ``<results>/tensorboard/<sweep>/<run_id>/
   where one run's summary would decide the columns for all.
 
 A rerun of a run (``--fresh``, or a failed run retried) replaces its event files, so a
-folder holds one attempt: the latest, as in every report. Per-step scalars are not
-written: training keeps no per-step losses (it would mean a device sync every step).
+folder holds one attempt: the latest, as in every report. Step losses are the one thing
+logged that the store does not keep.
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ def scalars(result: RunResult) -> list[tuple[str, float, int]]:
     for e in result.epochs:
         out += [("train/loss", e.train_loss, e.epoch), ("train/acc", e.train_acc, e.epoch),
                 ("val/loss", e.val_loss, e.epoch), ("val/acc", e.val_acc, e.epoch)]
+    out += [("train/step_loss", loss, step) for step, loss in result.step_losses]
     last = result.epochs[-1].epoch if result.epochs else 0
     out += [("test/loss", result.test_loss, last), ("test/acc", result.test_acc, last)]
     for row in result.layers:
