@@ -33,7 +33,7 @@ from .columns import SETTING_COLUMNS
 from .errors import ConfigError
 from .inits import get_bias_init, get_init
 from .models import get_arch, list_archs, measure_shape
-from .registry import did_you_mean
+from .registry import did_you_mean, unknown_name_error
 
 # Bumped when the meaning of a setting changes, so old run ids stop matching.
 SPEC_VERSION = 1
@@ -136,6 +136,17 @@ class DataConfig(_Section):
 
 # train.precision's values; run_sweep(precision=...) and the CLI's --precision take the same
 PRECISIONS = ("fp32", "bf16")
+
+# log_to's values: where a sweep also logs each finished run (sweep/loggers.py writes them);
+# run_sweep(log_to=...) and the CLI's --log-to take the same names
+LOGGERS = ("tensorboard",)
+
+
+def check_logger(name: Any) -> str:
+    """A name of :data:`LOGGERS`, or the ``ValueError`` every registry raises (did you mean)."""
+    if name not in LOGGERS:
+        raise unknown_name_error("logger", name, LOGGERS)
+    return name
 
 
 class ModelConfig(_Section):
@@ -264,6 +275,10 @@ class SweepConfig(_Section):
     grid: Any = Field(default_factory=dict)
     exclude: list[dict[str, Any]] = Field(default_factory=list)
     diagnostics: DiagnosticsConfig = DiagnosticsConfig()
+    # where each finished run is also logged (LOGGERS); like diagnostics, never part of a run id
+    log_to: list[Annotated[str, BeforeValidator(check_logger)]] = Field(default_factory=list)
+    # the loggers also get the training loss of every N-th step (per epoch otherwise)
+    log_every_steps: Int | None = Field(None, ge=1, le=10**9)
     # (the field values it was resolved from, grids, exclude rules): set by validate(), so
     # expand() builds runs from the values validated there instead of validating them again
     _resolved: tuple | None = PrivateAttr(default=None)
@@ -294,6 +309,9 @@ class RunSpec:
     point: tuple[tuple[str, Any], ...] = ()  # the grid axes' values for this run (for display)
     # how the run is probed; not part of identity(): diagnostics never change a result
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig, compare=False)
+    # keep the training loss of every N-th step for the loggers (RunResult.step_losses); no
+    # part of identity() either: recording a loss changes nothing
+    log_every_steps: int | None = field(default=None, compare=False)
     run_id: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -891,7 +909,7 @@ def expand(cfg: SweepConfig, dataset: str | None = None) -> Plan:
             train = cfg.train.model_copy(update=updates["train"])
             display = tuple((a, shown) for a, (_, shown) in full.items())
             for seed in cfg.train.seeds:
-                spec = RunSpec(cfg.name, data, model, train, seed, display, cfg.diagnostics)
+                spec = RunSpec(cfg.name, data, model, train, seed, display, cfg.diagnostics, cfg.log_every_steps)
                 if spec.run_id in first_grid:
                     if first_grid[spec.run_id] == k:
                         n_same += 1

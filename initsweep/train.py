@@ -110,6 +110,8 @@ class RunResult:
     # split's order (``predictions`` table): McNemar's test, per-class accuracy, confusion
     predicted: bytes | None = None
     targets: bytes | None = None
+    # (step, training loss) every ``log_every_steps`` steps, for the sweep's loggers; not stored
+    step_losses: list[tuple[int, float]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -133,7 +135,7 @@ class RunResult:
 # RunResult fields that are no column of ``runs``: the key (set at claim), the tables of
 # their own (epochs, layers, predictions), the environment (spread over ENVIRONMENT_COLUMNS),
 # and the dataset trained on, which the run's ``dataset`` setting already records.
-_NOT_COLUMNS = ("run_id", "epochs", "layers", "environment", "data_source", "predicted", "targets")
+_NOT_COLUMNS = ("run_id", "epochs", "layers", "environment", "data_source", "predicted", "targets", "step_losses")
 
 
 def resolve_device(name: str, param: str = "device") -> torch.device:
@@ -323,13 +325,27 @@ class TrainState:
     diverged_step: list[int | None] = field(default_factory=list)  # 1-based step whose loss was bad
     stopped_after: list[int | None] = field(default_factory=list)  # steps applied when found
     first_step_seconds: float | None = None  # forward + update of step 1 (torch.compile warms up there)
+    log_every: int | None = None  # keep every this many steps' losses (RunSpec.log_every_steps)
+    # (step, [K] losses, [K] active) on the device: read on the host once, at the end
+    step_losses: list[tuple[int, torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
     @classmethod
     def start(cls, k: int, spec: RunSpec, device: torch.device) -> "TrainState":
         t = spec.train
         return cls(torch.ones(k, dtype=torch.bool, device=device), t.diverge_factor, t.max_steps,
                    1 if device.type == "cpu" else _SYNC_EVERY_ACCEL, diverged_step=[None] * k,
-                   stopped_after=[None] * k)
+                   stopped_after=[None] * k, log_every=spec.log_every_steps)
+
+    def losses_of(self, m: int) -> list[tuple[int, float]]:
+        """Model ``m``'s kept step losses, up to the step it stopped after (on an accelerator
+        a diverged model runs on until the next check; those steps are not its own)."""
+        if not self.step_losses:
+            return []
+        last = self.stopped_after[m]
+        losses = torch.stack([l for _, l, _ in self.step_losses])[:, m].tolist()
+        active = torch.stack([a for _, _, a in self.step_losses])[:, m].tolist()
+        return [(step, loss) for (step, _, _), loss, on in zip(self.step_losses, losses, active)
+                if on and (last is None or step <= last)]
 
     def finished(self) -> bool:
         return not bool(self.active.any()) or (self.max_steps is not None and self.steps >= self.max_steps)
@@ -440,6 +456,8 @@ def train_epoch(model: Lockstep, batches: Iterable[tuple[torch.Tensor, torch.Ten
             sync(device)
             state.first_step_seconds = time.perf_counter() - t_first
         state.steps += 1
+        if state.log_every and state.steps % state.log_every == 0:
+            state.step_losses.append((state.steps, losses.detach(), state.active.clone()))
         b = yb.shape[-1]
         loss_sum += torch.where(state.active, losses.detach().double() * b, 0.0)
         correct += torch.where(state.active, (logits.detach().argmax(-1) == yb).sum(-1), 0)
@@ -525,6 +543,7 @@ def fit(model: Lockstep, opt: torch.optim.Optimizer, specs: list[RunSpec], split
             result.compile_seconds = state.first_step_seconds
         result.test_loss, result.test_acc, result.best_val_acc = test.loss[m], test.acc[m], best_val[m]
         result.predicted, result.targets = as_bytes(test.predicted[m]), targets
+        result.step_losses = state.losses_of(m)
         result.train_seconds, result.eval_seconds = train_seconds, eval_seconds
         result.samples_per_sec = samples[m] / train_seconds if train_seconds > 0 else None
         result.wall_seconds, result.peak_rss_mb = time.perf_counter() - t_start, peak

@@ -76,6 +76,24 @@ def test_ray_rows_equal_the_local_executor(tmp_path, cluster):
     assert again.results == [] and again.n_done_before == 4
 
 
+def test_ray_runs_are_logged_to_tensorboard_by_the_driver(tmp_path, cluster):
+    """The process that owns the store writes each run's event folder: one per run, once."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = write_config(tmp_path / "c.yaml", depths=2)
+    outcome = run_sweep(config, results_dir=tmp_path / "res", executor="ray", ray_address=cluster, num_cpus=1,
+                        log_to=["tensorboard"])
+    assert outcome.counts == {"ok": 2}
+    runs = load_results(tmp_path / "res")
+    assert (runs.worker != str(os.getpid())).all()  # trained in Ray's workers
+    folders = {d.name: list(d.iterdir()) for d in (tmp_path / "res" / "tensorboard" / "ray").iterdir()}
+    assert set(folders) == set(runs.run_id) and all(len(files) == 1 for files in folders.values())
+    for run in runs.itertuples():
+        acc = EventAccumulator(str(tmp_path / "res" / "tensorboard" / "ray" / run.run_id))
+        acc.Reload()
+        assert [e.value for e in acc.Scalars("test/acc")] == [pytest.approx(run.test_acc, rel=1e-6)]
+
+
 def _ray_task_pids() -> list[int]:
     """Ray workers busy with our task (Ray titles them ``ray::initsweep-train``)."""
     pids = []

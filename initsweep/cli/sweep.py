@@ -93,6 +93,9 @@ def run(
     junit: Annotated[Optional[Path], typer.Option(help="Write a JUnit XML file: one testcase per run.")] = None,
     summary_md: Annotated[Optional[Path], typer.Option(
         help="Write a Markdown summary \\[default: appended to $GITHUB_STEP_SUMMARY when set].")] = None,
+    log_to: Annotated[Optional[list[str]], typer.Option(
+        metavar="NAME", help="Also log each finished run (repeatable; adds to the config's log_to): tensorboard "
+                             "writes RESULTS/tensorboard/SWEEP/RUN_ID/.")] = None,
     set_: SetOpt = None,
 ) -> None:
     """Train every run of CONFIG not finished yet, storing each the moment it ends (resumable).
@@ -123,7 +126,8 @@ def run(
                             precision=precision.value if precision else None, max_retries=max_retries,
                             executor=executor,
                             ray_address=ray_address, num_cpus=num_cpus, num_gpus=num_gpus,
-                            shard=shard_kn, time_budget=budget, ray_timeout=ray_timeout, fail_fast=fail_fast)
+                            shard=shard_kn, time_budget=budget, ray_timeout=ray_timeout, fail_fast=fail_fast,
+                            log_to=log_to)
     finally:
         display.close()
     if shard_kn is not None and not outcome.n_planned:  # nothing to do is not an error: exit 0

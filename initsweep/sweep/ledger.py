@@ -6,7 +6,8 @@ and counted as skipped); each result they hand to :meth:`Ledger.finish` the mome
 arrives; a run whose worker died and is retried gives back its attempt with
 :meth:`Ledger.abandon`. When the sweep stops early (Ctrl-C, SIGTERM, an error),
 ``run_sweep`` calls :meth:`Ledger.interrupt_open`, which marks every run still in flight
-``interrupted``. So whatever the executor, the store tells the same story.
+``interrupted``. So whatever the executor, the store tells the same story, and so do the
+sweep's loggers (``log_to``), which the ledger hands each run once the store has it.
 
 Before training, :meth:`Ledger.reuse` takes the runs another sweep of the folder finished
 (run ids exclude the sweep name) as this sweep's. With ``fail_fast``, :meth:`Ledger.finish`
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from ..config import RunSpec
 from ..results.store import Store
@@ -53,6 +54,8 @@ class Ledger:
     results: list[tuple[RunSpec, RunResult]] = field(default_factory=list)
     n_skipped: int = 0  # finished or claimed by another process meanwhile
     fail_fast: bool = False  # stop the sweep at the first failed run
+    # called with each finished run after the store has it (sweep/loggers.py: log_to)
+    loggers: list[Callable[[RunSpec, RunResult], None]] = field(default_factory=list)
     _open: dict[str, int] = field(default_factory=dict)  # run_id -> the row of its attempt in flight
 
     def reuse(self, sweep: str, specs: list[RunSpec]) -> Counter:
@@ -79,6 +82,8 @@ class Ledger:
         """Store a claimed run's result (its epochs, layers and predictions with it, atomically)."""
         self.store.finish(self._open.pop(spec.run_id), result)
         self.results.append((spec, result))
+        for log in self.loggers:
+            log(spec, result)
         self.observer.run_finished(spec, result)
         if self.fail_fast and result.status == "failed":
             raise StopAtFailure(spec, result)

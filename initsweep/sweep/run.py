@@ -23,6 +23,7 @@ from ..data import DataSource
 from ..errors import InitsweepError, OptionError, ParamError, interrupt_reason, terminated
 from .executors import CONNECT_TIMEOUT_S, Execution, Task, get_executor, usable_cores
 from .ledger import Claim, Ledger, StopAtFailure
+from .loggers import open_loggers
 from .observer import Observer
 from .planner import estimate_work, in_shard, resolve_plan
 from ..results.store import Store
@@ -100,7 +101,8 @@ def run_sweep(config: str | Path | SweepConfig, *, results_dir: str | Path = "re
               executor: str = "local", ray_address: str | None = None, num_cpus: float | None = None,
               num_gpus: float | None = None, shard: tuple[int, int] | None = None,
               time_budget: float | None = None, observer: Observer | None = None,
-              ray_timeout: float | None = None, fail_fast: bool = False) -> SweepOutcome:
+              ray_timeout: float | None = None, fail_fast: bool = False,
+              log_to: list[str] | None = None) -> SweepOutcome:
     """Train every run of a config that is not finished yet; return what happened.
 
     Ctrl-C (``KeyboardInterrupt``) is caught: the runs in flight are recorded as
@@ -114,6 +116,8 @@ def run_sweep(config: str | Path | SweepConfig, *, results_dir: str | Path = "re
     ``reused`` counts them per sweep, and readers list them under this sweep. With
     ``fail_fast`` the sweep stops at the first failed run as Ctrl-C stops it (the runs in
     flight ``interrupted``, no new run started); ``stopped_at`` says which.
+    ``log_to`` adds loggers (``config.LOGGERS``) to the config's ``log_to``: each finished run
+    is also written there (``sweep/loggers.py``); they never change a run or its id.
     """
     started = time.monotonic()
     cfg = config if isinstance(config, SweepConfig) else load_config(config)
@@ -126,6 +130,7 @@ def run_sweep(config: str | Path | SweepConfig, *, results_dir: str | Path = "re
     if cfg.train.precision == "bf16" and execution.device.type != "cuda":
         raise InitsweepError(f"precision bf16 needs a CUDA device (running on {execution.device})")
     observer = observer or Observer()
+    loggers = open_loggers([*cfg.log_to, *(log_to or ())], results_dir, cfg.name)
     # the data first: a missing dataset is refused before a results folder is created for it
     source, plan = resolve_plan(cfg, offline=offline)
     observer.data_resolved(source)
@@ -134,7 +139,7 @@ def run_sweep(config: str | Path | SweepConfig, *, results_dir: str | Path = "re
         fresh_since = datetime.now(timezone.utc).isoformat(timespec="milliseconds") if fresh else None
         done = store.finished_run_ids(cfg.name, fresh_since)
         ledger = Ledger(store, Claim(source.requested, source.fallback_reason, fresh_since), observer,
-                        fail_fast=fail_fast)
+                        fail_fast=fail_fast, loggers=loggers)
         reused = {} if fresh else ledger.reuse(cfg.name, [s for s in planned if s.run_id not in done])
         if reused:
             done = store.finished_run_ids(cfg.name)
