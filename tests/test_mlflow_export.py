@@ -189,6 +189,22 @@ def test_sweep_and_where_select_the_runs_exported(store, tmp_path, tracking):
                    for mlflow_id in frame["run_id"])
 
 
+def test_a_run_an_export_left_half_written_is_written_anew(store, tmp_path, tracking):
+    """An export stopped between creating an MLflow run and terminating it leaves it RUNNING:
+    the next export deletes it and writes the run again, so it is there once and complete."""
+    runs, epochs = stored(store)
+    uri = str(tmp_path / "mlruns")
+    assert invoke("export", "-r", str(store), "-f", "mlflow", "-o", uri).exit_code == 0
+    first = exported(uri)
+    half = first.index[0]
+    MlflowClient(tracking_uri=uri).update_run(first.loc[half, "run_id"], status="RUNNING")
+    out = invoke("export", "-r", str(store), "-f", "mlflow", "-o", uri)
+    assert out.stderr.startswith(f"1 runs added to {uri} ") and "4 skipped: exported before" in out.stderr
+    again = exported(uri)
+    assert again.loc[half, "run_id"] != first.loc[half, "run_id"]
+    assert_exported(uri, runs, epochs)
+
+
 def test_bad_input_is_one_line_and_exit_2(store, tmp_path, monkeypatch):
     def fails(*args: str) -> str:
         out = invoke("export", "-r", str(store), "-f", "mlflow", *args)
@@ -208,6 +224,13 @@ def test_bad_input_is_one_line_and_exit_2(store, tmp_path, monkeypatch):
     assert fails("-o", str(tmp_path / "m"), "--history") == (
         "error: --format mlflow writes each run's latest attempt as one MLflow run: every attempt (--history) "
         "has no place there")
+    deleted = str(tmp_path / "deleted")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = MlflowClient(tracking_uri=deleted)
+    client.delete_experiment(client.create_experiment("grid"))
+    assert fails("-o", deleted, "--sweep", "grid") == (
+        f"error: --output {deleted}: its experiment 'grid' is deleted: restore it, or remove it for good "
+        "(mlflow gc), before exporting the sweep again")
     monkeypatch.setitem(sys.modules, "mlflow", None)  # as if the 'mlflow' extra were not installed
     assert fails("-o", str(tmp_path / "m")) == (
         "error: --format mlflow: needs the mlflow client (initsweep's 'mlflow' extra): "
