@@ -176,6 +176,10 @@ def test_sweep_and_where_select_the_runs_exported(store, tmp_path, tracking):
     out = invoke("export", "-r", str(store), "--sweep", "other", "-f", "mlflow", "-o", uri)
     assert out.stderr.startswith(f"1 runs added to {uri} (mlflow, experiments other); 0 skipped")
     assert len(exported(uri)) == 3
+    nothing = tmp_path / "nothing.db"
+    out = invoke("export", "-r", str(store), "--where", "depth == 99", "-f", "mlflow", "-o", f"sqlite:///{nothing}")
+    assert out.exit_code == 0 and out.stderr.strip() == f"0 runs added to sqlite:///{nothing} (mlflow): no runs selected"
+    assert not nothing.exists()
     # from an export file (no epochs stored there): the runs with their final metrics, no curves
     csv = tmp_path / "grid.csv"
     assert invoke("export", "-r", str(store), "--sweep", "grid", "-o", str(csv)).exit_code == 0

@@ -65,6 +65,8 @@ class MlflowExport:
     experiments: tuple[str, ...]
 
     def summary(self) -> str:
+        if not self.experiments:
+            return f"0 runs added to {self.uri} (mlflow): no runs selected"
         line = (f"{self.added} runs added to {self.uri} (mlflow, experiments {', '.join(self.experiments)}); "
                 f"{self.skipped} skipped: exported before")
         return line + (f"; {self.running} still running, not exported" if self.running else "")
@@ -81,6 +83,8 @@ def export_to_mlflow(runs: pd.DataFrame, epochs: pd.DataFrame | None, uri: str) 
         import mlflow  # noqa: F401  (the package itself: its submodules may be loaded already)
     except ImportError:
         raise OptionError("format", "mlflow", f"needs the mlflow client {_EXTRA}") from None
+    if runs.empty:  # nothing to write: the store is not even opened (a sqlite:/// one would be created)
+        return MlflowExport(uri, 0, 0, 0, ())
     with _quiet(), _file_store_allowed(uri):
         try:
             return _export(runs, epochs, uri)
