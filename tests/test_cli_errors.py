@@ -195,8 +195,8 @@ def test_export_refuses_a_suffix_it_cannot_write_unless_format_is_given(store, t
 @pytest.mark.parametrize("command,value,line", [
     ("report", "mardown", "'mardown' is not one of 'table', 'markdown', 'csv', 'json', 'html' — did you mean "
                           "'markdown'?"),
-    ("export", "jsn", "'jsn' is not one of 'csv', 'json', 'parquet' — did you mean 'json'?"),
-    ("export", "xlsx", "'xlsx' is not one of 'csv', 'json', 'parquet'"),
+    ("export", "jsn", "'jsn' is not one of 'csv', 'json', 'parquet', 'mlflow' — did you mean 'json'?"),
+    ("export", "xlsx", "'xlsx' is not one of 'csv', 'json', 'parquet', 'mlflow'"),
 ])
 def test_a_format_not_registered_is_one_usage_line(store, command, value, line):
     """--format takes the names of the format registry (report/formats.py): a typo is one line,

@@ -193,26 +193,31 @@ def export_cmd(
     fmt: Annotated[Optional[str], typer.Option(
         "--format", "-f", parser=_choice("export"), show_default=False,
         help="Output format (default: from --output's suffix, else csv).")] = None,
-    output: Annotated[Optional[Path], typer.Option(
-        "--output", "-o", help="File to write (stdout for csv/json if omitted).")] = None,
+    output: Annotated[Optional[str], typer.Option(
+        "--output", "-o", metavar="FILE|URI",
+        help="File to write (stdout for csv/json if omitted); for mlflow, the tracking URI (sqlite:///mlflow.db or "
+             "a folder).")] = None,
     history: Annotated[bool, typer.Option("--history", help="Every attempt, not only each run's latest.")] = False,
 ) -> None:
-    """Write the raw per-run table (every column) for pandas, spreadsheets or report --baseline."""
+    """Write the raw per-run table (every column) for pandas, spreadsheets or report --baseline, or
+    each run to MLflow (--format mlflow: params, per-epoch metrics, tags; again adds only new runs)."""
     from ..report.formats import write_runs
     from ..results.read import format_of, load_results
 
-    fmt_name = fmt or (format_of(output) if output else "csv")
+    # text, not a Path: a tracking URI's sqlite:/// would lose two slashes
+    fmt_name = fmt or (format_of(Path(output)) if output else "csv")
     if fmt_name is None:  # never guess: a spreadsheet app would open CSV bytes named .xlsx as garbage
-        what = f"its suffix {output.suffix!r}" if output.suffix else "a name without a suffix"
+        suffix = Path(output).suffix
+        what = f"its suffix {suffix!r}" if suffix else "a name without a suffix"
         raise InitsweepError(f"--output {output}: export cannot tell the format from {what}; it writes "
                              ".csv, .json and .parquet (or .pq), or give --format csv|json|parquet")
     runs = load_results(results, sweep, where, history)
     with _writing("--output", output):
-        text = write_runs(runs, fmt_name, output)
-    if text is not None:
+        text = write_runs(runs, fmt_name, output, source=results)
+    if output is None:
         sys.stdout.write(text)
     else:
-        err_console.print(f"{len(runs)} runs -> {output} ({fmt_name})", markup=False, highlight=False)
+        err_console.print(text or f"{len(runs)} runs -> {output} ({fmt_name})", markup=False, highlight=False)
 
 
 @app.command()

@@ -24,7 +24,7 @@ import pandas as pd
 from ..errors import ParamError
 from ..jsontext import json_text
 from ..registry import unknown_name_error
-from ..results.read import need_pyarrow
+from ..results.read import need_pyarrow, read_epochs
 from .stats import BEST, TIED, count_runs, half_width
 
 
@@ -37,7 +37,10 @@ class FileFormat:
     format and ``(runs, output) -> str | None`` (the text for stdout, or None once written)
     for a run format. ``binary`` formats go to a file only; ``plots`` asks the CLI to draw
     the figures (matplotlib) for the writer; ``suffixes`` are the ``--output`` names that
-    imply the format."""
+    imply the format. A run format with ``uri`` writes into a store it opens itself (MLflow's
+    tracking URI): ``output`` is required and handed over as text, and the writer returns the
+    line that says what it wrote; ``curves`` also hands it the runs' per-epoch rows
+    (``(runs, output, epochs)``; None when the runs come from an export file)."""
 
     name: str
     write: Callable[..., Any]
@@ -45,6 +48,8 @@ class FileFormat:
     suffixes: tuple[str, ...] = ()
     binary: bool = False
     plots: bool = False
+    uri: bool = False
+    curves: bool = False
 
 
 _REPORT_FORMATS: dict[str, FileFormat] = {}
@@ -94,12 +99,23 @@ def to_json_text(df: pd.DataFrame) -> str:
     return json_text(df.to_dict("records"), indent=1)
 
 
-def write_runs(df: pd.DataFrame, fmt: str, output: Path | None) -> str | None:
-    """Write the raw runs table; returns the text when ``output`` is None (stdout)."""
+def write_runs(df: pd.DataFrame, fmt: str, output: Path | str | None, source: str | Path | None = None) -> str | None:
+    """Write the raw runs table; returns the text when ``output`` is None (stdout), or a ``uri``
+    format's line saying what it wrote. ``source`` (the results folder or export file the runs
+    were read from) is where a ``curves`` format's per-epoch rows are read."""
     entry = get_run_format(fmt)
+    if entry.uri and output is None:
+        raise ParamError(f"{{format={fmt}}} needs {{output}} URI (a tracking store: sqlite:///mlflow.db or a folder)")
     if entry.binary and output is None:
         raise ParamError(f"{{format={fmt}}} needs {{output}} FILE ({fmt} is binary)")
-    return entry.write(df, output)
+    if entry.uri:
+        output = str(output)
+    elif output is not None:
+        output = Path(output)
+    if not entry.curves:
+        return entry.write(df, output)
+    row_ids = df["row_id"].astype(int).tolist() if "row_id" in df else []
+    return entry.write(df, output, read_epochs(source, row_ids) if source is not None else None)
 
 
 def _text_writer(to_text: Callable[[pd.DataFrame], str]) -> Callable[[pd.DataFrame, Path | None], str | None]:
@@ -122,6 +138,17 @@ _register_run_format(FileFormat("csv", _text_writer(lambda df: df.to_csv(index=F
                                  "comma-separated, one row per run"))
 _register_run_format(FileFormat("json", _text_writer(to_json_text), "a list of run records"))
 _register_run_format(FileFormat("parquet", _write_parquet, "columnar, needs pyarrow", binary=True))
+
+
+def _write_mlflow(df: pd.DataFrame, uri: str, epochs: pd.DataFrame | None) -> str:
+    from .mlflow_export import export_to_mlflow
+
+    return export_to_mlflow(df, epochs, uri).summary()
+
+
+_register_run_format(FileFormat("mlflow", _write_mlflow, "one MLflow run per run, into a tracking URI; runs "
+                                "exported before are skipped; needs initsweep[mlflow]",
+                                uri=True, curves=True))
 
 
 def markdown_table(df: pd.DataFrame, right: set[str] = frozenset(), align: bool = True) -> str:

@@ -155,6 +155,12 @@ def read_curves(source: str | Path, row_ids: list[int]) -> tuple[pd.DataFrame | 
                        (None, None))
 
 
+def read_epochs(source: str | Path, row_ids: list[int]) -> pd.DataFrame | None:
+    """The per-epoch rows of these attempts (what the MLflow export logs as metric histories);
+    None for an export file, which holds only the runs table."""
+    return _from_store(source, lambda store: store.epochs_frame(row_ids), None)
+
+
 def read_layers(source: str | Path, row_ids: list[int]) -> pd.DataFrame | None:
     """The per-layer statistics of these attempts (what ``report`` judges over seeds); None
     for an export file, which holds only the runs table."""
