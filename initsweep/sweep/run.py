@@ -21,6 +21,7 @@ from ..batched import group_specs
 from ..config import PRECISIONS, RunSpec, SweepConfig, load_config
 from ..data import DataSource
 from ..errors import InitsweepError, OptionError, ParamError, interrupt_reason, terminated
+from ..provenance import git_state
 from .executors import CONNECT_TIMEOUT_S, Execution, Task, get_executor, usable_cores
 from .ledger import Claim, Ledger
 from .observer import Observer
@@ -137,7 +138,10 @@ def run_sweep(config: str | Path | SweepConfig, *, results_dir: str | Path = "re
                                sum(spec.run_id in done for spec in planned), execution=execution,
                                run_ids={s.run_id for s in planned}, n_in_grid=len(plan.runs))
         observer.sweep_started(cfg.name, len(planned), len(todo), outcome.n_done_before)
-        ledger = Ledger(store, Claim(source.requested, source.fallback_reason, fresh_since), observer)
+        # read here, once, in the process the user started: a worker's folder is not theirs
+        git = git_state()
+        ledger = Ledger(store, Claim(source.requested, source.fallback_reason, fresh_since, git.commit, git.dirty),
+                        observer)
 
         def may_start() -> bool:
             if time_budget is None or time.monotonic() - started < time_budget:
