@@ -14,6 +14,7 @@ import types
 import typing
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from test_ci import TINY, invoke, write_config
@@ -157,8 +158,10 @@ def test_run_into_an_older_store_adds_the_missing_columns_and_keeps_its_rows(tmp
     probe's v2 layer columns) takes a run through the CLI; its old row reads back as it was."""
     from initsweep.results import store as store_module
 
-    # not in this older store: the newest result columns (schema 4's among them)
-    newest = ["peak_rss_mb", "compile_seconds", "git_commit", "cpu_model", "warnings", "traceback", "checkpoint"]
+    # not in this older store: the newest result columns, schema 4's among them
+    newest = ["peak_rss_mb", "compile_seconds", "git_commit", "git_dirty", "cpu_model", "gpu_name", "cuda_version",
+              "cudnn_version", "torchvision_version", "numpy_version", "warnings", "traceback", "checkpoint",
+              "checkpoint_epoch"]
     v2_layers = ["pre_m2", "act_m2", "act_grad_norm2", "sigma_w2", "predicted_pre_m2", "predicted_act_m2",
                  "predicted_act_grad_norm2"]
     runs_now = ", ".join(f"{c} {t}" for c, t in {**SETTING_COLUMNS, **RESULT_COLUMNS}.items())
@@ -182,7 +185,8 @@ def test_run_into_an_older_store_adds_the_missing_columns_and_keeps_its_rows(tmp
     conn = sqlite3.connect(db)
     runs = [(r[1], r[2]) for r in conn.execute("PRAGMA table_info(runs)")]
     layers = {r[1] for r in conn.execute("PRAGMA table_info(layers)")}
-    rows = conn.execute("SELECT run_id, status, init, depth, test_acc, peak_rss_mb FROM runs ORDER BY row_id").fetchall()
+    rows = conn.execute("SELECT run_id, status, init, depth, test_acc, peak_rss_mb, numpy_version FROM runs "
+                        "ORDER BY row_id").fetchall()
     version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
     tags = [r[1] for r in conn.execute("PRAGMA table_info(tags)")]
     predictions = [r[1] for r in conn.execute("PRAGMA table_info(predictions)")]
@@ -191,5 +195,5 @@ def test_run_into_an_older_store_adds_the_missing_columns_and_keeps_its_rows(tmp
     assert layers == {"row_id", "run_id", "phase", "layer", *LAYER_COLUMNS} and version == "4"
     assert tags == ["row_id", "tag", "note", "added_at"]  # the tables schema 3 added
     assert predictions == ["row_id", "run_id", "predicted", "target"]
-    assert len(rows) == 2 and rows[0] == ("old", "ok", "he", 7, 0.5, None)
-    assert rows[1][1] == "ok" and rows[1][3] == 1 and rows[1][5] is not None
+    assert len(rows) == 2 and rows[0] == ("old", "ok", "he", 7, 0.5, None, None)
+    assert rows[1][1] == "ok" and rows[1][3] == 1 and rows[1][5] is not None and rows[1][6] == np.__version__
