@@ -234,7 +234,8 @@ def environment(device: torch.device | str | None = None) -> dict[str, Any]:
 @contextlib.contextmanager
 def recorded_warnings(results: Callable[[], list["RunResult"]]) -> Iterator[None]:
     """Record the Python warnings raised inside the block into ``results()``' ``warnings``
-    (``category: message (file:line)``, one line per distinct warning, in order).
+    (``category: message (file:line)``, one line per distinct warning, in order; a message's
+    own line breaks become spaces, so that a line is a warning).
 
     The filters in force stay as they are (an ignored warning stays ignored), but entering
     resets Python's once-per-location registry, so each run records its own warnings even
@@ -243,8 +244,8 @@ def recorded_warnings(results: Callable[[], list["RunResult"]]) -> Iterator[None
     """
     with pywarnings.catch_warnings(record=True) as caught:
         yield
-    lines = list(dict.fromkeys(f"{w.category.__name__}: {w.message} ({w.filename.rsplit('/', 1)[-1]}:{w.lineno})"
-                               for w in caught))
+    lines = list(dict.fromkeys(f"{w.category.__name__}: {' '.join(str(w.message).split())} "
+                               f"({w.filename.rsplit('/', 1)[-1]}:{w.lineno})" for w in caught))
     if lines:
         for result in results():
             result.warnings = "\n".join(lines)
