@@ -29,7 +29,6 @@ from __future__ import annotations
 import copy
 import json
 import time
-import traceback
 from typing import Callable
 
 import torch
@@ -40,7 +39,10 @@ from .build import build_initialized_model, seed_streams
 from .config import RunSpec
 from .data import DataSource
 from .probe import probe_for_run
-from .train import RunResult, autocast_for, environment, fit, make_optimizer, run_safely, splits_for, sync
+from .train import (
+    RunResult, autocast_for, environment, failed_result, fit, make_optimizer, recorded_warnings, run_safely, splits_for,
+    sync,
+)
 
 MAX_GROUP = 64
 GroupProgress = Callable[[RunSpec, int, int, int], None]  # (spec, epoch, step, steps per epoch)
@@ -85,14 +87,13 @@ def run_group(specs: list[RunSpec], device: torch.device | str = "cpu", *, sourc
     if len(keys) != 1 or None in keys:
         raise ValueError("run_group needs runs that share one group_key (see group_specs)")
     t_start = time.perf_counter()
-    try:
-        return _train_group(specs, torch.device(device), source, progress)
-    except Exception as exc:  # noqa: BLE001 — like run_safely: a broken group must not end the sweep
-        where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
-        at = f" (at {where.filename.rsplit('/', 1)[-1]}:{where.lineno})" if where else ""
-        return [RunResult(s.run_id, "failed", error=f"{type(exc).__name__}: {exc}{at}", device=str(device),
-                          wall_seconds=time.perf_counter() - t_start, environment=environment(), batched=True)
-                for s in specs]
+    results: list[RunResult] = []
+    with recorded_warnings(lambda: results):  # the group's warnings are each of its runs'
+        try:
+            results += _train_group(specs, torch.device(device), source, progress)
+        except Exception as exc:  # noqa: BLE001 — like run_safely: a broken group must not end the sweep
+            results += [failed_result(s.run_id, exc, device, t_start, batched=True) for s in specs]
+    return results
 
 
 def _expand(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -166,7 +167,7 @@ def _train_group(specs: list[RunSpec], device: torch.device, source: DataSource 
         init_seed, data_seed = seed_streams(spec.seed)
         modules.append(build_initialized_model(spec, torch.Generator().manual_seed(init_seed)).to(device))
         data_gens.append(torch.Generator().manual_seed(data_seed))
-    env = environment()
+    env = environment(device)
     results = [RunResult(s.run_id, "ok", n_train=splits.n_train, n_val=splits.n_val, n_test=splits.n_test,
                          device=str(device), data_source=source.dataset, data_location=source.location,
                          environment=env, memory_format="contiguous_format", batched=True) for s in specs]

@@ -47,16 +47,26 @@ RESULT_COLUMNS: dict[str, str] = {
     "python_version": "TEXT", "host": "TEXT", "owner": "TEXT", "claimed_at": "TEXT", "finished_at": "TEXT",
     "worker": "TEXT", "threads": "INTEGER", "memory_format": "TEXT", "compiled": "INTEGER", "batched": "INTEGER",
     "peak_rss_mb": "REAL", "compile_seconds": "REAL",
+    # provenance: the code (git, read once per sweep at claim) and the machine that trained
+    "git_commit": "TEXT", "git_dirty": "INTEGER", "cpu_model": "TEXT", "gpu_name": "TEXT",
+    "cuda_version": "TEXT", "cudnn_version": "TEXT", "torchvision_version": "TEXT", "numpy_version": "TEXT",
+    # a run's Python warnings (one per line) and, for a failed run, its full traceback
+    "warnings": "TEXT", "traceback": "TEXT",
+    # the saved weights (``train.save``), relative to the results folder, and their epoch
+    "checkpoint": "TEXT", "checkpoint_epoch": "INTEGER",
 }
 
 # Of RESULT_COLUMNS, those ``Store.claim`` (the data the plan asked for and got, who claimed
-# the run and when) and ``Store.finish`` (when) write rather than the result. ``host`` is
+# the run and when, the git checkout the sweep was started from) and ``Store.finish`` (when) write rather than the result. ``host`` is
 # both: the claiming process's host, then the training worker's from the result.
-STORE_COLUMNS = ("dataset_requested", "data_fallback", "owner", "claimed_at", "finished_at")
+STORE_COLUMNS = ("dataset_requested", "data_fallback", "owner", "claimed_at", "finished_at", "git_commit",
+                 "git_dirty")
 
 # ``RunResult.environment`` key (``train.environment()``) -> its RESULT_COLUMNS column.
 ENVIRONMENT_COLUMNS = {"initsweep": "initsweep_version", "torch": "torch_version", "python": "python_version",
-                       "host": "host", "worker": "worker", "threads": "threads"}
+                       "host": "host", "worker": "worker", "threads": "threads", "cpu_model": "cpu_model",
+                       "gpu_name": "gpu_name", "cuda": "cuda_version", "cudnn": "cudnn_version",
+                       "torchvision": "torchvision_version", "numpy": "numpy_version"}
 
 # Every column of ``runs``, in table order: its key and status, the settings, the results
 # and the spec as JSON (``RunSpec.to_json()``), which ``Store.claim`` writes.

@@ -207,6 +207,10 @@ class TrainConfig(_Section):
     diverge_factor: Float = Field(1e3, gt=1.0, le=1e30)
     # bf16 autocast (CUDA only) changes the numbers, so it is a setting, hashed into the run id
     precision: Literal[PRECISIONS] = "fp32"
+    # save the trained weights to <results>/checkpoints/<run_id>.pt: the last epoch's (final)
+    # or the first epoch with the best validation accuracy (best). Saving does not change the
+    # result, so it is no grid axis and stays out of the run id (see _NOT_AXES)
+    save: Literal["none", "final", "best"] = "none"
 
     @field_validator("seeds")
     @classmethod
@@ -244,7 +248,7 @@ def display_value(field_name: str, value: Any) -> Any:
 
 SECTIONS: dict[str, type[_Section]] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 # Settings that never change a result: not grid axes, not part of a run's identity.
-_NOT_AXES = {"data": {"root", "download", "fallback"}, "train": {"seeds"}}
+_NOT_AXES = {"data": {"root", "download", "fallback"}, "train": {"seeds", "save"}}
 
 
 def _axis_targets() -> dict[str, tuple[str, str]]:
@@ -320,8 +324,8 @@ class RunSpec:
 
     def identity(self) -> dict[str, Any]:
         """The settings that can change this run's result; what ``run_id`` hashes."""
-        data = self.data.model_dump(mode="json", exclude={"root", "download", "fallback"})
-        train = self.train.model_dump(mode="json", exclude={"seeds"})
+        data = self.data.model_dump(mode="json", exclude=_NOT_AXES["data"])
+        train = self.train.model_dump(mode="json", exclude=_NOT_AXES["train"])
         return {"v": SPEC_VERSION, "data": data, "model": self.model.model_dump(mode="json"),
                 "train": train, "seed": self.seed}
 

@@ -37,10 +37,12 @@ import socket
 import sys
 import time
 import traceback
+import warnings as pywarnings
 from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
+import numpy
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -53,6 +55,7 @@ from .data import DataSource, Splits, iterate_batches, load_splits, resolve_sour
 from .errors import OptionError
 from .models import get_arch
 from .probe import probe_for_run
+from .provenance import accelerator, cpu_model, package_version
 
 EVAL_BATCH = 2048  # evaluation has no backward pass: on an accelerator, large batches are fastest
 # on the CPU cache-sized ones are: 1,000 test images through the tutorial CNN (channels_last,
@@ -112,6 +115,15 @@ class RunResult:
     targets: bytes | None = None
     # (step, training loss) every ``log_every_steps`` steps, for the sweep's loggers; not stored
     step_losses: list[tuple[int, float]] = field(default_factory=list)
+    warnings: str | None = None  # the Python warnings raised while it ran, one per line
+    traceback: str | None = None  # a failed run's full traceback (``error`` is its last line)
+    # ``train.save``: the trained weights (a CPU ``state_dict``), which travel back with the
+    # result so that the process owning the results folder writes them, wherever the run
+    # trained (a Ray worker may be on another machine); the ledger then sets ``checkpoint``,
+    # the file's path relative to the results folder
+    weights: dict[str, torch.Tensor] | None = None
+    checkpoint: str | None = None
+    checkpoint_epoch: int | None = None  # the epoch whose weights were saved
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,7 +147,8 @@ class RunResult:
 # RunResult fields that are no column of ``runs``: the key (set at claim), the tables of
 # their own (epochs, layers, predictions), the environment (spread over ENVIRONMENT_COLUMNS),
 # and the dataset trained on, which the run's ``dataset`` setting already records.
-_NOT_COLUMNS = ("run_id", "epochs", "layers", "environment", "data_source", "predicted", "targets", "step_losses")
+_NOT_COLUMNS = ("run_id", "epochs", "layers", "environment", "data_source", "predicted", "targets", "step_losses",
+                "weights")
 
 
 def resolve_device(name: str, param: str = "device") -> torch.device:
@@ -209,9 +222,48 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def environment() -> dict[str, Any]:
+def environment(device: torch.device | str | None = None) -> dict[str, Any]:
+    """The process and machine that train (``ENVIRONMENT_COLUMNS``): versions, host, threads,
+    CPU model, and for a run on ``device`` a CUDA one's GPU name. Read where the run trains,
+    since it describes that machine; a fact that cannot be read is ``None``."""
+    device = None if device is None else torch.device(device)
+    gpu = accelerator(device.type if device is not None else "cpu", device.index if device is not None else None)
     return {"initsweep": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "host": socket.gethostname(), "threads": torch.get_num_threads(), "worker": str(os.getpid())}
+            "host": socket.gethostname(), "threads": torch.get_num_threads(), "worker": str(os.getpid()),
+            "cpu_model": cpu_model(), "gpu_name": gpu["gpu_name"], "cuda": gpu["cuda"], "cudnn": gpu["cudnn"],
+            "torchvision": package_version("torchvision"), "numpy": numpy.__version__}
+
+
+@contextlib.contextmanager
+def recorded_warnings(results: Callable[[], list["RunResult"]]) -> Iterator[None]:
+    """Record the Python warnings raised inside the block into ``results()``' ``warnings``
+    (``category: message (file:line)``, one line per distinct warning, in order; a message's
+    own line breaks become spaces, so that a line is a warning).
+
+    The filters in force stay as they are (an ignored warning stays ignored), but entering
+    resets Python's once-per-location registry, so each run records its own warnings even
+    when an earlier run in this process raised the same one. ``results`` is called after the
+    block: the results exist only then.
+    """
+    with pywarnings.catch_warnings(record=True) as caught:
+        yield
+    lines = list(dict.fromkeys(f"{w.category.__name__}: {' '.join(str(w.message).split())} "
+                               f"({w.filename.rsplit('/', 1)[-1]}:{w.lineno})" for w in caught))
+    if lines:
+        for result in results():
+            result.warnings = "\n".join(lines)
+
+
+def failed_result(run_id: str, exc: BaseException, device: torch.device | str, t_start: float,
+                  **fields_: Any) -> RunResult:
+    """A ``failed`` result for an exception: its one-line ``error`` (type, message and where it
+    was raised) and its full ``traceback``."""
+    where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    at = f" (at {where.filename.rsplit('/', 1)[-1]}:{where.lineno})" if where else ""
+    return RunResult(run_id, "failed", error=f"{type(exc).__name__}: {exc}{at}",
+                     traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+                     device=str(device), wall_seconds=time.perf_counter() - t_start,
+                     environment=environment(device), **fields_)
 
 
 def peak_rss_mb() -> float:
@@ -491,6 +543,7 @@ def fit(model: Lockstep, opt: torch.optim.Optimizer, specs: list[RunSpec], split
     train_seconds = eval_seconds = 0.0
     samples = [0] * k
     best_val: list[float | None] = [None] * k
+    save = t.save  # none | final | best: which weights travel back in ``weights``
     for epoch in range(1, t.epochs + 1):
         sync(device)
         t_epoch = time.perf_counter()
@@ -520,11 +573,16 @@ def fit(model: Lockstep, opt: torch.optim.Optimizer, specs: list[RunSpec], split
             result.final_train_loss, result.final_train_acc = train_loss, train_acc
             samples[m] += n
             if val.acc[m] is not None and math.isfinite(val.acc[m]):
+                improved = best_val[m] is None or val.acc[m] > best_val[m]
                 best_val[m] = val.acc[m] if best_val[m] is None else max(best_val[m], val.acc[m])
+                if save == "best" and improved:  # the first epoch that reached the best accuracy
+                    keep_weights(model.modules()[m], result, epoch)
         if state.finished():
             break
 
     for module, spec, result in zip(model.modules(), specs, results):
+        if save == "final" or (save == "best" and result.weights is None):  # best: no validation split
+            keep_weights(module, result, len(result.epochs))
         probed = probe_for_run(module, spec, splits.train_x, splits.train_y, "final")
         if probed is not None:
             result.layers += probed.rows("final")
@@ -549,6 +607,13 @@ def fit(model: Lockstep, opt: torch.optim.Optimizer, specs: list[RunSpec], split
         result.wall_seconds, result.peak_rss_mb = time.perf_counter() - t_start, peak
 
 
+def keep_weights(module: nn.Module, result: RunResult, epoch: int) -> None:
+    """Copy a model's weights into ``result.weights`` (on the CPU: the result may be pickled to
+    another process or machine) as the checkpoint of ``epoch``."""
+    result.weights = {name: tensor.detach().to("cpu", copy=True) for name, tensor in module.state_dict().items()}
+    result.checkpoint_epoch = epoch
+
+
 def run(spec: RunSpec, device: torch.device | str = "cpu", *, source: DataSource | None = None,
         progress: Progress | None = None, compile: bool = False) -> RunResult:
     """Train and evaluate one run. Exceptions propagate (see :func:`run_safely`).
@@ -567,7 +632,7 @@ def run(spec: RunSpec, device: torch.device | str = "cpu", *, source: DataSource
     data_gen = torch.Generator().manual_seed(data_seed)
     result = RunResult(spec.run_id, "ok", n_train=splits.n_train, n_val=splits.n_val, n_test=splits.n_test,
                        device=str(device), data_source=source.dataset, data_location=source.location,
-                       environment=environment(), memory_format=str(memory_format).rsplit(".", 1)[-1],
+                       environment=environment(device), memory_format=str(memory_format).rsplit(".", 1)[-1],
                        compiled=compile)
     # per-layer diagnostics before training: one fixed batch, no RNG, model state restored
     probed = probe_for_run(model, spec, splits.train_x, splits.train_y, "init")
@@ -586,13 +651,13 @@ def run(spec: RunSpec, device: torch.device | str = "cpu", *, source: DataSource
 
 
 def run_safely(spec: RunSpec, device: torch.device | str = "cpu", **kwargs: Any) -> RunResult:
-    """:func:`run`, with any exception recorded as a ``failed`` result (Ctrl-C still propagates)."""
+    """:func:`run`, with any exception recorded as a ``failed`` result (Ctrl-C still propagates)
+    and the warnings it raised recorded in its ``warnings``."""
     t_start = time.perf_counter()
-    try:
-        return run(spec, device, **kwargs)
-    except Exception as exc:  # noqa: BLE001 — one broken run must not end the sweep
-        where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
-        at = f" (at {where.filename.rsplit('/', 1)[-1]}:{where.lineno})" if where else ""
-        return RunResult(spec.run_id, "failed", error=f"{type(exc).__name__}: {exc}{at}",
-                         device=str(device), wall_seconds=time.perf_counter() - t_start,
-                         environment=environment())
+    outcome: list[RunResult] = []
+    with recorded_warnings(lambda: outcome):
+        try:
+            outcome.append(run(spec, device, **kwargs))
+        except Exception as exc:  # noqa: BLE001 — one broken run must not end the sweep
+            outcome.append(failed_result(spec.run_id, exc, device, t_start))
+    return outcome[0]

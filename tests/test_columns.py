@@ -14,13 +14,16 @@ import types
 import typing
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from test_ci import TINY, invoke, write_config
 
 from initsweep.columns import (
     ENVIRONMENT_COLUMNS, LAYER_COLUMNS, RESULT_COLUMNS, RUN_COLUMNS, SETTING_COLUMNS, STORE_COLUMNS,
 )
 from initsweep.config import AXIS_TARGETS, SECTIONS, Choice, expand, load_config, validate
+from initsweep.provenance import git_state
 from initsweep.results.store import Store
 from initsweep.train import EpochRecord, RunResult, environment
 
@@ -95,11 +98,11 @@ def test_the_store_schema_is_the_column_tables_and_does_not_change(tmp_path):
     assert layers == [("row_id", "INTEGER"), ("run_id", "TEXT"), ("phase", "TEXT"), ("layer", "INTEGER"),
                       *LAYER_COLUMNS.items()]
     assert reused == [("sweep", "TEXT"), ("run_id", "TEXT"), ("row_id", "INTEGER"), ("reused_at", "TEXT")]
-    # The exact CREATE statements of schema version 3 (2 plus the predictions, tags and reused
-    # tables): existing stores rely on them. A change here needs a SCHEMA_VERSION bump and a
-    # migration in Store._migrate, then a new pin. (Without those three tables, the statements
-    # hash to version 2's fbc058bc91e7e2d9.)
-    assert hashlib.sha256(schema.encode()).hexdigest()[:16] == "75bfb05dda484cbe"
+    # The exact CREATE statements of schema version 4 (2 plus the predictions, tags and reused
+    # tables in 3, plus the runs' provenance, warnings, traceback and checkpoint columns in 4):
+    # existing stores rely on them. A change here needs a SCHEMA_VERSION bump and a migration
+    # in Store._migrate, then a new pin. (Version 2's statements hash to fbc058bc91e7e2d9.)
+    assert hashlib.sha256(schema.encode()).hexdigest()[:16] == "37d01ec4a6c70d15"
     assert "CREATE TABLE predictions (\n    row_id INTEGER PRIMARY KEY REFERENCES runs (row_id)" in schema
 
 
@@ -115,8 +118,12 @@ def test_a_run_stores_every_result_column_and_every_layer_column(tmp_path):
     layers = [dict(r) for r in conn.execute("SELECT * FROM layers ORDER BY phase DESC, layer")]
     conn.close()
     unset = {c for c, v in run.items() if v is None}
-    # none of these applies to an uncompiled run that neither diverged nor failed, on the data it asked for
-    assert unset == {"max_steps", "data_fallback", "compile_seconds", "diverged_step", "error"}
+    # none of these applies to an uncompiled run on the CPU that neither diverged, failed, warned
+    # nor saved its weights, on the data it asked for; git and CUDA facts depend on the machine
+    machine = ({"git_commit", "git_dirty"} if git_state().commit is None else set()) | (
+        {"cuda_version", "cudnn_version"} if torch.version.cuda is None else {"cudnn_version"} & unset)
+    assert unset == {"max_steps", "data_fallback", "compile_seconds", "diverged_step", "error", "gpu_name",
+                     "warnings", "traceback", "checkpoint", "checkpoint_epoch"} | machine
     assert run["status"] == "ok" and run["verdict"] in ("healthy", "vanishing", "exploding", "dead")
     assert len(layers) == 2 * 2 and [(l["phase"], l["layer"]) for l in layers] == [
         ("init", 0), ("init", 1), ("final", 0), ("final", 1)]
@@ -152,7 +159,10 @@ def test_run_into_an_older_store_adds_the_missing_columns_and_keeps_its_rows(tmp
     probe's v2 layer columns) takes a run through the CLI; its old row reads back as it was."""
     from initsweep.results import store as store_module
 
-    newest = list(RESULT_COLUMNS)[-2:]  # peak_rss_mb, compile_seconds: not in this older store
+    # not in this older store: the newest result columns, schema 4's among them
+    newest = ["peak_rss_mb", "compile_seconds", "git_commit", "git_dirty", "cpu_model", "gpu_name", "cuda_version",
+              "cudnn_version", "torchvision_version", "numpy_version", "warnings", "traceback", "checkpoint",
+              "checkpoint_epoch"]
     v2_layers = ["pre_m2", "act_m2", "act_grad_norm2", "sigma_w2", "predicted_pre_m2", "predicted_act_m2",
                  "predicted_act_grad_norm2"]
     runs_now = ", ".join(f"{c} {t}" for c, t in {**SETTING_COLUMNS, **RESULT_COLUMNS}.items())
@@ -177,15 +187,16 @@ def test_run_into_an_older_store_adds_the_missing_columns_and_keeps_its_rows(tmp
     runs = [(r[1], r[2]) for r in conn.execute("PRAGMA table_info(runs)")]
     layers = {r[1] for r in conn.execute("PRAGMA table_info(layers)")}
     reused = {r[1] for r in conn.execute("PRAGMA table_info(reused)")}
-    rows = conn.execute("SELECT run_id, status, init, depth, test_acc, peak_rss_mb FROM runs ORDER BY row_id").fetchall()
+    rows = conn.execute("SELECT run_id, status, init, depth, test_acc, peak_rss_mb, numpy_version FROM runs "
+                        "ORDER BY row_id").fetchall()
     version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
     tags = [r[1] for r in conn.execute("PRAGMA table_info(tags)")]
     predictions = [r[1] for r in conn.execute("PRAGMA table_info(predictions)")]
     conn.close()
     assert dict(runs) == RUN_COLUMNS and len(runs) == len(RUN_COLUMNS)  # the missing ones added, typed
-    assert layers == {"row_id", "run_id", "phase", "layer", *LAYER_COLUMNS} and version == "3"
+    assert layers == {"row_id", "run_id", "phase", "layer", *LAYER_COLUMNS} and version == "4"
     assert tags == ["row_id", "tag", "note", "added_at"]  # the tables schema 3 added
     assert predictions == ["row_id", "run_id", "predicted", "target"]
     assert reused == {"sweep", "run_id", "row_id", "reused_at"}  # v3's table, created on the first write
-    assert len(rows) == 2 and rows[0] == ("old", "ok", "he", 7, 0.5, None)
-    assert rows[1][1] == "ok" and rows[1][3] == 1 and rows[1][5] is not None
+    assert len(rows) == 2 and rows[0] == ("old", "ok", "he", 7, 0.5, None, None)
+    assert rows[1][1] == "ok" and rows[1][3] == 1 and rows[1][5] is not None and rows[1][6] == np.__version__

@@ -136,7 +136,7 @@ def test_an_old_store_is_read_as_it_is_then_migrates_in_place_and_merges(store, 
     conn = sqlite3.connect(old / "initsweep.db")
     version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
     conn.close()
-    assert int(version) == SCHEMA_VERSION == 3
+    assert int(version) == SCHEMA_VERSION == 4
     predictions = stored_predictions(old)
     (new_run,) = load_results(old, where="depth == 3")["run_id"]
     assert list(predictions) == [new_run] and len(load_results(old)) == 25

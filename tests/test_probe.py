@@ -272,7 +272,7 @@ def test_a_v1_database_gains_the_new_columns(tmp_path):
         layers = store.layers_frame()
         store.conn.execute("INSERT INTO layers (row_id, run_id, phase, layer, act_m2, predicted_act_m2) "
                            "VALUES (2, 's', 'init', 0, 1.0, 1.0)")
-    assert int(version) == SCHEMA_VERSION == 3
+    assert int(version) == SCHEMA_VERSION == 4
     assert set(LAYER_COLUMNS) <= set(layers.columns)
     assert layers.loc[0, "act_std"] == 0.5 and pd.isna(layers.loc[0, "act_m2"])
 

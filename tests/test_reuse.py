@@ -15,7 +15,7 @@ from test_ci import TINY, invoke, write_config
 from test_data import sample, write_dataset
 
 from initsweep import load_results
-from initsweep.results.store import process_owner
+from initsweep.results.store import SCHEMA_VERSION, process_owner
 
 GRID = {"depth": [1, 2]}
 
@@ -241,7 +241,7 @@ def test_a_schema_2_store_is_read_as_it_is_and_gains_the_reused_table_when_run_w
     assert (res / "initsweep.db").read_bytes() == db  # the readers changed nothing
     result = run(new, res)
     assert result.exit_code == 0 and "2 reused from sweep ci" in result.stdout
-    assert rows(res, "SELECT value FROM meta WHERE key = 'schema_version'") == [("3",)]
+    assert rows(res, "SELECT value FROM meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION),)]
     assert len(load_results(res, sweep="new")) == 2
 
 

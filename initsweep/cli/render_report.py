@@ -178,12 +178,14 @@ def render_run(console: Console, detail: dict[str, Any]) -> None:
     console.print(_pairs("outcome", outcome))
     if isinstance(run.get("error"), str) and run["error"]:
         console.print(f"[bold red]error:[/] {escape(run['error'])}", highlight=False)
+    _render_logs(console, run)
     timing = [(c, run.get(c)) for c in ("setup_seconds", "train_seconds", "eval_seconds", "wall_seconds",
                                         "samples_per_sec", "device")]
     console.print(_pairs("timings", timing))
     versions = [(c, run.get(c)) for c in ("initsweep_version", "torch_version", "python_version", "host",
                                           "claimed_at", "finished_at")]
     console.print(_pairs("where and when", versions))
+    console.print(_pairs("code and machine", provenance_items(run)))
     _render_epochs(console, detail["epochs"])
     _render_layers(console, detail["layers"])
     _render_predictions(console, detail)
@@ -191,6 +193,33 @@ def render_run(console: Console, detail: dict[str, Any]) -> None:
     if len(attempts) > 1:
         console.print(f"{len(attempts)} attempts: " + ", ".join(
             f"{r.status} ({r.finished_at or r.claimed_at})" for r in attempts.itertuples()), highlight=False)
+
+
+def provenance_items(run: Any) -> list[tuple[str, Any]]:
+    """What produced a run, as ``show`` lists it: the checkout (the dirty flag as yes/no), the
+    machine and the library versions; the saved weights, when there are any."""
+    def whole(column: str) -> int | None:  # an INTEGER column, read back as a float beside NULLs
+        value = run.get(column)
+        return None if value is None or pd.isna(value) else int(value)
+
+    dirty = whole("git_dirty")
+    items = [("git_commit", run.get("git_commit")), ("git_dirty", None if dirty is None else "yes" if dirty else "no"),
+             ("cpu_model", run.get("cpu_model")), ("threads", whole("threads"))]
+    items += [(c, run.get(c)) for c in ("gpu_name", "cuda_version", "cudnn_version", "torchvision_version",
+                                        "numpy_version")]
+    if isinstance(run.get("checkpoint"), str) and run["checkpoint"]:
+        epoch = whole("checkpoint_epoch")
+        items.append(("checkpoint", run["checkpoint"] + ("" if epoch is None else f" (epoch {epoch})")))
+    return items
+
+
+def _render_logs(console: Console, run: Any) -> None:
+    """A run's warnings (one per line) and, for a failed run, its full traceback."""
+    for column, title, style in (("warnings", "warnings", "yellow"), ("traceback", "traceback", "dim")):
+        text = run.get(column)
+        if isinstance(text, str) and text.strip():
+            console.print(f"[bold {style}]{title}:[/]", highlight=False)
+            console.print(Text(text.rstrip("\n"), style=style), soft_wrap=True)
 
 
 def _render_epochs(console: Console, epochs: pd.DataFrame) -> None:

@@ -35,7 +35,11 @@ ACCURACY_IMAGES = {"test_acc": "n_test", "best_val_acc": "n_val", "final_val_acc
 
 # The run columns a baseline is only comparable under. ``device`` is compared by type (cuda:0
 # and cuda:1 are alike), ``dataset`` by the data a run actually used, a fallback
-# (``data.fallback``) spelled out.
+# (``data.fallback``) spelled out. Not ``cpu_model`` or ``gpu_name``: another CPU moves a
+# result by its last-bit noise (tests/tolerances.py: an image of 256), far inside the gate's
+# ``K x se``, while hosted CI runners draw their CPU model anew on every job, so the warning
+# would fire on most runs and ``--strict-env`` would fail on the draw. ``cuda_version`` is
+# already part of ``torch_version`` (``2.14.1+cu130``).
 ENVIRONMENT = ("torch_version", "initsweep_version", "device", "precision", "dataset")
 
 

@@ -74,7 +74,10 @@ _SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite 3 
 #    lack predictions and tags, no run is reused) when opened for writing, and readers of
 #    older ones see none. An initsweep of schema 2 refuses a schema-3 store, so its
 #    ``merge`` cannot copy runs and leave their predictions behind.
-SCHEMA_VERSION = 3
+# 4: runs gained the provenance columns (git_commit, git_dirty, cpu_model, gpu_name,
+#    cuda/cudnn/torchvision/numpy versions), warnings, traceback, checkpoint and
+#    checkpoint_epoch; older databases get them (NULL in old rows) when opened for writing.
+SCHEMA_VERSION = 4
 PREDICTIONS_SINCE = 3  # the first schema whose runs store their test predictions
 STALE_CLAIM_S = 6 * 3600.0
 FINISHED = ("ok", "diverged")
@@ -461,11 +464,13 @@ class Store:
     # ------------------------------------------------------------------ claims
 
     def claim(self, spec: RunSpec, *, dataset_requested: str | None = None, data_fallback: str | None = None,
-              fresh_since: str | None = None) -> int | None:
+              fresh_since: str | None = None, git_commit: str | None = None,
+              git_dirty: bool | None = None) -> int | None:
         """Claim a run for this process; ``None`` when it is finished or running elsewhere.
 
         ``fresh_since`` (an ISO time): results finished before it do not count as finished
-        (``--fresh``), so they are rerun, and kept as history.
+        (``--fresh``), so they are rerun, and kept as history. ``git_commit``/``git_dirty``:
+        the checkout the sweep was started from, recorded with the attempt.
         """
         with self._write() as conn:
             reused = conn.execute("SELECT u.reused_at, runs.row_id AS source FROM reused u LEFT JOIN runs "
@@ -492,7 +497,7 @@ class Store:
             columns = {"run_id": spec.run_id, "sweep": spec.sweep, "status": "running", **settings,
                        "dataset_requested": dataset_requested or spec.data.dataset, "data_fallback": data_fallback,
                        "owner": process_owner(), "host": socket.gethostname(), "claimed_at": _now(),
-                       "spec_json": spec.to_json()}
+                       "git_commit": git_commit, "git_dirty": _clean(git_dirty), "spec_json": spec.to_json()}
             cursor = conn.execute(
                 f"INSERT INTO runs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
                 list(columns.values()))

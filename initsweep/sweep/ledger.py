@@ -13,6 +13,11 @@ Before training, :meth:`Ledger.reuse` takes the runs another sweep of the folder
 (run ids exclude the sweep name) as this sweep's. With ``fail_fast``, :meth:`Ledger.finish`
 raises :class:`StopAtFailure` once it has stored a failed run: it comes out of every
 executor's loop as Ctrl-C does, so ``run_sweep`` stops the sweep the same way.
+
+A result that carries weights (``train.save``) has them written here too, to
+``<results>/checkpoints/<run_id>.pt``, by the process that owns the results folder: the
+weights travel back with the result from wherever the run trained (a pool worker, a Ray
+worker on another machine), so no worker needs the results folder.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from ..config import RunSpec
+from ..results.checkpoints import write_checkpoint
 from ..results.store import Store
 from ..train import RunResult
 
@@ -36,6 +42,8 @@ class Claim:
     dataset_requested: str | None = None  # the dataset the config asked for
     data_fallback: str | None = None  # why another dataset was used, if one was
     fresh_since: str | None = None  # --fresh: results finished before this ISO time are rerun
+    git_commit: str | None = None  # the checkout the sweep was started from (provenance.git_state)
+    git_dirty: bool | None = None
 
 
 class StopAtFailure(Exception):
@@ -69,7 +77,8 @@ class Ledger:
         for spec in specs:
             row_id = self.store.claim(spec, dataset_requested=self.claim_as.dataset_requested,
                                       data_fallback=self.claim_as.data_fallback,
-                                      fresh_since=self.claim_as.fresh_since)
+                                      fresh_since=self.claim_as.fresh_since, git_commit=self.claim_as.git_commit,
+                                      git_dirty=self.claim_as.git_dirty)
             if row_id is None:
                 self.n_skipped += 1
                 self.observer.run_skipped(spec, "finished or running in another process")
@@ -79,7 +88,11 @@ class Ledger:
         return claimed
 
     def finish(self, spec: RunSpec, result: RunResult) -> None:
-        """Store a claimed run's result (its epochs, layers and predictions with it, atomically)."""
+        """Store a claimed run's result (its epochs, layers and predictions with it, atomically),
+        after writing its weights, if it carries any, to its checkpoint file."""
+        if result.weights is not None:
+            result.checkpoint = write_checkpoint(self.store.dir, result.run_id, result.weights)
+            result.weights = None  # written: the sweep keeps its results, not their weights
         self.store.finish(self._open.pop(spec.run_id), result)
         self.results.append((spec, result))
         for log in self.loggers:

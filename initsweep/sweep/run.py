@@ -21,6 +21,7 @@ from ..batched import group_specs
 from ..config import PRECISIONS, RunSpec, SweepConfig, load_config
 from ..data import DataSource
 from ..errors import InitsweepError, OptionError, ParamError, interrupt_reason, terminated
+from ..provenance import git_state
 from .executors import CONNECT_TIMEOUT_S, Execution, Task, get_executor, usable_cores
 from .ledger import Claim, Ledger, StopAtFailure
 from .loggers import open_loggers
@@ -138,8 +139,10 @@ def run_sweep(config: str | Path | SweepConfig, *, results_dir: str | Path = "re
         planned = [s for s in plan.runs if shard is None or in_shard(s.run_id, *shard)]
         fresh_since = datetime.now(timezone.utc).isoformat(timespec="milliseconds") if fresh else None
         done = store.finished_run_ids(cfg.name, fresh_since)
-        ledger = Ledger(store, Claim(source.requested, source.fallback_reason, fresh_since), observer,
-                        fail_fast=fail_fast, loggers=loggers)
+        # read here, once, in the process the user started: a worker's folder is not theirs
+        git = git_state()
+        ledger = Ledger(store, Claim(source.requested, source.fallback_reason, fresh_since, git.commit, git.dirty),
+                        observer, fail_fast=fail_fast, loggers=loggers)
         reused = {} if fresh else ledger.reuse(cfg.name, [s for s in planned if s.run_id not in done])
         if reused:
             done = store.finished_run_ids(cfg.name)

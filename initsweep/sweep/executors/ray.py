@@ -222,8 +222,8 @@ class RayExecutor(Executor):
                     except Exception as exc:  # noqa: BLE001 — the task's worker kept dying, or Ray failed it
                         error = (f"Ray task failed after {ex.max_retries} retries: "
                                  f"{type(exc).__name__}: {exc}").splitlines()[0]
-                        results = [RunResult(s.run_id, "failed", error=error, environment=environment())
-                                   for s in specs]
+                        results = [RunResult(s.run_id, "failed", error=error, traceback=str(exc),
+                                             environment=environment()) for s in specs]
                     for spec, result in zip(specs, results):
                         ledger.finish(spec, result)
         except BaseException:
