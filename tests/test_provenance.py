@@ -293,22 +293,3 @@ def test_a_cuda_run_records_its_gpu_and_saves_cpu_weights(tmp_path):
     assert row.cudnn_version == str(torch.backends.cudnn.version())
     weights = torch.load(checkpoint_path(tmp_path / "res", row.run_id))
     assert {t.device.type for t in weights.values()} == {"cpu"}  # loadable without a GPU
-
-
-def test_under_ray_the_checkout_is_the_drivers_and_the_weights_come_back(stored, tmp_path):
-    """A Ray worker runs in a folder of Ray's (on a cluster, on another machine): the git facts
-    are still those of the folder the sweep was started from, and the weights travel back
-    with the result to the process that owns the results folder."""
-    pytest.importorskip("ray")
-    _, repo, _ = stored
-    config = write(tmp_path / "c.yaml", "ray", {"depth": [1]}, {"save": "final"})
-    with working_directory(repo):  # no address: a Ray instance of its own, stopped afterwards
-        result = invoke("run", str(config), "--results", str(tmp_path / "res"), "--executor", "ray", "-q")
-    assert result.exit_code == 0, result.output
-    (row,) = load_results(tmp_path / "res").itertuples()
-    assert row.worker != str(os.getpid())  # trained in a Ray worker process
-    assert row.git_commit == git(repo, "rev-parse", "HEAD") and row.git_dirty == 0
-    spec = run_spec(tmp_path / "res", row.run_id)
-    model = load_model(tmp_path / "res", row.run_id).to(memory_format=memory_format_for(spec, CPU))
-    _, splits = splits_for(spec, CPU)
-    assert abs(correct(model, splits.test_x, splits.test_y) - round(row.test_acc * row.n_test)) <= IMAGES
