@@ -57,6 +57,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+from scipy.optimize import brentq
 from torch import nn
 
 from .activations import Activation, gauss_rule, gaussian_expectation, get_activation
@@ -257,17 +258,76 @@ def chi1(activation: str, params: Mapping[str, Any] | None, sigma_w2: float, sig
     return float(sigma_w2 * d2)
 
 
-def critical_sigma_w2(activation: str, sigma_b2: float, params: Mapping[str, Any] | None = None,
-                      low: float = 0.5, high: float = 10.0, tol: float = 1e-4) -> float:
-    """The ``sigma_w^2`` where ``chi_1 = 1`` (bisection). tanh at ``sigma_b^2 = 0.05``: 1.76."""
-    f = lambda s: chi1(activation, params, s, sigma_b2) - 1.0  # noqa: E731
-    lo, hi = low, high
-    if f(lo) > 0 or f(hi) < 0:
-        raise ValueError(f"chi_1 - 1 does not change sign on [{low}, {high}] for {activation}")
-    while hi - lo > tol:
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if f(mid) < 0 else (lo, mid)
-    return (lo + hi) / 2
+def _critical_branch(activation: str, params: Mapping[str, Any], sigma_b2: float,
+                     q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Along the fixed-point line: ``(sigma_w2(q), chi_1(q))`` of the ``sigma_w^2`` whose fixed point is ``q``.
+
+    ``q* = sigma_w^2 E[phi(sqrt(q*) z)^2] + sigma_b^2`` solved for ``sigma_w^2`` is
+    ``(q - sigma_b^2) / E[phi^2](q)``: one quadrature per ``q``, no iteration.
+    """
+    _, e2, d2 = gaussian_moments(get_activation(activation), params, 0.0, q)
+    sigma_w2 = (q - sigma_b2) / e2
+    return sigma_w2, sigma_w2 * d2
+
+
+def _zero_fixed_point_edge(activation: str, params: Mapping[str, Any]) -> float | None:
+    """``sigma_w^2`` at which ``q* = 0`` has ``chi_1 = 1`` when ``phi(0) = 0`` and ``sigma_b^2 = 0``, else None.
+
+    With one-sided slopes ``a``, ``b`` at 0, ``E[phi^2] / q`` and ``E[phi'^2]`` both tend to
+    ``(a^2 + b^2) / 2`` as ``q -> 0``, so ``chi_1 = 1`` there at ``sigma_w^2 = 2 / (a^2 + b^2)``
+    (tanh 1, ReLU 2, SELU 0.4768). In closed form because quadrature and finite differences
+    lose their accuracy at the tiny ``q`` where the limit is reached.
+    """
+    module = get_activation(activation).build(params)
+    h = 1e-9
+    with torch.no_grad():
+        y = module(torch.tensor([-h, 0.0, h], dtype=torch.float64)).tolist()
+    if abs(y[1]) > 1e-12:
+        return None
+    a, b = y[2] / h, -y[0] / h
+    return 2.0 / (a * a + b * b) if a * a + b * b > 0 else None
+
+
+@lru_cache(maxsize=256)
+def _critical_sigma_w2(activation: str, params_key: tuple, sigma_b2: float) -> float:
+    params = dict(params_key)
+    branch = lambda q: _critical_branch(activation, params, sigma_b2, np.asarray(q, dtype=np.float64))  # noqa: E731
+    scale = max(sigma_b2, 1.0)
+    grid = sigma_b2 + np.logspace(-6, 8, 281) * scale  # q*, log-spaced just above sigma_b^2
+    sigma_w2, chi = branch(grid)
+    # a fixed point is stable (the recursion goes there) where a larger sigma_w^2 gives a larger
+    # q*; on a falling stretch (GELU, SiLU, Mish near q* = 0) it separates dying from exploding
+    stable = np.diff(sigma_w2, append=sigma_w2[-1] + 1.0) >= -1e-9 * sigma_w2
+    edge = _zero_fixed_point_edge(activation, params) if sigma_b2 == 0.0 else None
+    if edge is not None and stable[0] and chi[0] >= 1.0 - 1e-6:
+        # q* = 0 is the critical point, approached from the chaotic side (tanh: 1)
+        return edge
+    crossing = np.flatnonzero((chi[1:] >= 1.0) & (chi[:-1] < 1.0) & stable[1:] & stable[:-1])
+    if crossing.size:
+        i = int(crossing[0])
+        root = brentq(lambda q: float(branch(q)[1]) - 1.0, grid[i], grid[i + 1], xtol=1e-14, rtol=1e-13)
+        return float(branch(root)[0])
+    if (chi < 1.0).all() and chi[-1] >= 1.0 - 1e-3 and stable[-1]:
+        # chi_1 -> 1 only as q* -> inf: ReLU with sigma_b^2 > 0 and softplus reach the edge at
+        # sigma_w^2 = 2, where any larger sigma_w^2 explodes (q* = inf)
+        return float(sigma_w2[-1])
+    raise ValueError(f"no stable fixed point with chi_1 = 1 for {activation} at sigma_b^2 = {sigma_b2:g}")
+
+
+def critical_sigma_w2(activation: str, sigma_b2: float, params: Mapping[str, Any] | None = None) -> float:
+    """The ``sigma_w^2`` where ``chi_1 = 1`` at the fixed point: tanh at ``sigma_b^2 = 0.05``: 1.76096; at 0: 1.
+
+    Solved along the fixed-point line (:func:`_critical_branch`, Brent's method in ``q*``)
+    rather than by bisection in ``sigma_w^2`` around an iterated fixed point: near the
+    critical line the iteration converges like a power law, and at ``sigma_b^2 = 0`` the
+    unconverged ``q`` left ``chi_1`` below 1 until ``sigma_w^2 = 1.0034`` for tanh.
+    ReLU with ``sigma_b^2 > 0`` and softplus reach ``chi_1 = 1`` only as ``q* -> inf``: their
+    answer is that limit (2), the largest ``sigma_w^2`` that does not explode. Raises
+    ``ValueError`` when no stable fixed point has ``chi_1 = 1`` (GELU, SiLU and Mish at
+    ``sigma_b^2 = 0``: their fixed points with ``chi_1 >= 1`` are unstable).
+    """
+    params = get_activation(activation).resolve(params or {})
+    return _critical_sigma_w2(activation, tuple(sorted(params.items())), float(sigma_b2))
 
 
 def _pair_expectations(activation: str, params: Mapping[str, Any], q: float, c: float,

@@ -108,6 +108,48 @@ def test_tanh_edge_of_chaos():
     assert 0 < c_star < 0.5 and chi_c < 1
 
 
+def _scipy_chi1(phi, dphi2, sigma_w2: float, sigma_b2: float) -> float:
+    """chi_1 at the fixed point, independently: scipy's adaptive quadrature and Brent's root of q* (not the project's rule)."""
+    from scipy.integrate import quad
+    from scipy.optimize import brentq
+
+    def expect(f, q):
+        return quad(lambda z: f(math.sqrt(q) * z) * math.exp(-z * z / 2) / SQRT_2PI, -12, 12, points=[0.0], limit=200)[0]
+
+    q_star = brentq(lambda q: sigma_w2 * expect(lambda x: phi(x) ** 2, q) + sigma_b2 - q, sigma_b2 + 1e-12, 100.0, xtol=1e-14)
+    return sigma_w2 * expect(dphi2, q_star)
+
+
+def test_critical_sigma_w2_exact_at_zero_bias_and_at_the_issue_value():
+    """tanh's critical line starts at exactly sigma_w^2 = 1 (1 / tanh'(0)^2); it used to return 1.0034.
+    At sigma_b^2 = 0.05 it is 1.76096, where scipy's own quadrature finds chi_1 = 1."""
+    assert theory.critical_sigma_w2("tanh", 0.0) == pytest.approx(1.0, abs=1e-9)
+    crit = theory.critical_sigma_w2("tanh", 0.05)
+    assert crit == pytest.approx(1.76096, abs=2e-5)
+    sech4 = lambda x: (1.0 - math.tanh(x) ** 2) ** 2  # noqa: E731
+    assert _scipy_chi1(math.tanh, sech4, crit, 0.05) == pytest.approx(1.0, abs=1e-6)
+    assert theory.chi1("tanh", {}, crit, 0.05) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_critical_sigma_w2_closed_forms():
+    """phi(0) = 0 at sigma_b^2 = 0: 2 / (a^2 + b^2) from the slopes on either side of 0. ReLU
+    with a bias and softplus reach chi_1 = 1 only as q* -> inf, at 2. GELU has no stable one."""
+    lam, alpha = 1.0507009873554805, 1.6732632423543772
+    expected = {"relu": 2.0, "hardtanh": 1.0, "softsign": 1.0, "identity": 1.0,
+                "leaky_relu": 2 / (1 + 0.01**2), "selu": 2 / (lam**2 * (1 + alpha**2))}
+    for name, value in expected.items():
+        assert theory.critical_sigma_w2(name, 0.0) == pytest.approx(value, rel=1e-6), name
+    assert theory.critical_sigma_w2("relu", 0.05) == pytest.approx(2.0, rel=1e-6)
+    assert theory.critical_sigma_w2("softplus", 0.0) == pytest.approx(2.0, rel=1e-6)
+    with pytest.raises(ValueError, match="no stable fixed point with chi_1 = 1 for gelu"):
+        theory.critical_sigma_w2("gelu", 0.0)
+    # sigmoid: chi_1 = 1 at sigma_w^2 ~ 103 (the issue's number), checked with scipy
+    crit = theory.critical_sigma_w2("sigmoid", 0.0)
+    assert crit == pytest.approx(103.0, abs=0.1)
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    assert _scipy_chi1(sig, lambda x: (sig(x) * (1 - sig(x))) ** 2, crit, 0.0) == pytest.approx(1.0, abs=1e-5)
+
+
 def _conv(padding_mode: str, stride: int) -> nn.Conv2d:
     return nn.Conv2d(4, 4, 3, stride=stride, padding=1, padding_mode=padding_mode)
 
