@@ -519,7 +519,9 @@ def predict(model: nn.Module, x: torch.Tensor, recipe: InitRecipe) -> Prediction
     notes: list[str] = []
     blocks = list(model.blocks)
     # m: channel-averaged second moment of the current block's input, per position [H, W]
-    m = (x.detach().to("cpu", torch.float64) ** 2).mean(dim=(0, 1)).numpy()
+    x64 = x.detach().to("cpu", torch.float64)
+    m = (x64**2).mean(dim=(0, 1)).numpy()
+    mu = x64.mean(dim=(0, 1)).numpy()  # the same for the first moment: batch norm subtracts it
     sig_w2, pre_m2, act_m2, act_var, d2_maps, steps = [], [], [], [], [], []
     for block in blocks:
         layer = block.layer
@@ -531,26 +533,33 @@ def predict(model: nn.Module, x: torch.Tensor, recipe: InitRecipe) -> Prediction
         b_mean, b_var = bias.moments(recipe.bias_params, fan_in) if layer.bias is not None else (0.0, 0.0)
         if isinstance(layer, nn.Conv2d):
             tap = _TapMap(layer, _tap_kernel(recipe.init, layer.kernel_size), m.shape)
-            steps.append((tap, m.shape, s2, layer.in_channels, layer.out_channels))
             v = s2 * tap(m) + b_var
+            batch_var = s2 * (float(tap(m).mean()) - float(tap(mu).mean()) ** 2)
+            step = (tap, m.shape, s2, layer.in_channels, layer.out_channels)
         elif isinstance(layer, nn.Linear):
-            steps.append((None, m.shape, s2, layer.in_features, layer.out_features))
             v = np.full((1, 1), s2 * float(m.mean()) + b_var)
+            batch_var = s2 * (float(m.mean()) - float(mu.mean()) ** 2)
+            step = (None, m.shape, s2, layer.in_features, layer.out_features)
         else:
             raise ValueError(f"cannot predict through a {type(layer).__name__}")
         mean = b_mean
         if isinstance(block.norm, nn.modules.batchnorm._BatchNorm):
             v, mean = np.ones_like(v), 0.0  # train-mode batch norm at init: mean 0, variance 1 per channel
-            notes.append("batch norm resets every pre-activation to second moment 1")
+            notes.append("batch norm resets every pre-activation to second moment 1 and divides "
+                         "the gradient by the pre-norm std (modelled, Yang et al. 2019)")
+            step = (*step, batch_var)
+        else:
+            step = (*step, None)
+        steps.append(step)
         e1, e2, d2 = tabulated_moments(recipe.activation, params, mean, v)
         sig_w2.append(s2)
         pre_m2.append(float(v.mean()) + mean**2)
         act_m2.append(float(e2.mean()))
         act_var.append(float(e2.mean()) - float(e1.mean()) ** 2)
         d2_maps.append(d2)
-        m = e2
+        m, mu = e2, e1
         if isinstance(block.pool, nn.MaxPool2d):
-            m = _avg_pool(m, _pool_size(block.pool))
+            m, mu = _avg_pool(m, _pool_size(block.pool)), _avg_pool(mu, _pool_size(block.pool))
             notes.append("max-pooling is approximated (the second moment of a max is larger)")
         elif not isinstance(block.pool, nn.Identity):
             raise ValueError(f"cannot predict through a {type(block.pool).__name__}")
@@ -566,6 +575,12 @@ def _backward(blocks: list[nn.Module], steps: list[tuple], d2_maps: list[np.ndar
     starts uniform at the top (both heads spread the gradient evenly) and goes down through
     ``E[delta^2] = E[phi'(h)^2] E[g^2]`` (gradient independence) and the adjoint of each
     layer's tap map: ``E[g_in^2] = sigma_w^2 (C_out / C_in) * adjoint(E[delta^2])``.
+
+    Batch norm (train mode) divides the gradient by each channel's pre-norm batch std
+    (``sigma_w^2 Var_batch(a)``: the weights' scale cancels), so a layer's factor becomes
+    ``E[phi'(z)^2] / Var(phi(z))`` at ``z ~ N(0, 1)`` whatever the init: ``pi / (pi - 1) =
+    1.467`` for ReLU (Yang et al. 2019). The projection that removes the gradient's batch
+    mean and its component along the normalized input is left out (a ``1 - 2/B`` effect).
     """
     depth = len(blocks)
     norms = np.full(depth, np.nan)
@@ -574,8 +589,8 @@ def _backward(blocks: list[nn.Module], steps: list[tuple], d2_maps: list[np.ndar
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         norms[-1] = steps[-1][4] * float(g.sum())
         for l in range(depth - 1, 0, -1):
-            tap, in_shape, s2, c_in, c_out = steps[l]
-            d = d2_maps[l] * g
+            tap, in_shape, s2, c_in, c_out, batch_var = steps[l]
+            d = d2_maps[l] * g if batch_var is None else d2_maps[l] * g / batch_var
             if tap is not None:
                 g = s2 * (c_out / c_in) * tap.adjoint(d)
             else:  # g_j = sum_i W_ij delta_i: E[g_j^2] = Var(w) * n_out * mean(D), the same for every input

@@ -226,6 +226,22 @@ def test_predict_bias_and_batch_norm():
     assert any("batch norm" in n for n in p.notes)
 
 
+@pytest.mark.parametrize("init", ["std_normal", "he"])
+def test_batch_norm_backward_factor_is_the_derivative_over_the_variance(init):
+    """With batch norm, a layer's gradient factor is E[phi'(z)^2] / Var(phi(z)), z ~ N(0, 1), whatever
+    the init (the weights' scale cancels): for tanh computed here with scipy, for ReLU pi / (pi - 1)."""
+    from scipy.integrate import quad
+
+    def expect(f):
+        return quad(lambda z: f(z) * math.exp(-z * z / 2) / SQRT_2PI, -12, 12, points=[0.0], limit=200)[0]
+
+    tanh_factor = expect(lambda z: (1 - math.tanh(z) ** 2) ** 2) / expect(lambda z: math.tanh(z) ** 2)
+    for act, expected in (("tanh", tanh_factor), ("relu", math.pi / (math.pi - 1))):
+        recipe = theory.InitRecipe(init, {}, 1.0, act, {})
+        p = theory.predict(_net("mlp", act, depth=5, width=8, norm="batch"), torch.rand(4, 1, 28, 28), recipe)
+        np.testing.assert_allclose(p.grad_factor[1:], expected, rtol=1e-4)
+
+
 def test_sigma_w2_from_the_declared_moments():
     assert theory.sigma_w2_of("he", {}, 1.0, (32, 16, 3, 3)) == pytest.approx(2.0)
     assert theory.sigma_w2_of("std_normal", {}, 1.0, (32, 16, 3, 3)) == pytest.approx(144.0)
