@@ -61,7 +61,7 @@ from scipy.optimize import brentq
 from torch import nn
 
 from .activations import Activation, gauss_rule, gaussian_expectation, get_activation
-from .inits import Initializer, fans, get_bias_init, get_init
+from .inits import BiasInit, Initializer, critical_params, fans, get_bias_init, get_init
 
 # ---------------------------------------------------------------- Gaussian expectations
 
@@ -330,6 +330,14 @@ def critical_sigma_w2(activation: str, sigma_b2: float, params: Mapping[str, Any
     return _critical_sigma_w2(activation, tuple(sorted(params.items())), float(sigma_b2))
 
 
+def critical_sigma_w2_of(activation: str, activation_params: Mapping[str, Any], bias: str | BiasInit,
+                         bias_params: Mapping[str, Any]):
+    """``fan_in -> critical sigma_w^2`` at the bias variance of a layer of that fan-in: what
+    ``gain: critical`` resolves to (``inits.critical_params``). A bias mean is not part of it."""
+    entry = bias if isinstance(bias, BiasInit) else get_bias_init(bias)
+    return lambda fan_in: critical_sigma_w2(activation, entry.moments(bias_params, fan_in)[1], activation_params)
+
+
 def _pair_expectations(activation: str, params: Mapping[str, Any], q: float, c: float,
                        n: int = 201) -> tuple[float, float]:
     """``(E[phi(u1) phi(u2)], E[phi'(u1) phi'(u2)])`` for ``u1, u2 ~ N(0, q)`` with correlation ``c``.
@@ -419,6 +427,10 @@ class InitRecipe:
     activation_params: Mapping[str, Any]
     bias: str = "zeros"
     bias_params: Mapping[str, Any] = field(default_factory=dict)
+
+    def critical_sigma_w2(self, fan_in: int) -> float:
+        """The critical ``sigma_w^2`` that ``gain: critical`` stands for on a layer of this fan-in."""
+        return critical_sigma_w2_of(self.activation, self.activation_params, self.bias, self.bias_params)(fan_in)
 
     @classmethod
     def from_spec(cls, spec: Any) -> "InitRecipe":
@@ -527,8 +539,9 @@ def predict(model: nn.Module, x: torch.Tensor, recipe: InitRecipe) -> Prediction
         layer = block.layer
         shape = tuple(layer.weight.shape)
         fan_in = fans(shape)[0]
-        s2 = sigma_w2_of(init, recipe.init_params, recipe.auto_gain, shape)
-        if weight_mean_of(init, recipe.init_params, recipe.auto_gain, shape) != 0.0:
+        init_params = critical_params(init, recipe.init_params, recipe.auto_gain, shape, recipe.critical_sigma_w2)
+        s2 = sigma_w2_of(init, init_params, recipe.auto_gain, shape)
+        if weight_mean_of(init, init_params, recipe.auto_gain, shape) != 0.0:
             notes.append("the init's weights have a nonzero mean, which the prediction ignores")
         b_mean, b_var = bias.moments(recipe.bias_params, fan_in) if layer.bias is not None else (0.0, 0.0)
         if isinstance(layer, nn.Conv2d):

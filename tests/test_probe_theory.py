@@ -40,3 +40,51 @@ def test_batch_norm_backward_factor_is_pi_over_pi_minus_one_whatever_the_init(in
     assert e["predicted_backward_factor"] == pytest.approx(math.pi / (math.pi - 1), rel=1e-4)
     assert e["backward_factor"] == pytest.approx(e["predicted_backward_factor"], rel=0.04)
     assert e["predicted_forward_factor"] == pytest.approx(1.0, abs=1e-6)
+
+
+# ---------------------------------------------------------------- gain: critical
+
+SIGMA_B = "{name: normal, std: 0.2236068}"  # sigma_b^2 = 0.05
+
+
+@pytest.mark.parametrize("activation", ["tanh", "hardtanh", "softsign", "softplus", "relu"])
+def test_gain_critical_draws_the_critical_sigma_w2(activation):
+    """``gain: critical`` through the CLI: every layer's weights are drawn with fan_in * Var(w) =
+    theory.critical_sigma_w2 (measured from the weights themselves: 65,536 per hidden layer, so
+    within 3%); the prediction uses the same number. Measured backward factors, MLP depth 12,
+    width 256, 3 seeds: tanh 0.972, hardtanh 0.980, relu 0.974 (near 1), softsign 0.957, softplus
+    0.729 (its critical point lies at q* = inf, which 12 layers do not reach; predicted 0.734)."""
+    from initsweep.theory import critical_sigma_w2
+
+    e = probe("--arch", "mlp", "--depth", "12", "--width", "256", "--activation", activation,
+              "--init", "{name: xavier_normal, gain: critical}", "--bias", SIGMA_B, "--seeds", "3")
+    crit = critical_sigma_w2(activation, 0.05)
+    for layer in e["layers"]:
+        assert layer["sigma_w2"] == pytest.approx(crit, rel=1e-6)  # sigma_b^2 = 0.2236068^2, not 0.05 exactly
+        assert layer["fan_in"] * layer["weight_std"] ** 2 == pytest.approx(crit, rel=0.03)
+    assert e["backward_factor"] == pytest.approx(e["predicted_backward_factor"], rel=0.05)
+    if activation in ("tanh", "hardtanh", "relu"):
+        assert e["backward_factor"] == pytest.approx(1.0, abs=0.05)
+
+
+def test_gain_critical_without_a_critical_point_is_one_line_exit_2():
+    out = runner.invoke(app, ["probe", "--arch", "mlp", "--depth", "3", "--width", "8", "--activation", "gelu",
+                              "--init", "{name: xavier_normal, gain: critical}"])
+    assert out.exit_code == 2
+    assert out.stderr.strip().splitlines() == [
+        "error: model.init.gain: 'critical' has no value for activation gelu: "
+        "no stable fixed point with chi_1 = 1 for gelu at sigma_b^2 = 0"]
+
+
+# ---------------------------------------------------------------- SELU's gain: documented, not changed
+
+
+def test_selu_auto_gain_is_torchs_three_quarters_and_the_listing_says_so():
+    """Decision (issue 15): ``auto`` stays torch's 3/4 for SELU (changing it would change stored
+    run ids); list-activations says it is not the self-normalizing gain 1 and names lecun_normal."""
+    out = runner.invoke(app, ["list-activations", "--format", "json"])
+    assert out.exit_code == 0
+    selu = next(r for r in json.loads(out.stdout) if r["name"] == "selu")
+    assert selu["gain"] == 0.75 and "lecun_normal" in selu["description"]
+    table = runner.invoke(app, ["list-activations"], env={"COLUMNS": "300"})
+    assert "selu's 0.75 (torch's) is not the gain 1 of a self-normalizing net: use lecun_normal." in table.stdout

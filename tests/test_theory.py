@@ -150,6 +150,30 @@ def test_critical_sigma_w2_closed_forms():
     assert _scipy_chi1(sig, lambda x: (sig(x) * (1 - sig(x))) ** 2, crit, 0.0) == pytest.approx(1.0, abs=1e-5)
 
 
+@pytest.mark.parametrize("name", ["tanh", "hardtanh", "softsign"])
+def test_chi1_is_one_at_the_critical_sigma_w2_with_a_bias(name):
+    """What ``gain: critical`` stands for at sigma_b^2 = 0.05: chi_1 = 1 at the fixed point,
+    checked with scipy's adaptive quadrature (not the project's Simpson rule)."""
+    phis = {"tanh": (math.tanh, lambda x: (1 - math.tanh(x) ** 2) ** 2),
+            "hardtanh": (lambda x: max(-1.0, min(1.0, x)), lambda x: 1.0 if -1 < x < 1 else 0.0),
+            "softsign": (lambda x: x / (1 + abs(x)), lambda x: 1 / (1 + abs(x)) ** 4)}
+    crit = theory.critical_sigma_w2(name, 0.05)
+    assert _scipy_chi1(*phis[name], crit, 0.05) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("name", ["relu", "softplus"])
+def test_critical_sigma_w2_of_rectifiers_with_a_bias_is_the_explosion_edge(name):
+    """ReLU with a bias, softplus: chi_1 < 1 at every finite fixed point and tends to 1 as q* -> inf,
+    which sigma_w^2 = 2 reaches; above it q explodes. So the critical value is 2."""
+    params = theory.get_activation(name).resolve({})
+    crit = theory.critical_sigma_w2(name, 0.05, params)
+    assert crit == pytest.approx(2.0, rel=1e-6)
+    assert theory.fixed_point(name, params, 3.0, 0.05) == math.inf
+    assert theory.chi1(name, params, 1.98, 0.05) < 1.0
+    _, chi = theory._critical_branch(name, params, 0.05, np.array([1e8]))
+    assert chi[0] == pytest.approx(1.0, abs=1e-3)
+
+
 def _conv(padding_mode: str, stride: int) -> nn.Conv2d:
     return nn.Conv2d(4, 4, 3, stride=stride, padding=1, padding_mode=padding_mode)
 
