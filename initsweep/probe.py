@@ -107,6 +107,9 @@ class ProbeResult:
     backward_factor: float | None
     predicted_forward_factor: float | None = None
     predicted_backward_factor: float | None = None
+    # the mean-field factor is the average over weights; the typical one, the log-scale value one
+    # finite-width draw drifts to (dense layers only: theory.Prediction.act_m2_typical)
+    predicted_typical_forward_factor: float | None = None
     loss: float | None = None
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -279,6 +282,8 @@ def probe_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Init
     if prediction is not None:
         result.predicted_forward_factor = layer_factor(prediction.act_m2)
         result.predicted_backward_factor = layer_factor(prediction.grad_rel, reverse=True)
+        if prediction.act_m2_typical is not None:
+            result.predicted_typical_forward_factor = layer_factor(prediction.act_m2_typical)
     result.seconds = time.perf_counter() - t_start
     return result
 
