@@ -35,12 +35,22 @@ concrete batch, so that the prediction models the architecture the probe measure
   Its scale at the top depends on the head and the labels, so it is predicted relative
   to the last block (``grad_rel``) and the probe anchors it at the measured last block.
 
-Approximations (said where they apply, see ``Prediction.notes``): large width (at width
-32 the measured log-variance drifts below the prediction, see ``docs/diagnostics.md``);
-weights of zero mean (``uniform``/``normal`` with a nonzero mean are not modelled);
-max-pooling (the tutorial CNN) is treated as picking one element of the window at random,
-which underestimates the second moment of a max; batch norm at init (train mode) resets
-every pre-activation to mean 0, second moment 1.
+* **Batch norm** (train mode, at init) resets every pre-activation to mean 0, second
+  moment 1, and divides the backward gradient by each channel's pre-norm batch std, so a
+  layer's gradient factor is ``E[phi'(z)^2] / Var(phi(z))`` whatever the init
+  (``pi / (pi - 1) = 1.467`` for ReLU, Yang et al. 2019); modelled for every activation.
+* **Finite width** (dense layers): beside the mean over weights, the typical (log-scale)
+  second moment ``act_m2_typical``, lower by ``exp(-(kappa - 1) / (2n))`` per layer of ``n``
+  units, ``kappa = E[phi^4] / E[phi^2]^2`` (ReLU: Hanin & Rolnick's ``exp(-5/(2n))``).
+
+Approximations (said where they apply, see ``Prediction.notes``): large width (the typical
+prediction covers dense layers only; at 32 channels a CNN's measured log-variance drifts
+below the mean prediction too, see ``docs/diagnostics.md``); weights of zero mean
+(``uniform``/``normal`` with a nonzero mean are not modelled); max-pooling (the tutorial
+CNN) is **not** modelled: it is treated as picking one element of the window at random,
+which underestimates the second moment of a max and, backward, the gradient, which goes
+to each window's maximum (whose ReLU is almost always active): measured factors run above
+the prediction there (ReLU: gradient 13% per layer).
 
 Gaussian expectations use the same composite Simpson rule as
 ``activations.gaussian_expectation`` (see there for why not Gauss–Hermite), evaluated
@@ -584,7 +594,10 @@ def predict(model: nn.Module, x: torch.Tensor, recipe: InitRecipe) -> Prediction
         m, mu = e2, e1
         if isinstance(block.pool, nn.MaxPool2d):
             m, mu = _avg_pool(m, _pool_size(block.pool)), _avg_pool(mu, _pool_size(block.pool))
-            notes.append("max-pooling is approximated (the second moment of a max is larger)")
+            notes.append("max-pooling is not modelled: the prediction takes a random element of each window, "
+                         "but a max has a larger second moment and its gradient goes to the window's maximum, "
+                         "whose ReLU is almost always active (tutorial CNN, ReLU: measured gradient factor 13% "
+                         "above the prediction, activation factor 50%; docs/diagnostics.md)")
         elif not isinstance(block.pool, nn.Identity):
             raise ValueError(f"cannot predict through a {type(block.pool).__name__}")
     grad_rel, grad_factor = _backward(blocks, steps, d2_maps)
