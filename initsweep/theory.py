@@ -67,7 +67,6 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-from scipy.optimize import brentq
 from torch import nn
 
 from .activations import Activation, gauss_rule, gaussian_expectation, get_activation
@@ -300,6 +299,8 @@ def _zero_fixed_point_edge(activation: str, params: Mapping[str, Any]) -> float 
 
 @lru_cache(maxsize=256)
 def _critical_sigma_w2(activation: str, params_key: tuple, sigma_b2: float) -> float:
+    from scipy.optimize import brentq  # noqa: PLC0415 — scipy.optimize costs ~0.3 s to import; only gain: critical and the studies need it
+
     params = dict(params_key)
     branch = lambda q: _critical_branch(activation, params, sigma_b2, np.asarray(q, dtype=np.float64))  # noqa: E731
     scale = max(sigma_b2, 1.0)

@@ -85,6 +85,43 @@ def test_gain_critical_draws_the_critical_sigma_w2(activation):
         assert e["backward_factor"] == pytest.approx(1.0, abs=0.05)
 
 
+def test_gain_critical_through_run_stores_the_critical_weights(tmp_path):
+    """``initsweep run`` with ``gain: critical`` over an activation axis: each run's stored init
+    layers (measured from its own weights) have fan_in * weight_std^2 at that activation's
+    critical sigma_w^2 (hidden layers: 4,096 weights, so within 10%), and the runs' ids differ
+    from the same config with ``gain: auto`` (a new value), while ``auto``'s ids are unchanged
+    (tests/test_layout.py pins them)."""
+    import yaml
+
+    from initsweep.results.store import Store
+    from initsweep.theory import critical_sigma_w2
+
+    def config(gain):
+        path = tmp_path / f"{gain}.yaml"
+        path.write_text(yaml.safe_dump({
+            "name": "crit", "data": {"dataset": "mnist-sample", "train_limit": 256, "test_limit": 256},
+            "model": {"arch": "mlp", "depth": 3, "width": 64, "init": {"name": "xavier_normal", "gain": gain}},
+            "train": {"epochs": 1, "batch_size": 128},
+            "grid": {"activation": ["tanh", "softsign"]}, "diagnostics": {"batch_size": 32, "phases": ["init"]}}))
+        return path
+
+    out = runner.invoke(app, ["run", str(config("critical")), "--results", str(tmp_path / "res"), "--device", "cpu",
+                              "--workers", "1", "-q"])
+    assert out.exit_code == 0, out.output
+    with Store(tmp_path / "res") as store:
+        runs = store.runs_frame()
+        layers = store.layers_frame().merge(runs[["run_id", "activation"]], on="run_id")
+    assert len(runs) == 2 and set(runs.status) == {"ok"}
+    hidden = layers[(layers.layer > 0) & (layers.phase == "init")]
+    assert len(hidden) == 2 * 2  # two runs, two hidden layers each
+    for activation, group in hidden.groupby("activation"):
+        crit = critical_sigma_w2(activation, 0.0)
+        assert (group.fan_in * group.weight_std**2).to_numpy() == pytest.approx([crit] * len(group), rel=0.1)
+    plan = runner.invoke(app, ["plan", str(config("auto")), "--format", "json"])
+    assert plan.exit_code == 0, plan.output
+    assert not set(runs.run_id) & {r["run_id"] for r in json.loads(plan.stdout)["runs"]}
+
+
 def test_gain_critical_without_a_critical_point_is_one_line_exit_2():
     out = runner.invoke(app, ["probe", "--arch", "mlp", "--depth", "3", "--width", "8", "--activation", "gelu",
                               "--init", "{name: xavier_normal, gain: critical}"])
