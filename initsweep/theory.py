@@ -574,7 +574,7 @@ def predict(model: nn.Module, x: torch.Tensor, recipe: InitRecipe) -> Prediction
             v, mean = np.ones_like(v), 0.0  # train-mode batch norm at init: mean 0, variance 1 per channel
             notes.append("batch norm resets every pre-activation to second moment 1 and divides "
                          "the gradient by the pre-norm std (modelled, Yang et al. 2019)")
-            step = (*step, batch_var)
+            step = (*step, batch_var + block.norm.eps)  # batch norm divides by sqrt(var + eps)
         else:
             step = (*step, None)
         steps.append(step)
@@ -622,7 +622,10 @@ def _kurtosis(activation: str, params: Mapping[str, Any], mean: float, var: floa
     with torch.no_grad():
         y2 = get_activation(activation).build(params)(torch.as_tensor(mean + math.sqrt(max(var, 0.0)) * z)).numpy() ** 2
     e2 = float(np.dot(w, y2))
-    return float(np.dot(w, y2 * y2)) / (e2 * e2) if e2 > 0 and math.isfinite(e2) else 1.0
+    if not (e2 > 0 and math.isfinite(e2)):
+        return 1.0
+    ratio = y2 / e2  # normalized first: an exploding net's phi^4 overflows where phi^2 does not
+    return float(np.dot(w, ratio * ratio))
 
 
 def _backward(blocks: list[nn.Module], steps: list[tuple], d2_maps: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
