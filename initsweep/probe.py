@@ -56,9 +56,9 @@ stay healthy: 50 zero-padded 3x3 convs at He init lose variance at the borders (
 the prediction (measured 0.86-0.88 at width 32, 0.79-0.82 at width 16), while LeCun-style
 ``gaussian_inv_sqrt_n`` with ReLU halves it every layer (0.40-0.45): the forward band is
 [0.7, 1/0.7]. The backward factor tracks its prediction within ~2% in the MLP and plain-CNN
-cases of tests/test_probe.py (batch norm included: 1.470 measured, 1.467 predicted), but not
-through max-pooling, which the theory does not model (tutorial CNN, ReLU: 13% above the
-prediction per layer), so its band is narrower, [0.8, 1.25]: it separates tanh at
+cases of tests/test_probe.py (batch norm included: 1.470 measured, 1.467 predicted) and
+within ~3% through the tutorial CNN's max-pooling (tests/test_probe_theory.py), so its band
+is narrower, [0.8, 1.25]: it separates tanh at
 ``sigma_w^2 = 1`` (``chi_1 = 0.76``, ordered) and 4 (1.34, chaotic) from the edge of chaos.
 The end-to-end floor keeps a shallow net from being judged by a per-layer factor it
 barely compounds (the 4-block tutorial CNN grows its activations x1.76 per layer through

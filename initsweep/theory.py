@@ -43,14 +43,19 @@ concrete batch, so that the prediction models the architecture the probe measure
   second moment ``act_m2_typical``, lower by ``exp(-(kappa - 1) / (2n))`` per layer of ``n``
   units, ``kappa = E[phi^4] / E[phi^2]^2`` (ReLU: Hanin & Rolnick's ``exp(-5/(2n))``).
 
+* **Max-pooling** (the tutorial CNN): the output is each window's maximum, and the gradient
+  goes to the window's argmax only (whose ReLU is almost always active), so the prediction
+  carries the correlation of neighbouring positions ("lag maps", see ``_pool_moments``)
+  through stride-1 convs and takes the window's max, its square, the derivative at its
+  argmax and neighbouring windows' products by Monte Carlo over the window's Gaussian law.
+
 Approximations (said where they apply, see ``Prediction.notes``): large width (the typical
 prediction covers dense layers only; at 32 channels a CNN's measured log-variance drifts
 below the mean prediction too, see ``docs/diagnostics.md``); weights of zero mean
-(``uniform``/``normal`` with a nonzero mean are not modelled); max-pooling (the tutorial
-CNN) is **not** modelled: it is treated as picking one element of the window at random,
-which underestimates the second moment of a max and, backward, the gradient, which goes
-to each window's maximum (whose ReLU is almost always active): measured factors run above
-the prediction there (ReLU: gradient 13% per layer).
+(``uniform``/``normal`` with a nonzero mean are not modelled); batch-averaged correlations
+in the pooling windows (one covariance for the batch, not one per image); max-pooling after
+batch norm or a strided conv, or a third pooled block in a row, falls back to a random
+element of each window (a note says so).
 
 Gaussian expectations use the same composite Simpson rule as
 ``activations.gaussian_expectation`` (see there for why not Gauss–Hermite), evaluated
@@ -537,6 +542,106 @@ def _pool_size(pool: nn.MaxPool2d) -> int:
     return k
 
 
+# ---------------------------------------------------------------- max-pooling
+
+# A max-pool's output depends on the joint law of its window, so through pooled blocks the
+# prediction carries, besides the second-moment map, "lag maps" C_d(p) = E[a(p) a(p + d)]
+# (channel-averaged) for |dy|, |dx| <= 3: what two neighbouring 2x2 windows span. A stride-1
+# conv maps each with the same tap map as the second moment (E_W[h(p) h(q)] = Var(w) sum_t
+# a(p + t) a(q + t): the same tap on both sides), plus sigma_b^2. The window's max, its
+# square, the derivative at its argmax (where the gradient goes) and the products of
+# neighbouring windows' maxima are Gaussian expectations in 4 and 8 dimensions, taken by
+# Monte Carlo with fixed normal draws (deterministic; 4,096 per window, 1,024 per pair).
+_LAG = 3
+_MC = 4096
+_MC_PAIRS = 1024
+
+
+
+def _input_lags(x64: torch.Tensor) -> dict:
+    x = x64.numpy()
+    _, _, h, w = x.shape
+    out = {}
+    for dy in range(-_LAG, _LAG + 1):
+        for dx in range(-_LAG, _LAG + 1):
+            m = np.zeros((h, w))
+            ys, xs = slice(max(0, -dy), min(h, h - dy)), slice(max(0, -dx), min(w, w - dx))
+            ys2, xs2 = slice(max(0, dy), min(h, h + dy)), slice(max(0, dx), min(w, w + dx))
+            m[ys, xs] = (x[:, :, ys, xs] * x[:, :, ys2, xs2]).mean(axis=(0, 1))
+            out[(dy, dx)] = m
+    return out
+
+
+@lru_cache(maxsize=8)
+def _std_normal(n: int, dim: int) -> np.ndarray:
+    return np.random.default_rng(20181).standard_normal((n, dim))
+
+
+def _sample(cov: np.ndarray, mean: float, n: int) -> np.ndarray:
+    """[N, n, d] Gaussian samples with covariances cov [N, d, d] (fixed normals: deterministic)."""
+    w, v = np.linalg.eigh(cov)
+    root = v * np.sqrt(np.clip(w, 0.0, None))[:, None, :]  # cov = root root^T
+    return mean + _std_normal(n, cov.shape[-1]) @ root.transpose(0, 2, 1)
+
+
+def _window_positions(hp: int, wp: int, k: int):
+    """rows, cols [hp*wp, k*k] of each window's elements."""
+    r = np.arange(hp)[:, None, None, None] * k + np.arange(k)[None, None, :, None]
+    c = np.arange(wp)[None, :, None, None] * k + np.arange(k)[None, None, None, :]
+    r, c = np.broadcast_arrays(r, c)
+    return r.reshape(hp * wp, k * k), c.reshape(hp * wp, k * k)
+
+
+def _cov_of(lags: dict, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """[N, d, d] covariance among the positions (rows, cols) [N, d] from the lag maps."""
+    n, d = rows.shape
+    out = np.empty((n, d, d))
+    for i in range(d):
+        for j in range(d):
+            dy, dx = rows[:, j] - rows[:, i], cols[:, j] - cols[:, i]
+            for lag in set(zip(dy.tolist(), dx.tolist())):
+                sel = (dy == lag[0]) & (dx == lag[1])
+                out[sel, i, j] = lags[lag][rows[sel, i], cols[sel, i]]
+    return out
+
+
+def _pool_moments(module, lags: dict, mean: float, shape, k: int, out_lags: bool):
+    """Per window: E[A], E[A^2], E[phi'(h_argmax)^2]; and E[A(P) A(P+d)] maps for |d| <= 1 if out_lags."""
+    h, w = shape
+    hp, wp = h // k, w // k
+    rows, cols = _window_positions(hp, wp, k)
+    hs = _sample(_cov_of(lags, rows, cols), mean, _MC)  # [N, S, 4]
+    with torch.no_grad():
+        a = module(torch.as_tensor(hs)).numpy()
+        idx = a.argmax(axis=-1)[..., None]  # where max-pooling sends the gradient
+        amax = np.take_along_axis(a, idx, -1)[..., 0]
+        g = derivative(module, torch.as_tensor(np.take_along_axis(hs, idx, -1)[..., 0]))[1].numpy()
+    ea, ea2, eg = amax.mean(1).reshape(hp, wp), (amax**2).mean(1).reshape(hp, wp), g.mean(1).reshape(hp, wp)
+    new = {(0, 0): ea2}
+    if out_lags:
+        for dy in range(-1, 2):
+            for dx in range(-1, 2):
+                if (dy, dx) == (0, 0) or (dy, dx) in new:
+                    continue
+                m = np.zeros((hp, wp))
+                ys, xs = slice(max(0, -dy), min(hp, hp - dy)), slice(max(0, -dx), min(wp, wp - dx))
+                P = np.arange(hp * wp).reshape(hp, wp)[ys, xs].ravel()
+                Q = np.arange(hp * wp).reshape(hp, wp)[max(0, dy):min(hp, hp + dy), max(0, dx):min(wp, wp + dx)].ravel()
+                r2 = np.concatenate([rows[P], rows[Q]], 1)
+                c2 = np.concatenate([cols[P], cols[Q]], 1)
+                hh = _sample(_cov_of(lags, r2, c2), mean, _MC_PAIRS)
+                with torch.no_grad():
+                    aa = module(torch.as_tensor(hh)).numpy()
+                prod = (aa[..., :k * k].max(-1) * aa[..., k * k:].max(-1)).mean(1)
+                m[ys, xs] = prod.reshape(m[ys, xs].shape)
+                new[(dy, dx)] = m
+                # symmetry: E[A(P+d) A(P)] at P+d
+                mneg = np.zeros((hp, wp))
+                mneg[max(0, dy):min(hp, hp + dy), max(0, dx):min(wp, wp + dx)] = m[ys, xs]
+                new[(-dy, -dx)] = mneg
+    return ea, ea2, eg, new
+
+
 def predict(model: nn.Module, x: torch.Tensor, recipe: InitRecipe) -> Prediction:
     """Mean-field prediction for every block of a ``models.Net`` fed the batch ``x`` [B, C, H, W]."""
     params = dict(recipe.activation_params)
@@ -549,6 +654,9 @@ def predict(model: nn.Module, x: torch.Tensor, recipe: InitRecipe) -> Prediction
     mu = x64.mean(dim=(0, 1)).numpy()  # the same for the first moment: batch norm subtracts it
     sig_w2, pre_m2, act_m2, act_var, d2_maps, steps = [], [], [], [], [], []
     log_drift, typical = 0.0, []  # ln(typical / mean) of E[phi^2], accumulated over dense layers
+    pooled = any(isinstance(b.pool, nn.MaxPool2d) for b in blocks)
+    lags = _input_lags(x64) if pooled and x64.dim() == 4 else None  # see _pool_moments
+    module = get_activation(recipe.activation).build(params)
     for block in blocks:
         layer = block.layer
         shape = tuple(layer.weight.shape)
@@ -562,16 +670,22 @@ def predict(model: nn.Module, x: torch.Tensor, recipe: InitRecipe) -> Prediction
             tap = _TapMap(layer, _tap_kernel(recipe.init, layer.kernel_size), m.shape)
             v = s2 * tap(m) + b_var
             batch_var = s2 * (float(tap(m).mean()) - float(tap(mu).mean()) ** 2)
+            if lags is not None and tuple(tap.stride) == (1, 1):
+                lags = {d: s2 * tap(c) + b_var for d, c in lags.items()}
+            else:
+                lags = None
             step = (tap, m.shape, s2, layer.in_channels, layer.out_channels)
         elif isinstance(layer, nn.Linear):
             v = np.full((1, 1), s2 * float(m.mean()) + b_var)
             batch_var = s2 * (float(m.mean()) - float(mu.mean()) ** 2)
+            lags = None
             step = (None, m.shape, s2, layer.in_features, layer.out_features)
         else:
             raise ValueError(f"cannot predict through a {type(layer).__name__}")
         mean = b_mean
         if isinstance(block.norm, nn.modules.batchnorm._BatchNorm):
             v, mean = np.ones_like(v), 0.0  # train-mode batch norm at init: mean 0, variance 1 per channel
+            lags = None  # a window's law after batch norm is not carried (see the max-pooling note)
             notes.append("batch norm resets every pre-activation to second moment 1 and divides "
                          "the gradient by the pre-norm std (modelled, Yang et al. 2019)")
             step = (*step, batch_var + block.norm.eps)  # batch norm divides by sqrt(var + eps)
@@ -593,14 +707,24 @@ def predict(model: nn.Module, x: torch.Tensor, recipe: InitRecipe) -> Prediction
         if typical is not None:
             typical.append(float(e2.mean()) * math.exp(log_drift))
         m, mu = e2, e1
-        if isinstance(block.pool, nn.MaxPool2d):
+        k = _pool_size(block.pool) if isinstance(block.pool, nn.MaxPool2d) else 0
+        window = [(dy, dx) for dy in range(-k + 1, k) for dx in range(-k + 1, k)]
+        if k and lags is not None and all(d in lags for d in window):
+            wide = all((dy, dx) in lags for dy in range(-_LAG, _LAG + 1) for dx in range(-_LAG, _LAG + 1))
+            mu, m, slope2, lags = _pool_moments(module, lags, mean, v.shape, k, wide and k == 2)
+            # backward: the gradient reaches only each window's argmax, with its phi'^2
+            d2_maps[-1] = np.zeros_like(d2)
+            d2_maps[-1][: m.shape[0] * k, : m.shape[1] * k] = np.repeat(np.repeat(slope2, k, 0), k, 1)
+        elif k:
+            lags = None
             m, mu = _avg_pool(m, _pool_size(block.pool)), _avg_pool(mu, _pool_size(block.pool))
-            notes.append("max-pooling is not modelled: the prediction takes a random element of each window, "
-                         "but a max has a larger second moment and its gradient goes to the window's maximum, "
-                         "whose ReLU is almost always active (tutorial CNN, ReLU: measured gradient factor 13% "
-                         "above the prediction, activation factor 50%; docs/diagnostics.md)")
+            notes.append("max-pooling after batch norm or a strided conv, or the third pooled block in a row, is "
+                         "not modelled: the prediction takes a random element of each window, but a max has a "
+                         "larger second moment and its gradient goes to the window's maximum (docs/diagnostics.md)")
         elif not isinstance(block.pool, nn.Identity):
             raise ValueError(f"cannot predict through a {type(block.pool).__name__}")
+        else:
+            lags = None  # the activation changed the lags; no later window needs them here
     grad_rel, grad_factor = _backward(blocks, steps, d2_maps)
     if typical is None:
         notes.append("the typical (log-scale) prediction is made for dense layers only")

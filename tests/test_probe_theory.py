@@ -42,22 +42,32 @@ def test_batch_norm_backward_factor_is_pi_over_pi_minus_one_whatever_the_init(in
     assert e["predicted_forward_factor"] == pytest.approx(1.0, abs=1e-6)
 
 
-# ---------------------------------------------------------------- max-pooling: not modelled, said so
+# ---------------------------------------------------------------- max-pooling
 
 
-@pytest.mark.parametrize("init, predicted", [("he", 1.0), ("he_as_written", 2.0)])
-def test_max_pooling_gap_is_stated_and_one_sided(init, predicted):
-    """The tutorial CNN's max-pooling is not modelled (a window's gradient goes to its maximum,
-    whose ReLU is almost always active): the probe says so in a note, and the measured gradient
-    factor runs *above* the prediction, as the note and docs/diagnostics.md state (4 seeds, 128
-    images, geometric mean: 1.133 vs 1.000 at He, 2.267 vs 2.000 at he_as_written; 13% here)."""
+@pytest.mark.parametrize("activation, init, predicted_before", [("relu", "he", 1.0), ("relu", "he_as_written", 2.0),
+                                                                ("tanh", "xavier_normal", None)])
+def test_max_pooling_follows_the_window_model(activation, init, predicted_before):
+    """The tutorial CNN: the prediction now carries each 2x2 window's joint law, so the gradient
+    goes to the window's maximum (whose ReLU is almost always active). Measured here, 4 seeds,
+    128 images, geometric mean of the seeds: He 1.133 (predicted 1.115, before 1.000),
+    he_as_written 2.267 (2.230, before 2.000), tanh + Xavier 0.945 (0.914). Activations: He
+    1.834 (1.954, before 1.217)."""
     import numpy as np
 
-    e = probe("--arch", "tutorial", "--activation", "relu", "--init", init, "--seeds", "4", "--batch-size", "128")
-    assert e["predicted_backward_factor"] == pytest.approx(predicted, rel=1e-6)
-    measured = float(np.exp(np.mean(np.log([p["backward_factor"] for p in e["per_seed"]]))))
-    assert 1.05 * predicted < measured < 1.25 * predicted
-    assert any(n.startswith("max-pooling is not modelled") and "13%" in n for n in e["notes"])
+    e = probe("--arch", "tutorial", "--activation", activation, "--init", init, "--seeds", "4", "--batch-size", "128")
+    geo = lambda key: float(np.exp(np.mean(np.log([p[key] for p in e["per_seed"]]))))  # noqa: E731
+    assert geo("backward_factor") == pytest.approx(e["predicted_backward_factor"], rel=0.05)
+    assert geo("forward_factor") == pytest.approx(e["predicted_forward_factor"], rel=0.10)
+    if predicted_before is not None:  # the old random-element prediction is rejected by the measurement
+        assert geo("backward_factor") > 1.08 * predicted_before
+    assert not any("max-pooling" in n for n in e["notes"])
+
+
+def test_max_pooling_after_batch_norm_is_said_to_be_unmodelled():
+    e = probe("--arch", "tutorial", "--activation", "relu", "--init", "he", "-S", "model.norm=batch", "--seeds", "1",
+              "--batch-size", "16")
+    assert any(n.startswith("max-pooling after batch norm or a strided conv") for n in e["notes"])
 
 
 # ---------------------------------------------------------------- gain: critical

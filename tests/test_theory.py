@@ -266,6 +266,25 @@ def test_batch_norm_backward_factor_is_the_derivative_over_the_variance(init):
         np.testing.assert_allclose(p.grad_factor[1:], expected, rtol=1e-4)
 
 
+def test_max_pool_window_moments_against_order_statistics():
+    """One 2x2 window of ReLU inputs: independent N(0, 1) -> E[relu(max)^2] = int_0^inf t^2 4 phi(t)
+    Phi(t)^3 dt (scipy) and P(the argmax is active) = 1 - 1/16; perfectly correlated -> one ReLU: 1/2, 1/2.
+    Monte Carlo with 4,096 fixed draws: tolerances of 4 standard errors."""
+    from scipy.integrate import quad
+
+    def lags_of(rho):  # the window's four positions with correlation rho between any two
+        return {(dy, dx): np.full((2, 2), 1.0 if (dy, dx) == (0, 0) else rho) for dy in (-1, 0, 1) for dx in (-1, 0, 1)}
+
+    relu = nn.ReLU()
+    ea, ea2, eg, _ = theory._pool_moments(relu, lags_of(0.0), 0.0, (2, 2), 2, False)
+    pdf = lambda t: math.exp(-t * t / 2) / SQRT_2PI  # noqa: E731
+    second = quad(lambda t: t * t * 4 * pdf(t) * phi_cdf(t) ** 3, 0, 12)[0]
+    assert float(ea2[0, 0]) == pytest.approx(second, rel=0.05)
+    assert float(eg[0, 0]) == pytest.approx(15 / 16, abs=4 * math.sqrt(15 / 256 / 4096))
+    ea, ea2, eg, _ = theory._pool_moments(relu, lags_of(1.0), 0.0, (2, 2), 2, False)
+    assert float(ea2[0, 0]) == pytest.approx(0.5, rel=0.05) and float(eg[0, 0]) == pytest.approx(0.5, abs=0.035)
+
+
 def test_sigma_w2_from_the_declared_moments():
     assert theory.sigma_w2_of("he", {}, 1.0, (32, 16, 3, 3)) == pytest.approx(2.0)
     assert theory.sigma_w2_of("std_normal", {}, 1.0, (32, 16, 3, 3)) == pytest.approx(144.0)
