@@ -132,6 +132,16 @@ def test_gain_critical_through_run_stores_the_critical_weights(tmp_path):
     assert not set(runs.run_id) & {r["run_id"] for r in json.loads(plan.stdout)["runs"]}
 
 
+def test_list_inits_offers_critical_beside_auto():
+    out = runner.invoke(app, ["list-inits", "--format", "json"])
+    assert out.exit_code == 0
+    entries = {e["name"]: e for e in json.loads(out.stdout)}
+    for name in ("xavier_normal", "xavier_uniform", "orthogonal", "delta_orthogonal"):
+        assert "'critical' = the gain with chi_1 = 1" in entries[name]["params"]["gain"]["help"]
+    table = runner.invoke(app, ["list-inits"], env={"COLUMNS": "300"})
+    assert "gain=1.0 (number|auto|critical)" in table.stdout
+
+
 def test_gain_critical_without_a_critical_point_is_one_line_exit_2():
     out = runner.invoke(app, ["probe", "--arch", "mlp", "--depth", "3", "--width", "8", "--activation", "gelu",
                               "--init", "{name: xavier_normal, gain: critical}"])
