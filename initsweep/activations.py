@@ -3,11 +3,18 @@
 Each entry knows the gain that ``gain: auto`` resolves to for an initializer. The policy:
 
 * activations that ``torch.nn.init.calculate_gain`` knows (identity, sigmoid, tanh, relu,
-  leaky_relu, selu) use exactly that value;
+  leaky_relu, selu) use exactly that value. For SELU that is 3/4, which does *not* give
+  Klambauer et al.'s self-normalizing ``Var(w) = 1/fan_in`` (gain 1): kept, since changing
+  it would change the run id of every stored SELU run with ``auto``; the entry's description
+  and docs/config.md point to ``lecun_normal`` instead;
 * the others (elu, gelu, silu, softplus, softsign, mish, hardtanh) use the second-moment
   gain ``1 / sqrt(E[phi(z)^2])`` with ``z ~ N(0, 1)``, computed by quadrature
   (``gaussian_expectation``). It is the gain that keeps ``E[x^2]`` fixed through a layer fed unit
   Gaussians — the same derivation that gives He's sqrt(2) for ReLU.
+
+``gain: critical`` (the gain with ``chi_1 = 1``, edge of chaos) is not a property of the
+activation alone (it depends on the bias too): ``theory.critical_sigma_w2`` computes it and
+``inits.critical_params`` applies it per weight.
 
 ``family`` tells the diagnostics what failure to look for: ``rectifier`` units can die,
 ``saturating`` units can saturate.
@@ -85,7 +92,8 @@ _register(Activation(
 _register(Activation("elu", lambda alpha: nn.ELU(alpha), "Exponential linear unit.",
                      "phi(x) = x if x > 0 else alpha * (e^x - 1)", "smooth", None,
                      (Param("alpha", float, 1.0, "saturation value for x -> -inf", low=0.0, high=100.0),)))
-_register(Activation("selu", lambda: nn.SELU(), "Scaled ELU (self-normalizing nets).",
+_register(Activation("selu", lambda: nn.SELU(), "Scaled ELU (self-normalizing nets). gain: auto is torch's 3/4, "
+                     "which breaks self-normalization: use lecun_normal (gain 1, fan_in), as Klambauer et al.",
                      "phi(x) = 1.0507 * (x if x > 0 else 1.6733 * (e^x - 1))", "smooth", "selu"))
 _register(Activation("gelu", lambda approximate: nn.GELU(approximate=approximate),
                      "Gaussian error linear unit.", "phi(x) = x * Phi(x)", "smooth", None,

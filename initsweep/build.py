@@ -14,6 +14,7 @@ from torch import nn
 from .config import RunSpec
 from .inits import initialize
 from .models import build_model
+from .theory import critical_sigma_w2_of
 
 
 def seed_streams(seed: int) -> tuple[int, int]:
@@ -30,4 +31,6 @@ def build_initialized_model(spec: RunSpec, generator: torch.Generator) -> nn.Mod
                         activation=lambda: act.build(m.activation.params))
     return initialize(model, init=m.init.entry, init_params=m.init.params,
                       auto_gain=act.gain(m.activation.params), bias=m.bias.entry,
-                      bias_params=m.bias.params, generator=generator)
+                      bias_params=m.bias.params, generator=generator,
+                      critical_sigma_w2=critical_sigma_w2_of(m.activation.name, m.activation.params, m.bias.entry,
+                                                             m.bias.params))

@@ -881,6 +881,26 @@ def _resolved_grid(cfg: SweepConfig) -> tuple[_Grids, list]:
     return grids, rules
 
 
+def _critical_gain_problem(model: ModelConfig) -> str | None:
+    """Why ``gain: critical`` has no value for this point's activation and bias, or None.
+
+    Checked per point, after the grid's axes are combined: whether a critical ``sigma_w^2``
+    exists depends on the activation and the bias together (GELU has none at ``sigma_b^2 = 0``).
+    The bias variance is taken at ``fan_in = width``; it depends on the fan-in only for
+    ``pytorch_default``, whose variance is tiny either way.
+    """
+    if model.init.params.get("gain") != "critical":
+        return None
+    from .theory import critical_sigma_w2  # noqa: PLC0415 — only configs that ask for it pay for the theory
+
+    sigma_b2 = model.bias.entry.moments(model.bias.params, model.width)[1]
+    try:
+        critical_sigma_w2(model.activation.name, sigma_b2, model.activation.params)
+    except ValueError as exc:
+        return f"model.init.gain: 'critical' has no value for activation {model.activation.label()}: {exc}"
+    return None
+
+
 def expand(cfg: SweepConfig, dataset: str | None = None) -> Plan:
     """The runs of a config: each grid's points (the product of its axes and zips) x seeds,
     minus ``exclude``, deduplicated by run id (a list of grids is their union).
@@ -892,6 +912,7 @@ def expand(cfg: SweepConfig, dataset: str | None = None) -> Plan:
     notes = []
     base_data = cfg.data if dataset is None else cfg.data.model_copy(update={"dataset": dataset})
     runs, first_grid, n_excluded, n_same, hits = [], {}, 0, 0, [0] * len(rules)
+    critical_problems: list[str] = []
     planned, merged = [0] * len(grids.grids), [0] * len(grids.grids)  # per grid: new runs, runs of earlier grids
     for k, grid in enumerate(grids.grids):
         for own in grid.points():
@@ -909,6 +930,10 @@ def expand(cfg: SweepConfig, dataset: str | None = None) -> Plan:
                 section, name, _ = grids.axes[axis]
                 updates[section][name] = value
             model = _without_unused(cfg.model.model_copy(update=updates["model"]))
+            problem = _critical_gain_problem(model)
+            if problem:
+                critical_problems.append(problem)
+                continue
             data = base_data.model_copy(update=updates["data"])
             train = cfg.train.model_copy(update=updates["train"])
             display = tuple((a, shown) for a, (_, shown) in full.items())
@@ -923,6 +948,8 @@ def expand(cfg: SweepConfig, dataset: str | None = None) -> Plan:
                 first_grid[spec.run_id] = k
                 planned[k] += 1
                 runs.append(spec)
+    if critical_problems:
+        raise ConfigError(list(dict.fromkeys(critical_problems)))
     for i, count in enumerate(hits):
         if count == 0:
             notes.append(f"exclude[{i}] matches no point of the grid")

@@ -137,8 +137,8 @@ class Initializer:
 
 _REGISTRY: dict[str, Initializer] = {}
 
-_GAIN = Param("gain", float, 1.0, "multiplier; 'auto' = the run's activation gain", low=0.0, high=100.0,
-              allow_auto=True)
+_GAIN = Param("gain", float, 1.0, "multiplier; 'auto' = the run's activation gain; 'critical' = the gain "
+              "with chi_1 = 1 (edge of chaos)", low=0.0, high=100.0, allow_auto=True, words=("critical",))
 _MODE = Param("mode", str, "fan_in", "which fan sets the scale", choices=("fan_in", "fan_out"))
 _NONLIN = Param("nonlinearity", str, "relu", "gain as in calculate_gain; 'auto' = the run's activation",
                 choices=_TORCH_NONLINEARITIES + ("auto",))
@@ -275,6 +275,25 @@ def list_inits() -> list[Initializer]:
     return list(_REGISTRY.values())
 
 
+def critical_params(entry: Initializer, params: Mapping[str, Any], auto_gain: float, shape: Sequence[int],
+                    critical_sigma_w2: Callable[[int], float] | None) -> Mapping[str, Any]:
+    """``params`` with ``gain: critical`` replaced by the number it stands for on a weight of ``shape``.
+
+    ``critical_sigma_w2(fan_in)`` is the mean-field critical ``sigma_w^2`` (``theory``, at the
+    bias variance of a layer of that fan-in). The gain is chosen so that *this* weight's
+    ``fan_in * Var(w)`` equals it: every init with a gain scales its variance by ``gain^2``, so
+    ``gain^2 = critical / (fan_in * Var(w) at gain 1)`` — exact also for Xavier and orthogonal
+    weights that are not square, whose variance is not ``gain^2 / fan_in``. Other params pass through.
+    """
+    if params.get("gain") != "critical":
+        return params
+    if critical_sigma_w2 is None:
+        raise ValueError("gain: 'critical' needs the run's activation and bias to be resolved")
+    fan_in = fans(shape)[0]
+    unit = fan_in * entry.moments(tuple(shape), {**params, "gain": 1.0}, auto_gain)[1]
+    return {**params, "gain": math.sqrt(critical_sigma_w2(fan_in) / unit)}
+
+
 def init_weight_(
     weight: torch.Tensor, init: str | Initializer, params: Mapping[str, Any], auto_gain: float,
     generator: torch.Generator | None = None,
@@ -345,20 +364,22 @@ def init_bias_(
 def initialize(
     model: nn.Module, *, init: str | Initializer, init_params: Mapping[str, Any], auto_gain: float,
     bias: str | BiasInit = "zeros", bias_params: Mapping[str, Any] | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, critical_sigma_w2: Callable[[int], float] | None = None,
 ) -> nn.Module:
     """The one place init policy is applied: every conv/linear weight and bias, in module order.
 
     ``init`` and ``bias`` are registry entries (what a validated ``config.Choice`` carries)
     or names, looked up once here rather than once per layer. Normalization layers keep
-    their identity start (scale 1, shift 0).
+    their identity start (scale 1, shift 0). ``critical_sigma_w2`` resolves ``gain: critical``
+    layer by layer (:func:`critical_params`).
     """
     init = init if isinstance(init, Initializer) else get_init(init)
     bias = bias if isinstance(bias, BiasInit) else get_bias_init(bias)
     bias_params = bias_params or {}
     for module in model.modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
-            init_weight_(module.weight, init, init_params, auto_gain, generator)
+            params = critical_params(init, init_params, auto_gain, module.weight.shape, critical_sigma_w2)
+            init_weight_(module.weight, init, params, auto_gain, generator)
             if module.bias is not None:
                 init_bias_(module.bias, module.weight, bias, bias_params, generator)
         elif isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:

@@ -19,7 +19,8 @@ class Param:
     """One parameter of a registry entry.
 
     ``kind`` is ``float``, ``int``, ``bool`` or ``str``. ``allow_auto`` lets the value be the
-    string ``"auto"``, resolved later from the run's activation (e.g. a gain).
+    string ``"auto"``, resolved later from the run's activation (e.g. a gain); ``words`` names
+    further strings a number may be replaced by (a gain's ``"critical"``).
     """
 
     name: str
@@ -30,18 +31,22 @@ class Param:
     low: float | None = None
     high: float | None = None
     allow_auto: bool = False
+    words: tuple[str, ...] = ()
 
     def check(self, value: Any) -> Any:
         """Return ``value`` coerced to this parameter's type, or raise ``ValueError``."""
         if self.allow_auto and value == "auto":
             return "auto"
+        if value in self.words:
+            return value
         if self.kind is bool:
             if not isinstance(value, bool):
                 raise ValueError(f"must be true or false, got {value!r}")
             return value
         if self.kind in (int, float):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                expected = "a number" + (" or 'auto'" if self.allow_auto else "")
+                words = ("auto",) * self.allow_auto + self.words
+                expected = "a number" + "".join(f" or '{w}'" for w in words)
                 raise ValueError(f"must be {expected}, got {value!r}")
             if self.kind is int and not float(value).is_integer():
                 raise ValueError(f"must be an integer, got {value!r}")
@@ -66,8 +71,8 @@ class Param:
         allowed = ""
         if self.choices:
             allowed = " (" + "|".join(map(str, self.choices)) + ")"
-        elif self.allow_auto:
-            allowed = " (number|auto)"
+        elif self.allow_auto or self.words:
+            allowed = " (" + "|".join(("number",) + ("auto",) * self.allow_auto + self.words) + ")"
         return f"{self.name}={self.default}{allowed}"
 
 

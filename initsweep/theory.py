@@ -35,12 +35,27 @@ concrete batch, so that the prediction models the architecture the probe measure
   Its scale at the top depends on the head and the labels, so it is predicted relative
   to the last block (``grad_rel``) and the probe anchors it at the measured last block.
 
-Approximations (said where they apply, see ``Prediction.notes``): large width (at width
-32 the measured log-variance drifts below the prediction, see ``docs/diagnostics.md``);
-weights of zero mean (``uniform``/``normal`` with a nonzero mean are not modelled);
-max-pooling (the tutorial CNN) is treated as picking one element of the window at random,
-which underestimates the second moment of a max; batch norm at init (train mode) resets
-every pre-activation to mean 0, second moment 1.
+* **Batch norm** (train mode, at init) resets every pre-activation to mean 0, second
+  moment 1, and divides the backward gradient by each channel's pre-norm batch std, so a
+  layer's gradient factor is ``E[phi'(z)^2] / Var(phi(z))`` whatever the init
+  (``pi / (pi - 1) = 1.467`` for ReLU, Yang et al. 2019); modelled for every activation.
+* **Finite width** (dense layers): beside the mean over weights, the typical (log-scale)
+  second moment ``act_m2_typical``, lower by ``exp(-(kappa - 1) / (2n))`` per layer of ``n``
+  units, ``kappa = E[phi^4] / E[phi^2]^2`` (ReLU: Hanin & Rolnick's ``exp(-5/(2n))``).
+
+* **Max-pooling** (the tutorial CNN): the output is each window's maximum, and the gradient
+  goes to the window's argmax only (whose ReLU is almost always active), so the prediction
+  carries the correlation of neighbouring positions ("lag maps", see ``_pool_moments``)
+  through stride-1 convs and takes the window's max, its square, the derivative at its
+  argmax and neighbouring windows' products by Monte Carlo over the window's Gaussian law.
+
+Approximations (said where they apply, see ``Prediction.notes``): large width (the typical
+prediction covers dense layers only; at 32 channels a CNN's measured log-variance drifts
+below the mean prediction too, see ``docs/diagnostics.md``); weights of zero mean
+(``uniform``/``normal`` with a nonzero mean are not modelled); batch-averaged correlations
+in the pooling windows (one covariance for the batch, not one per image); max-pooling after
+batch norm or a strided conv, or a third pooled block in a row, falls back to a random
+element of each window (a note says so).
 
 Gaussian expectations use the same composite Simpson rule as
 ``activations.gaussian_expectation`` (see there for why not Gauss–Hermite), evaluated
@@ -60,7 +75,7 @@ import torch
 from torch import nn
 
 from .activations import Activation, gauss_rule, gaussian_expectation, get_activation
-from .inits import Initializer, fans, get_bias_init, get_init
+from .inits import BiasInit, Initializer, critical_params, fans, get_bias_init, get_init
 
 # ---------------------------------------------------------------- Gaussian expectations
 
@@ -257,17 +272,86 @@ def chi1(activation: str, params: Mapping[str, Any] | None, sigma_w2: float, sig
     return float(sigma_w2 * d2)
 
 
-def critical_sigma_w2(activation: str, sigma_b2: float, params: Mapping[str, Any] | None = None,
-                      low: float = 0.5, high: float = 10.0, tol: float = 1e-4) -> float:
-    """The ``sigma_w^2`` where ``chi_1 = 1`` (bisection). tanh at ``sigma_b^2 = 0.05``: 1.76."""
-    f = lambda s: chi1(activation, params, s, sigma_b2) - 1.0  # noqa: E731
-    lo, hi = low, high
-    if f(lo) > 0 or f(hi) < 0:
-        raise ValueError(f"chi_1 - 1 does not change sign on [{low}, {high}] for {activation}")
-    while hi - lo > tol:
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if f(mid) < 0 else (lo, mid)
-    return (lo + hi) / 2
+def _critical_branch(activation: str, params: Mapping[str, Any], sigma_b2: float,
+                     q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Along the fixed-point line: ``(sigma_w2(q), chi_1(q))`` of the ``sigma_w^2`` whose fixed point is ``q``.
+
+    ``q* = sigma_w^2 E[phi(sqrt(q*) z)^2] + sigma_b^2`` solved for ``sigma_w^2`` is
+    ``(q - sigma_b^2) / E[phi^2](q)``: one quadrature per ``q``, no iteration.
+    """
+    _, e2, d2 = gaussian_moments(get_activation(activation), params, 0.0, q)
+    sigma_w2 = (q - sigma_b2) / e2
+    return sigma_w2, sigma_w2 * d2
+
+
+def _zero_fixed_point_edge(activation: str, params: Mapping[str, Any]) -> float | None:
+    """``sigma_w^2`` at which ``q* = 0`` has ``chi_1 = 1`` when ``phi(0) = 0`` and ``sigma_b^2 = 0``, else None.
+
+    With one-sided slopes ``a``, ``b`` at 0, ``E[phi^2] / q`` and ``E[phi'^2]`` both tend to
+    ``(a^2 + b^2) / 2`` as ``q -> 0``, so ``chi_1 = 1`` there at ``sigma_w^2 = 2 / (a^2 + b^2)``
+    (tanh 1, ReLU 2, SELU 0.4768). In closed form because quadrature and finite differences
+    lose their accuracy at the tiny ``q`` where the limit is reached.
+    """
+    module = get_activation(activation).build(params)
+    h = 1e-9
+    with torch.no_grad():
+        y = module(torch.tensor([-h, 0.0, h], dtype=torch.float64)).tolist()
+    if abs(y[1]) > 1e-12:
+        return None
+    a, b = y[2] / h, -y[0] / h
+    return 2.0 / (a * a + b * b) if a * a + b * b > 0 else None
+
+
+@lru_cache(maxsize=256)
+def _critical_sigma_w2(activation: str, params_key: tuple, sigma_b2: float) -> float:
+    from scipy.optimize import brentq  # noqa: PLC0415 — scipy.optimize costs ~0.3 s to import; only gain: critical and the studies need it
+
+    params = dict(params_key)
+    branch = lambda q: _critical_branch(activation, params, sigma_b2, np.asarray(q, dtype=np.float64))  # noqa: E731
+    scale = max(sigma_b2, 1.0)
+    grid = sigma_b2 + np.logspace(-6, 8, 281) * scale  # q*, log-spaced just above sigma_b^2
+    sigma_w2, chi = branch(grid)
+    # a fixed point is stable (the recursion goes there) where a larger sigma_w^2 gives a larger
+    # q*; on a falling stretch (GELU, SiLU, Mish near q* = 0) it separates dying from exploding
+    stable = np.diff(sigma_w2, append=sigma_w2[-1] + 1.0) >= -1e-9 * sigma_w2
+    edge = _zero_fixed_point_edge(activation, params) if sigma_b2 == 0.0 else None
+    if edge is not None and stable[0] and chi[0] >= 1.0 - 1e-6:
+        # q* = 0 is the critical point, approached from the chaotic side (tanh: 1)
+        return edge
+    crossing = np.flatnonzero((chi[1:] >= 1.0) & (chi[:-1] < 1.0) & stable[1:] & stable[:-1])
+    if crossing.size:
+        i = int(crossing[0])
+        root = brentq(lambda q: float(branch(q)[1]) - 1.0, grid[i], grid[i + 1], xtol=1e-14, rtol=1e-13)
+        return float(branch(root)[0])
+    if (chi < 1.0).all() and chi[-1] >= 1.0 - 1e-3 and stable[-1]:
+        # chi_1 -> 1 only as q* -> inf: ReLU with sigma_b^2 > 0 and softplus reach the edge at
+        # sigma_w^2 = 2, where any larger sigma_w^2 explodes (q* = inf)
+        return float(sigma_w2[-1])
+    raise ValueError(f"no stable fixed point with chi_1 = 1 for {activation} at sigma_b^2 = {sigma_b2:g}")
+
+
+def critical_sigma_w2(activation: str, sigma_b2: float, params: Mapping[str, Any] | None = None) -> float:
+    """The ``sigma_w^2`` where ``chi_1 = 1`` at the fixed point: tanh at ``sigma_b^2 = 0.05``: 1.76096; at 0: 1.
+
+    Solved along the fixed-point line (:func:`_critical_branch`, Brent's method in ``q*``)
+    rather than by bisection in ``sigma_w^2`` around an iterated fixed point: near the
+    critical line the iteration converges like a power law, and at ``sigma_b^2 = 0`` the
+    unconverged ``q`` left ``chi_1`` below 1 until ``sigma_w^2 = 1.0034`` for tanh.
+    ReLU with ``sigma_b^2 > 0`` and softplus reach ``chi_1 = 1`` only as ``q* -> inf``: their
+    answer is that limit (2), the largest ``sigma_w^2`` that does not explode. Raises
+    ``ValueError`` when no stable fixed point has ``chi_1 = 1`` (GELU, SiLU and Mish at
+    ``sigma_b^2 = 0``: their fixed points with ``chi_1 >= 1`` are unstable).
+    """
+    params = get_activation(activation).resolve(params or {})
+    return _critical_sigma_w2(activation, tuple(sorted(params.items())), float(sigma_b2))
+
+
+def critical_sigma_w2_of(activation: str, activation_params: Mapping[str, Any], bias: str | BiasInit,
+                         bias_params: Mapping[str, Any]):
+    """``fan_in -> critical sigma_w^2`` at the bias variance of a layer of that fan-in: what
+    ``gain: critical`` resolves to (``inits.critical_params``). A bias mean is not part of it."""
+    entry = bias if isinstance(bias, BiasInit) else get_bias_init(bias)
+    return lambda fan_in: critical_sigma_w2(activation, entry.moments(bias_params, fan_in)[1], activation_params)
 
 
 def _pair_expectations(activation: str, params: Mapping[str, Any], q: float, c: float,
@@ -360,6 +444,10 @@ class InitRecipe:
     bias: str = "zeros"
     bias_params: Mapping[str, Any] = field(default_factory=dict)
 
+    def critical_sigma_w2(self, fan_in: int) -> float:
+        """The critical ``sigma_w^2`` that ``gain: critical`` stands for on a layer of this fan-in."""
+        return critical_sigma_w2_of(self.activation, self.activation_params, self.bias, self.bias_params)(fan_in)
+
     @classmethod
     def from_spec(cls, spec: Any) -> "InitRecipe":
         """From a ``config.RunSpec`` (its ``model`` section)."""
@@ -379,6 +467,8 @@ class Prediction:
     grad_factor: np.ndarray  # N_{l-1} / N_l through block l (chi_1 of that layer, with borders); NaN at 0
     grad_rel: np.ndarray  # N_l / N_{depth-1}
     notes: list[str] = field(default_factory=list)
+    # the "typical" (log-scale) E[phi(h)^2] of one finite-width draw; None where not modelled (conv layers)
+    act_m2_typical: np.ndarray | None = None
 
 
 def _tap_kernel(init: str, k: tuple[int, int]) -> np.ndarray:
@@ -452,6 +542,106 @@ def _pool_size(pool: nn.MaxPool2d) -> int:
     return k
 
 
+# ---------------------------------------------------------------- max-pooling
+
+# A max-pool's output depends on the joint law of its window, so through pooled blocks the
+# prediction carries, besides the second-moment map, "lag maps" C_d(p) = E[a(p) a(p + d)]
+# (channel-averaged) for |dy|, |dx| <= 3: what two neighbouring 2x2 windows span. A stride-1
+# conv maps each with the same tap map as the second moment (E_W[h(p) h(q)] = Var(w) sum_t
+# a(p + t) a(q + t): the same tap on both sides), plus sigma_b^2. The window's max, its
+# square, the derivative at its argmax (where the gradient goes) and the products of
+# neighbouring windows' maxima are Gaussian expectations in 4 and 8 dimensions, taken by
+# Monte Carlo with fixed normal draws (deterministic; 4,096 per window, 1,024 per pair).
+_LAG = 3
+_MC = 4096
+_MC_PAIRS = 1024
+
+
+
+def _input_lags(x64: torch.Tensor) -> dict:
+    x = x64.numpy()
+    _, _, h, w = x.shape
+    out = {}
+    for dy in range(-_LAG, _LAG + 1):
+        for dx in range(-_LAG, _LAG + 1):
+            m = np.zeros((h, w))
+            ys, xs = slice(max(0, -dy), min(h, h - dy)), slice(max(0, -dx), min(w, w - dx))
+            ys2, xs2 = slice(max(0, dy), min(h, h + dy)), slice(max(0, dx), min(w, w + dx))
+            m[ys, xs] = (x[:, :, ys, xs] * x[:, :, ys2, xs2]).mean(axis=(0, 1))
+            out[(dy, dx)] = m
+    return out
+
+
+@lru_cache(maxsize=8)
+def _std_normal(n: int, dim: int) -> np.ndarray:
+    return np.random.default_rng(20181).standard_normal((n, dim))
+
+
+def _sample(cov: np.ndarray, mean: float, n: int) -> np.ndarray:
+    """[N, n, d] Gaussian samples with covariances cov [N, d, d] (fixed normals: deterministic)."""
+    w, v = np.linalg.eigh(cov)
+    root = v * np.sqrt(np.clip(w, 0.0, None))[:, None, :]  # cov = root root^T
+    return mean + _std_normal(n, cov.shape[-1]) @ root.transpose(0, 2, 1)
+
+
+def _window_positions(hp: int, wp: int, k: int):
+    """rows, cols [hp*wp, k*k] of each window's elements."""
+    r = np.arange(hp)[:, None, None, None] * k + np.arange(k)[None, None, :, None]
+    c = np.arange(wp)[None, :, None, None] * k + np.arange(k)[None, None, None, :]
+    r, c = np.broadcast_arrays(r, c)
+    return r.reshape(hp * wp, k * k), c.reshape(hp * wp, k * k)
+
+
+def _cov_of(lags: dict, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """[N, d, d] covariance among the positions (rows, cols) [N, d] from the lag maps."""
+    n, d = rows.shape
+    out = np.empty((n, d, d))
+    for i in range(d):
+        for j in range(d):
+            dy, dx = rows[:, j] - rows[:, i], cols[:, j] - cols[:, i]
+            for lag in set(zip(dy.tolist(), dx.tolist())):
+                sel = (dy == lag[0]) & (dx == lag[1])
+                out[sel, i, j] = lags[lag][rows[sel, i], cols[sel, i]]
+    return out
+
+
+def _pool_moments(module, lags: dict, mean: float, shape, k: int, out_lags: bool):
+    """Per window: E[A], E[A^2], E[phi'(h_argmax)^2]; and E[A(P) A(P+d)] maps for |d| <= 1 if out_lags."""
+    h, w = shape
+    hp, wp = h // k, w // k
+    rows, cols = _window_positions(hp, wp, k)
+    hs = _sample(_cov_of(lags, rows, cols), mean, _MC)  # [N, S, 4]
+    with torch.no_grad():
+        a = module(torch.as_tensor(hs)).numpy()
+        idx = a.argmax(axis=-1)[..., None]  # where max-pooling sends the gradient
+        amax = np.take_along_axis(a, idx, -1)[..., 0]
+        g = derivative(module, torch.as_tensor(np.take_along_axis(hs, idx, -1)[..., 0]))[1].numpy()
+    ea, ea2, eg = amax.mean(1).reshape(hp, wp), (amax**2).mean(1).reshape(hp, wp), g.mean(1).reshape(hp, wp)
+    new = {(0, 0): ea2}
+    if out_lags:
+        for dy in range(-1, 2):
+            for dx in range(-1, 2):
+                if (dy, dx) == (0, 0) or (dy, dx) in new:
+                    continue
+                m = np.zeros((hp, wp))
+                ys, xs = slice(max(0, -dy), min(hp, hp - dy)), slice(max(0, -dx), min(wp, wp - dx))
+                P = np.arange(hp * wp).reshape(hp, wp)[ys, xs].ravel()
+                Q = np.arange(hp * wp).reshape(hp, wp)[max(0, dy):min(hp, hp + dy), max(0, dx):min(wp, wp + dx)].ravel()
+                r2 = np.concatenate([rows[P], rows[Q]], 1)
+                c2 = np.concatenate([cols[P], cols[Q]], 1)
+                hh = _sample(_cov_of(lags, r2, c2), mean, _MC_PAIRS)
+                with torch.no_grad():
+                    aa = module(torch.as_tensor(hh)).numpy()
+                prod = (aa[..., :k * k].max(-1) * aa[..., k * k:].max(-1)).mean(1)
+                m[ys, xs] = prod.reshape(m[ys, xs].shape)
+                new[(dy, dx)] = m
+                # symmetry: E[A(P+d) A(P)] at P+d
+                mneg = np.zeros((hp, wp))
+                mneg[max(0, dy):min(hp, hp + dy), max(0, dx):min(wp, wp + dx)] = m[ys, xs]
+                new[(-dy, -dx)] = mneg
+    return ea, ea2, eg, new
+
+
 def predict(model: nn.Module, x: torch.Tensor, recipe: InitRecipe) -> Prediction:
     """Mean-field prediction for every block of a ``models.Net`` fed the batch ``x`` [B, C, H, W]."""
     params = dict(recipe.activation_params)
@@ -459,44 +649,107 @@ def predict(model: nn.Module, x: torch.Tensor, recipe: InitRecipe) -> Prediction
     notes: list[str] = []
     blocks = list(model.blocks)
     # m: channel-averaged second moment of the current block's input, per position [H, W]
-    m = (x.detach().to("cpu", torch.float64) ** 2).mean(dim=(0, 1)).numpy()
+    x64 = x.detach().to("cpu", torch.float64)
+    m = (x64**2).mean(dim=(0, 1)).numpy()
+    mu = x64.mean(dim=(0, 1)).numpy()  # the same for the first moment: batch norm subtracts it
     sig_w2, pre_m2, act_m2, act_var, d2_maps, steps = [], [], [], [], [], []
+    log_drift, typical = 0.0, []  # ln(typical / mean) of E[phi^2], accumulated over dense layers
+    pooled = any(isinstance(b.pool, nn.MaxPool2d) for b in blocks)
+    lags = _input_lags(x64) if pooled and x64.dim() == 4 else None  # see _pool_moments
+    module = get_activation(recipe.activation).build(params)
     for block in blocks:
         layer = block.layer
         shape = tuple(layer.weight.shape)
         fan_in = fans(shape)[0]
-        s2 = sigma_w2_of(init, recipe.init_params, recipe.auto_gain, shape)
-        if weight_mean_of(init, recipe.init_params, recipe.auto_gain, shape) != 0.0:
+        init_params = critical_params(init, recipe.init_params, recipe.auto_gain, shape, recipe.critical_sigma_w2)
+        s2 = sigma_w2_of(init, init_params, recipe.auto_gain, shape)
+        if weight_mean_of(init, init_params, recipe.auto_gain, shape) != 0.0:
             notes.append("the init's weights have a nonzero mean, which the prediction ignores")
         b_mean, b_var = bias.moments(recipe.bias_params, fan_in) if layer.bias is not None else (0.0, 0.0)
         if isinstance(layer, nn.Conv2d):
             tap = _TapMap(layer, _tap_kernel(recipe.init, layer.kernel_size), m.shape)
-            steps.append((tap, m.shape, s2, layer.in_channels, layer.out_channels))
             v = s2 * tap(m) + b_var
+            batch_var = s2 * (float(tap(m).mean()) - float(tap(mu).mean()) ** 2)
+            if lags is not None and tuple(tap.stride) == (1, 1):
+                lags = {d: s2 * tap(c) + b_var for d, c in lags.items()}
+            else:
+                lags = None
+            step = (tap, m.shape, s2, layer.in_channels, layer.out_channels)
         elif isinstance(layer, nn.Linear):
-            steps.append((None, m.shape, s2, layer.in_features, layer.out_features))
             v = np.full((1, 1), s2 * float(m.mean()) + b_var)
+            batch_var = s2 * (float(m.mean()) - float(mu.mean()) ** 2)
+            lags = None
+            step = (None, m.shape, s2, layer.in_features, layer.out_features)
         else:
             raise ValueError(f"cannot predict through a {type(layer).__name__}")
         mean = b_mean
         if isinstance(block.norm, nn.modules.batchnorm._BatchNorm):
             v, mean = np.ones_like(v), 0.0  # train-mode batch norm at init: mean 0, variance 1 per channel
-            notes.append("batch norm resets every pre-activation to second moment 1")
+            lags = None  # a window's law after batch norm is not carried (see the max-pooling note)
+            notes.append("batch norm resets every pre-activation to second moment 1 and divides "
+                         "the gradient by the pre-norm std (modelled, Yang et al. 2019)")
+            step = (*step, batch_var + block.norm.eps)  # batch norm divides by sqrt(var + eps)
+        else:
+            step = (*step, None)
+        steps.append(step)
         e1, e2, d2 = tabulated_moments(recipe.activation, params, mean, v)
+        if isinstance(block.norm, nn.modules.batchnorm._BatchNorm):
+            log_drift = 0.0  # batch norm rescales every channel to variance 1: no drift carries over
+        elif isinstance(layer, nn.Linear) and typical is not None:
+            log_drift -= (_kurtosis(recipe.activation, params, mean, float(v.mean())) - 1.0) / (2.0 * layer.out_features)
+        else:
+            typical = None
         sig_w2.append(s2)
         pre_m2.append(float(v.mean()) + mean**2)
         act_m2.append(float(e2.mean()))
         act_var.append(float(e2.mean()) - float(e1.mean()) ** 2)
         d2_maps.append(d2)
-        m = e2
-        if isinstance(block.pool, nn.MaxPool2d):
-            m = _avg_pool(m, _pool_size(block.pool))
-            notes.append("max-pooling is approximated (the second moment of a max is larger)")
+        if typical is not None:
+            typical.append(float(e2.mean()) * math.exp(log_drift))
+        m, mu = e2, e1
+        k = _pool_size(block.pool) if isinstance(block.pool, nn.MaxPool2d) else 0
+        window = [(dy, dx) for dy in range(-k + 1, k) for dx in range(-k + 1, k)]
+        if k and lags is not None and all(d in lags for d in window):
+            wide = all((dy, dx) in lags for dy in range(-_LAG, _LAG + 1) for dx in range(-_LAG, _LAG + 1))
+            mu, m, slope2, lags = _pool_moments(module, lags, mean, v.shape, k, wide and k == 2)
+            # backward: the gradient reaches only each window's argmax, with its phi'^2
+            d2_maps[-1] = np.zeros_like(d2)
+            d2_maps[-1][: m.shape[0] * k, : m.shape[1] * k] = np.repeat(np.repeat(slope2, k, 0), k, 1)
+        elif k:
+            lags = None
+            m, mu = _avg_pool(m, _pool_size(block.pool)), _avg_pool(mu, _pool_size(block.pool))
+            notes.append("max-pooling after batch norm or a strided conv, or the third pooled block in a row, is "
+                         "not modelled: the prediction takes a random element of each window, but a max has a "
+                         "larger second moment and its gradient goes to the window's maximum (docs/diagnostics.md)")
         elif not isinstance(block.pool, nn.Identity):
             raise ValueError(f"cannot predict through a {type(block.pool).__name__}")
+        else:
+            lags = None  # the activation changed the lags; no later window needs them here
     grad_rel, grad_factor = _backward(blocks, steps, d2_maps)
+    if typical is None:
+        notes.append("the typical (log-scale) prediction is made for dense layers only")
     return Prediction(np.asarray(sig_w2), np.asarray(pre_m2), np.asarray(act_m2), np.asarray(act_var),
-                      grad_factor, grad_rel, list(dict.fromkeys(notes)))
+                      grad_factor, grad_rel, list(dict.fromkeys(notes)),
+                      None if typical is None else np.asarray(typical))
+
+
+def _kurtosis(activation: str, params: Mapping[str, Any], mean: float, var: float) -> float:
+    """``E[phi(h)^4] / E[phi(h)^2]^2`` for ``h ~ N(mean, var)``: ReLU 6 at mean 0, whatever ``var``.
+
+    The finite-width drift of a dense layer of ``n`` units: the layer's empirical
+    ``mean_i phi(h_i)^2`` is an average of ``n`` independent draws (given the layer's input), with
+    mean ``E[phi^2]`` and relative variance ``(kappa - 1) / n``, so its logarithm is
+    ``ln E[phi^2] - (kappa - 1) / (2n)`` on average (second order). For ReLU that is Hanin &
+    Rolnick's (2018) ``exp(-5 / (2n))`` per layer: 0.925 at width 32.
+    """
+    z, w = gauss_rule(4001)
+    with torch.no_grad():
+        y2 = get_activation(activation).build(params)(torch.as_tensor(mean + math.sqrt(max(var, 0.0)) * z)).numpy() ** 2
+    e2 = float(np.dot(w, y2))
+    if not (e2 > 0 and math.isfinite(e2)):
+        return 1.0
+    ratio = y2 / e2  # normalized first: an exploding net's phi^4 overflows where phi^2 does not
+    return float(np.dot(w, ratio * ratio))
 
 
 def _backward(blocks: list[nn.Module], steps: list[tuple], d2_maps: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -506,6 +759,12 @@ def _backward(blocks: list[nn.Module], steps: list[tuple], d2_maps: list[np.ndar
     starts uniform at the top (both heads spread the gradient evenly) and goes down through
     ``E[delta^2] = E[phi'(h)^2] E[g^2]`` (gradient independence) and the adjoint of each
     layer's tap map: ``E[g_in^2] = sigma_w^2 (C_out / C_in) * adjoint(E[delta^2])``.
+
+    Batch norm (train mode) divides the gradient by each channel's pre-norm batch std
+    (``sigma_w^2 Var_batch(a)``: the weights' scale cancels), so a layer's factor becomes
+    ``E[phi'(z)^2] / Var(phi(z))`` at ``z ~ N(0, 1)`` whatever the init: ``pi / (pi - 1) =
+    1.467`` for ReLU (Yang et al. 2019). The projection that removes the gradient's batch
+    mean and its component along the normalized input is left out (a ``1 - 2/B`` effect).
     """
     depth = len(blocks)
     norms = np.full(depth, np.nan)
@@ -514,8 +773,8 @@ def _backward(blocks: list[nn.Module], steps: list[tuple], d2_maps: list[np.ndar
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         norms[-1] = steps[-1][4] * float(g.sum())
         for l in range(depth - 1, 0, -1):
-            tap, in_shape, s2, c_in, c_out = steps[l]
-            d = d2_maps[l] * g
+            tap, in_shape, s2, c_in, c_out, batch_var = steps[l]
+            d = d2_maps[l] * g if batch_var is None else d2_maps[l] * g / batch_var
             if tap is not None:
                 g = s2 * (c_out / c_in) * tap.adjoint(d)
             else:  # g_j = sum_i W_ij delta_i: E[g_j^2] = Var(w) * n_out * mean(D), the same for every input

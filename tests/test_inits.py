@@ -223,3 +223,21 @@ def test_tutorial_schemes_are_registered_with_their_formulas():
                        ("gaussian_inv_sqrt_n", "1 / sqrt(fan_in)"), ("he", "sqrt(2 / fan_in)"),
                        ("he_as_written", "2 / sqrt(fan_in)")]:
         assert text in get_init(name).formula
+
+
+@pytest.mark.parametrize("name, shape", [("xavier_normal", LINEAR), ("xavier_uniform", CONV), ("orthogonal", LINEAR),
+                                         ("delta_orthogonal", CONV)])
+def test_gain_critical_sets_each_weights_sigma_w2(name, shape):
+    """``gain: critical`` is resolved per weight so that fan_in * Var(w) is the critical sigma_w^2
+    exactly, also where an init's variance is not gain^2 / fan_in (non-square Xavier, orthogonal)."""
+    critical = 1.7609546  # what theory.critical_sigma_w2("tanh", 0.05) returns; any number does here
+    model = nn.Sequential(nn.Linear(shape[1], shape[0], bias=False) if len(shape) == 2
+                          else nn.Conv2d(shape[1], shape[0], shape[2], bias=False))
+    initialize(model, init=name, init_params=get_init(name).resolve({"gain": "critical"}), auto_gain=1.0,
+               generator=torch.Generator().manual_seed(0), critical_sigma_w2=lambda fan_in: critical)
+    w = model[0].weight.detach()
+    n = w.numel()
+    # the sample variance's relative standard error is sqrt(2 / n) (< 0.6% here); 5 of them
+    assert fans(shape)[0] * float(w.pow(2).mean()) == pytest.approx(critical, rel=5 * math.sqrt(2 / n))
+    with pytest.raises(ValueError, match="gain: 'critical' needs"):
+        initialize(model, init=name, init_params=get_init(name).resolve({"gain": "critical"}), auto_gain=1.0)

@@ -108,6 +108,72 @@ def test_tanh_edge_of_chaos():
     assert 0 < c_star < 0.5 and chi_c < 1
 
 
+def _scipy_chi1(phi, dphi2, sigma_w2: float, sigma_b2: float) -> float:
+    """chi_1 at the fixed point, independently: scipy's adaptive quadrature and Brent's root of q* (not the project's rule)."""
+    from scipy.integrate import quad
+    from scipy.optimize import brentq
+
+    def expect(f, q):
+        return quad(lambda z: f(math.sqrt(q) * z) * math.exp(-z * z / 2) / SQRT_2PI, -12, 12, points=[0.0], limit=200)[0]
+
+    q_star = brentq(lambda q: sigma_w2 * expect(lambda x: phi(x) ** 2, q) + sigma_b2 - q, sigma_b2 + 1e-12, 100.0, xtol=1e-14)
+    return sigma_w2 * expect(dphi2, q_star)
+
+
+def test_critical_sigma_w2_exact_at_zero_bias_and_at_the_issue_value():
+    """tanh's critical line starts at exactly sigma_w^2 = 1 (1 / tanh'(0)^2); it used to return 1.0034.
+    At sigma_b^2 = 0.05 it is 1.76096, where scipy's own quadrature finds chi_1 = 1."""
+    assert theory.critical_sigma_w2("tanh", 0.0) == pytest.approx(1.0, abs=1e-9)
+    crit = theory.critical_sigma_w2("tanh", 0.05)
+    assert crit == pytest.approx(1.76096, abs=2e-5)
+    sech4 = lambda x: (1.0 - math.tanh(x) ** 2) ** 2  # noqa: E731
+    assert _scipy_chi1(math.tanh, sech4, crit, 0.05) == pytest.approx(1.0, abs=1e-6)
+    assert theory.chi1("tanh", {}, crit, 0.05) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_critical_sigma_w2_closed_forms():
+    """phi(0) = 0 at sigma_b^2 = 0: 2 / (a^2 + b^2) from the slopes on either side of 0. ReLU
+    with a bias and softplus reach chi_1 = 1 only as q* -> inf, at 2. GELU has no stable one."""
+    lam, alpha = 1.0507009873554805, 1.6732632423543772
+    expected = {"relu": 2.0, "hardtanh": 1.0, "softsign": 1.0, "identity": 1.0,
+                "leaky_relu": 2 / (1 + 0.01**2), "selu": 2 / (lam**2 * (1 + alpha**2))}
+    for name, value in expected.items():
+        assert theory.critical_sigma_w2(name, 0.0) == pytest.approx(value, rel=1e-6), name
+    assert theory.critical_sigma_w2("relu", 0.05) == pytest.approx(2.0, rel=1e-6)
+    assert theory.critical_sigma_w2("softplus", 0.0) == pytest.approx(2.0, rel=1e-6)
+    with pytest.raises(ValueError, match="no stable fixed point with chi_1 = 1 for gelu"):
+        theory.critical_sigma_w2("gelu", 0.0)
+    # sigmoid: chi_1 = 1 at sigma_w^2 ~ 103 (the issue's number), checked with scipy
+    crit = theory.critical_sigma_w2("sigmoid", 0.0)
+    assert crit == pytest.approx(103.0, abs=0.1)
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    assert _scipy_chi1(sig, lambda x: (sig(x) * (1 - sig(x))) ** 2, crit, 0.0) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("name", ["tanh", "hardtanh", "softsign"])
+def test_chi1_is_one_at_the_critical_sigma_w2_with_a_bias(name):
+    """What ``gain: critical`` stands for at sigma_b^2 = 0.05: chi_1 = 1 at the fixed point,
+    checked with scipy's adaptive quadrature (not the project's Simpson rule)."""
+    phis = {"tanh": (math.tanh, lambda x: (1 - math.tanh(x) ** 2) ** 2),
+            "hardtanh": (lambda x: max(-1.0, min(1.0, x)), lambda x: 1.0 if -1 < x < 1 else 0.0),
+            "softsign": (lambda x: x / (1 + abs(x)), lambda x: 1 / (1 + abs(x)) ** 4)}
+    crit = theory.critical_sigma_w2(name, 0.05)
+    assert _scipy_chi1(*phis[name], crit, 0.05) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("name", ["relu", "softplus"])
+def test_critical_sigma_w2_of_rectifiers_with_a_bias_is_the_explosion_edge(name):
+    """ReLU with a bias, softplus: chi_1 < 1 at every finite fixed point and tends to 1 as q* -> inf,
+    which sigma_w^2 = 2 reaches; above it q explodes. So the critical value is 2."""
+    params = theory.get_activation(name).resolve({})
+    crit = theory.critical_sigma_w2(name, 0.05, params)
+    assert crit == pytest.approx(2.0, rel=1e-6)
+    assert theory.fixed_point(name, params, 3.0, 0.05) == math.inf
+    assert theory.chi1(name, params, 1.98, 0.05) < 1.0
+    _, chi = theory._critical_branch(name, params, 0.05, np.array([1e8]))
+    assert chi[0] == pytest.approx(1.0, abs=1e-3)
+
+
 def _conv(padding_mode: str, stride: int) -> nn.Conv2d:
     return nn.Conv2d(4, 4, 3, stride=stride, padding=1, padding_mode=padding_mode)
 
@@ -182,6 +248,41 @@ def test_predict_bias_and_batch_norm():
     p = theory.predict(_net("plain", "tanh", depth=3, width=8, norm="batch"), x, recipe)
     np.testing.assert_allclose(p.pre_m2, 1.0)  # batch norm at init: unit second moment, whatever the init
     assert any("batch norm" in n for n in p.notes)
+
+
+@pytest.mark.parametrize("init", ["std_normal", "he"])
+def test_batch_norm_backward_factor_is_the_derivative_over_the_variance(init):
+    """With batch norm, a layer's gradient factor is E[phi'(z)^2] / Var(phi(z)), z ~ N(0, 1), whatever
+    the init (the weights' scale cancels): for tanh computed here with scipy, for ReLU pi / (pi - 1)."""
+    from scipy.integrate import quad
+
+    def expect(f):
+        return quad(lambda z: f(z) * math.exp(-z * z / 2) / SQRT_2PI, -12, 12, points=[0.0], limit=200)[0]
+
+    tanh_factor = expect(lambda z: (1 - math.tanh(z) ** 2) ** 2) / expect(lambda z: math.tanh(z) ** 2)
+    for act, expected in (("tanh", tanh_factor), ("relu", math.pi / (math.pi - 1))):
+        recipe = theory.InitRecipe(init, {}, 1.0, act, {})
+        p = theory.predict(_net("mlp", act, depth=5, width=8, norm="batch"), torch.rand(4, 1, 28, 28), recipe)
+        np.testing.assert_allclose(p.grad_factor[1:], expected, rtol=1e-4)
+
+
+def test_max_pool_window_moments_against_order_statistics():
+    """One 2x2 window of ReLU inputs: independent N(0, 1) -> E[relu(max)^2] = int_0^inf t^2 4 phi(t)
+    Phi(t)^3 dt (scipy) and P(the argmax is active) = 1 - 1/16; perfectly correlated -> one ReLU: 1/2, 1/2.
+    Monte Carlo with 4,096 fixed draws: tolerances of 4 standard errors."""
+    from scipy.integrate import quad
+
+    def lags_of(rho):  # the window's four positions with correlation rho between any two
+        return {(dy, dx): np.full((2, 2), 1.0 if (dy, dx) == (0, 0) else rho) for dy in (-1, 0, 1) for dx in (-1, 0, 1)}
+
+    relu = nn.ReLU()
+    ea, ea2, eg, _ = theory._pool_moments(relu, lags_of(0.0), 0.0, (2, 2), 2, False)
+    pdf = lambda t: math.exp(-t * t / 2) / SQRT_2PI  # noqa: E731
+    second = quad(lambda t: t * t * 4 * pdf(t) * phi_cdf(t) ** 3, 0, 12)[0]
+    assert float(ea2[0, 0]) == pytest.approx(second, rel=0.05)
+    assert float(eg[0, 0]) == pytest.approx(15 / 16, abs=4 * math.sqrt(15 / 256 / 4096))
+    ea, ea2, eg, _ = theory._pool_moments(relu, lags_of(1.0), 0.0, (2, 2), 2, False)
+    assert float(ea2[0, 0]) == pytest.approx(0.5, rel=0.05) and float(eg[0, 0]) == pytest.approx(0.5, abs=0.035)
 
 
 def test_sigma_w2_from_the_declared_moments():

@@ -168,7 +168,8 @@ def _render(entries: list[dict[str, Any]], summary_only: bool) -> None:
                           f"gradient norm x{_spread(e, 'grad_end_to_end', '.3g')} (first block / last)",
                           highlight=False, markup=False)
             console.print(f"per layer: activations' second moment x{_spread(e, 'forward_factor')} "
-                          f"(predicted x{_fmt(e['predicted_forward_factor'], '.3f')}), gradient norm "
+                          f"(predicted x{_fmt(e['predicted_forward_factor'], '.3f')} mean, "
+                          f"x{_fmt(e['predicted_typical_forward_factor'], '.3f')} typical), gradient norm "
                           f"x{_spread(e, 'backward_factor')} (predicted x{_fmt(e['predicted_backward_factor'], '.3f')})",
                           highlight=False, markup=False)
             for note in e["notes"]:
@@ -176,15 +177,17 @@ def _render(entries: list[dict[str, Any]], summary_only: bool) -> None:
             console.print()
     if len(entries) > 1 or summary_only:
         several = any(len(e["seeds"]) > 1 for e in entries)
-        table = Table(title="Probe summary (factors per layer; pred = mean-field prediction"
+        table = Table(title="Probe summary (factors per layer; pred = mean-field prediction, the average over "
+                            "weights; typical = its log-scale value at finite width, dense layers only"
                             + ("; median [range] over the seeds)" if several else ")"), title_justify="left")
-        for col in ("point", "verdict", "act x/layer", "pred", "grad x/layer", "pred", "act last/first",
+        for col in ("point", "verdict", "act x/layer", "pred", "typical", "grad x/layer", "pred", "act last/first",
                     "grad first/last", "max dead", "mean sat"):
             table.add_column(col, justify="left" if col in ("point", "verdict") else "right")
         for e in entries:
             c = colour.get(e["verdict"], "white")
             table.add_row(_label(e), f"[{c}]{e['verdict_label']}[/]", _spread(e, "forward_factor"),
-                          _fmt(e["predicted_forward_factor"], ".3f"), _spread(e, "backward_factor"),
+                          _fmt(e["predicted_forward_factor"], ".3f"),
+                          _fmt(e["predicted_typical_forward_factor"], ".3f"), _spread(e, "backward_factor"),
                           _fmt(e["predicted_backward_factor"], ".3f"), _spread(e, "act_end_to_end", ".3g"),
                           _spread(e, "grad_end_to_end", ".3g"), _spread(e, "max_dead_frac", ".0%"),
                           _spread(e, "mean_saturated_frac", ".0%"))
@@ -219,6 +222,7 @@ def _entry(specs: list, results: list, dataset: str, batch_size: int) -> dict[st
         "forward_factor": agg.forward.median, "backward_factor": agg.backward.median,
         "predicted_forward_factor": results[0].predicted_forward_factor,
         "predicted_backward_factor": results[0].predicted_backward_factor,
+        "predicted_typical_forward_factor": results[0].predicted_typical_forward_factor,
         "loss": loss, "notes": results[0].notes,
         "seconds": sum(r.seconds for r in results),
         **{f"{k}_range": [v.low, v.high] for k, v in spreads.items()},

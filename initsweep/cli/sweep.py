@@ -212,6 +212,8 @@ def list_activations_cmd(fmt: FormatOpt = Format.table) -> None:
     for r, a in zip(rows, list_activations()):
         table.add_row(*_plain(r["name"], r["formula"], r["family"], f"{r['gain']:.4f}", r["gain_source"],
                               ", ".join(p.describe() for p in a.params)))
+    table.caption = ("selu's 0.75 (torch's) is not the gain 1 of a self-normalizing net: use lecun_normal. "
+                     "gain: critical puts a layer at the edge of chaos instead (docs/config.md).")
     console.print(table)
 
 
