@@ -50,6 +50,16 @@ def git(repo: Path, *args: str) -> str:
                           capture_output=True, text=True, check=True).stdout.strip()
 
 
+def checkout(repo: Path) -> Path:
+    """A clean git checkout with one commit, made at ``repo``."""
+    repo.mkdir()
+    git(repo, "init", "-q")
+    (repo / "model.py").write_text("width = 4\n")
+    git(repo, "add", "model.py")
+    git(repo, "commit", "-q", "-m", "first")
+    return repo
+
+
 @contextmanager
 def working_directory(folder: Path):
     """``initsweep run`` started from ``folder`` (the CLI runs in this process)."""
@@ -74,12 +84,7 @@ def stored(tmp_path_factory):
     lr 1.0, whose validation accuracy peaked at epoch 2 of 4 on the machine this was written on:
     the test holds wherever it peaks)."""
     base = tmp_path_factory.mktemp("prov")
-    repo = base / "repo"
-    repo.mkdir()
-    git(repo, "init", "-q")
-    (repo / "model.py").write_text("width = 4\n")
-    git(repo, "add", "model.py")
-    git(repo, "commit", "-q", "-m", "first")
+    repo = checkout(base / "repo")
     final = write(base / "final.yaml", "prov-final", {"depth": [1]}, {"save": "final"})
     best = write(base / "best.yaml", "prov-best", {"depth": [2]}, {"save": "best", "epochs": 4, "optimizer": "sgd", "lr": 1.0})
     with working_directory(repo):

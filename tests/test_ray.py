@@ -223,18 +223,13 @@ def test_under_ray_the_checkout_is_the_drivers_and_the_weights_come_back(tmp_pat
     """A Ray worker runs in a folder of Ray's (on a cluster, on another machine): the git facts
     are still those of the folder the sweep was started from, and the weights (``train.save``)
     travel back with the result to the process that owns the results folder."""
-    from test_provenance import CPU, correct, git, working_directory, write
+    from test_provenance import CPU, checkout, correct, git, working_directory, write
 
     from initsweep.results.checkpoints import load_model, run_spec
     from initsweep.train import memory_format_for, splits_for
     from tolerances import IMAGES
 
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    git(repo, "init", "-q")
-    (repo / "model.py").write_text("width = 4\n")
-    git(repo, "add", "model.py")
-    git(repo, "commit", "-q", "-m", "first")
+    repo = checkout(tmp_path / "repo")
     config = write(tmp_path / "c.yaml", "ray", {"depth": [1]}, {"save": "final"})
     with working_directory(repo):
         outcome = run_sweep(config, results_dir=tmp_path / "res", executor="ray", ray_address=cluster)
