@@ -77,7 +77,7 @@ def run(
     devices: Annotated[Optional[str], typer.Option(help="Comma-separated devices, one worker each, e.g. cuda:0,cuda:1.")] = None,
     vmap: Annotated[Vmap, typer.Option(help="Train runs that share an architecture as one batched model (auto: on CUDA only).")] = Vmap.auto,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile each model (warm-up timed separately).")] = False,
-    precision: Annotated[Optional[Precision], typer.Option(help="Override train.precision (bf16: CUDA only).")] = None,
+    precision: Annotated[Optional[Precision], typer.Option(help="Override train.precision (bf16: CUDA, or a CPU with AVX512-BF16 or AMX).")] = None,
     max_retries: Annotated[int, typer.Option(min=0, help="Retries of a run whose worker process died.")] = 2,
     executor: Annotated[str, typer.Option(
         metavar="NAME", help="Where to train: local (this machine), ray (a Ray cluster), or another registered executor.")] = "local",
