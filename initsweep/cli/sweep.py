@@ -5,6 +5,7 @@ live in ``app.py``."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -106,9 +107,11 @@ def run(
     Exit codes: 0 done, 1 a run failed, 2 bad input, 75 time budget spent with runs left
     (run again to resume), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
     """
+    started = time.perf_counter()  # before torch is imported: the wall time includes start-up
     from ..sweep.planner import parse_duration, parse_shard
     from ..report.stats import best_per_depth
-    from .render import SweepDisplay, render_sweep_summary
+    from ..report.timing import time_shares
+    from .render import SweepDisplay, render_sweep_summary, render_time_shares
     from ..results.store import Store
     from ..sweep.run import run_sweep
     from ..overrides import load_config_with
@@ -138,6 +141,9 @@ def run(
     df = df[df.run_id.isin(outcome.run_ids)]
     best = best_per_depth(df)
     render_sweep_summary(console, outcome, best, df["status"].value_counts().to_dict())
+    trained = df[df.run_id.isin({result.run_id for _, result in outcome.results})]
+    if len(trained) and outcome.execution is not None and outcome.execution.executor == "local":
+        render_time_shares(console, time_shares(trained, time.perf_counter() - started, outcome.execution.workers))
     _ci_outputs(outcome, df, best, junit, summary_md)
     if outcome.interrupted:
         how = "terminated (SIGTERM)" if outcome.terminated else "interrupted"
