@@ -1,22 +1,33 @@
-"""Sweep throughput, side by side in one run: naive loop vs shell loop vs ``initsweep run``.
+"""Sweep throughput, side by side in one run: naive loop, shell loop, hand-tuned ceiling, ``initsweep run``.
 
     .venv/bin/python benchmarks/bench_sweep.py                 # 24 runs, tutorial CNN, 1 epoch
     .venv/bin/python benchmarks/bench_sweep.py --study configs/grid.yaml   # non-training share
     .venv/bin/python benchmarks/bench_sweep.py --tiny          # seconds; what the tests run
 
-All three train the same grid (init x activation x seed) of the tutorial CNN on the same
+Every mode trains the same grid (init x activation x seed) of the tutorial CNN on the same
 MNIST digits (the shipped sample), Adam lr 1e-3, the same batch size and epochs:
 
 1. naive loop — ``naive_mnist.py``: pytorch/examples style (PIL + ToTensor + Normalize
    per item, DataLoader), every run one after another in one process;
 2. shell loop — the same script launched once per grid point (a new process per run);
-3. initsweep run — the real command, as a user runs it.
+3. hand loop x2 — the hand-tuned ceiling, ``hand_loop.py``: in-memory normalized tensors,
+   ``randperm`` batches, channels_last, one thread, started twice at once on the two halves
+   of the grid (no store, no diagnostics, no validation split);
+4. initsweep run — the real command, as a user runs it;
+5. on a CPU with AVX512-BF16 or AMX (or ``--device cuda``): the hand loop and
+   ``initsweep run`` again with bf16 autocast (``--precision bf16``).
+
+The first lines say which CPU ran it (its bf16 flags) and the load average before and after:
+numbers from a shared or another machine are not comparable.
 
 Columns: wall time (each mode as a whole, process start included), aggregate training
-samples per second of wall time, the ratio of the wall times to modes 1 and 2, the share
+samples per second of wall time, the ratio of the wall times to modes 1, 2 and 3, the share
 of the machine's compute ceiling (training FLOPs per sample = 3 x 2 x forward MACs, times
 samples/s, over a measured 2048x2048 float32 GEMM rate using every core), and the peak
-resident memory of the process that trains (initsweep: the largest worker's).
+resident memory of the process that trains (initsweep: the largest worker's), and "trains
+at": the training samples/s of one training process over its own training seconds (for
+``initsweep run`` each worker's, from the stored ``train_seconds``), which set beside the
+hand loop's says how close a worker's inner loop comes to the tight one.
 
 ``--study CONFIG`` instead runs ``initsweep run CONFIG`` and reports how much of its wall
 time is not training: 1 - (sum of the runs' training seconds / workers) / wall.
@@ -35,6 +46,8 @@ from pathlib import Path
 
 import torch
 import yaml
+
+from initsweep.provenance import bf16_cpu_flags, cpu_model, cpuinfo_text
 
 ROOT = Path(__file__).resolve().parents[1]
 INITS = ["he", "xavier_uniform", "orthogonal", "lecun_normal", "gaussian_inv_sqrt_n", "uniform_inv_sqrt_n"]
@@ -94,41 +107,77 @@ def naive(args, pts: list[str], point: int | None = None) -> dict:
 
 def measure(args) -> list[dict]:
     from initsweep.models import measure_shape
-    from initsweep.results.read import load_results
 
     pts = points(args.seeds, args.inits)
     flops_per_sample = 6 * measure_shape("tutorial", depth=None, width=None).macs_per_sample
     ceiling = gemm_flops(device=args.device)
-    rows = []
+    rows, load_before = [], list(os.getloadavg())
+    bf16 = args.device.startswith("cuda") or bool(bf16_cpu_flags(cpuinfo_text()))
 
     t = time.perf_counter()
     one = naive(args, pts)
     rows.append({"mode": "naive loop", "wall": time.perf_counter() - t, "samples": one["train_samples"],
-                 "runs": one["runs"], "peak_mb": one["peak_rss_mb"]})
+                 "runs": one["runs"], "peak_mb": one["peak_rss_mb"], "train_rate": one["train_samples"] / one["train_seconds"]})
 
     t = time.perf_counter()
     shell = [naive(args, pts, i) for i in range(len(pts))]
     rows.append({"mode": "shell loop", "wall": time.perf_counter() - t, "samples": sum(s["train_samples"] for s in shell),
-                 "runs": sum(s["runs"] for s in shell), "peak_mb": max(s["peak_rss_mb"] for s in shell)})
+                 "runs": sum(s["runs"] for s in shell), "peak_mb": max(s["peak_rss_mb"] for s in shell),
+                 "train_rate": sum(s["train_samples"] for s in shell) / sum(s["train_seconds"] for s in shell)})
 
-    with tempfile.TemporaryDirectory() as tmp:
-        config = config_for(args, Path(tmp) / "bench.yaml")
-        cmd = [sys.executable, "-m", "initsweep", "run", str(config), "--results", str(Path(tmp) / "res"),
-               "--device", args.device, "--quiet"]
-        if args.workers:
-            cmd += ["--workers", str(args.workers)]
-        wall, _ = _run(cmd)
-        df = load_results(Path(tmp) / "res")
-        ok = df[df.status.isin(["ok", "diverged"])]
-        rows.append({"mode": "initsweep run", "wall": wall, "samples": int((ok.n_train * ok.epochs).sum()),
-                     "runs": len(df), "peak_mb": float(df.peak_rss_mb.max())})
+    rows.append(hand(args, pts, "fp32"))
+    rows.append(initsweep_run(args, "fp32"))
+    if bf16:
+        rows.append(hand(args, pts, "bf16"))
+        rows.append(initsweep_run(args, "bf16"))
     for row in rows:
         row["samples_per_s"] = row["samples"] / row["wall"]
         row["vs_naive"] = rows[0]["wall"] / row["wall"]
         row["vs_shell"] = rows[1]["wall"] / row["wall"]
         row["ceiling_pct"] = 100 * row["samples_per_s"] * flops_per_sample / ceiling
-    rows.append({"gemm_gflops": ceiling / 1e9, "flops_per_sample": flops_per_sample})
+    rows.append({"gemm_gflops": ceiling / 1e9, "flops_per_sample": flops_per_sample, "cpu": cpu_model(),
+                 "bf16_flags": bf16_cpu_flags(cpuinfo_text()), "loadavg_before": load_before,
+                 "loadavg_after": list(os.getloadavg())})
     return rows
+
+
+def hand(args, pts: list[str], precision: str) -> dict:
+    """The hand-tuned ceiling: ``hand_loop.py`` twice at once, one thread each, each on half of
+    the grid (the layout ``bench_workers.py`` measured fastest on 2 cores)."""
+    halves = [pts[: len(pts) // 2], pts[len(pts) // 2:]]
+    cmd = [sys.executable, str(ROOT / "benchmarks/hand_loop.py"), "--epochs", str(args.epochs),
+           "--batch-size", str(args.batch_size), "--train-limit", str(args.train_limit),
+           "--test-limit", str(args.test_limit), "--threads", "1", "--precision", precision, "--device", args.device]
+    t = time.perf_counter()
+    procs = [subprocess.Popen([*cmd, "--points", *half], stdout=subprocess.PIPE, text=True) for half in halves if half]
+    outs = [json.loads(proc.communicate()[0].strip().splitlines()[-1]) for proc in procs]
+    wall = time.perf_counter() - t
+    if any(proc.returncode for proc in procs):
+        raise SystemExit(f"hand_loop.py failed: {[proc.returncode for proc in procs]}")
+    return {"mode": f"hand loop x2 {precision}", "wall": wall, "samples": sum(o["train_samples"] for o in outs),
+            "runs": sum(o["runs"] for o in outs), "peak_mb": max(o["peak_rss_mb"] for o in outs),
+            # each process's own training rate, averaged: what one thread sustains in a tight loop
+            "train_rate": sum(o["train_samples"] / o["train_seconds"] for o in outs) / len(outs)}
+
+
+def initsweep_run(args, precision: str) -> dict:
+    """``initsweep run`` as a user runs it, on the same grid; its rate per worker from the
+    stored timings (samples over training seconds, each worker's runs together)."""
+    from initsweep.results.read import load_results
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = config_for(args, Path(tmp) / "bench.yaml")
+        cmd = [sys.executable, "-m", "initsweep", "run", str(config), "--results", str(Path(tmp) / "res"),
+               "--device", args.device, "--precision", precision, "--quiet"]
+        if args.workers:
+            cmd += ["--workers", str(args.workers)]
+        wall, _ = _run(cmd)
+        df = load_results(Path(tmp) / "res")
+    ok = df[df.status.isin(["ok", "diverged"])].assign(samples=lambda d: d.n_train * d.epochs)
+    per_worker = ok.groupby("worker")[["samples", "train_seconds"]].sum()
+    return {"mode": "initsweep run" + (" bf16" if precision == "bf16" else ""), "wall": wall,
+            "samples": int(ok.samples.sum()), "runs": len(df), "peak_mb": float(df.peak_rss_mb.max()),
+            "train_rate": float((per_worker.samples / per_worker.train_seconds).mean())}
 
 
 def study(args) -> dict:
@@ -183,12 +232,20 @@ def main() -> None:
         print(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
         return
     info = result[-1]
+    print(f"CPU: {info['cpu']}; bf16 flags: {', '.join(info['bf16_flags']) or 'none'}; "
+          f"load average (1, 5, 15 min) before: {' '.join(f'{x:.2f}' for x in info['loadavg_before'])}, "
+          f"after: {' '.join(f'{x:.2f}' for x in info['loadavg_after'])}")
     print(f"tutorial CNN, {result[0]['runs']} runs x {args.epochs} epoch(s), batch {args.batch_size}; "
           f"{info['flops_per_sample'] / 1e6:.1f} MFLOP per training sample; GEMM ceiling {info['gemm_gflops']:.1f} GFLOP/s")
-    print(f"{'mode':<15}{'runs':>5}{'wall s':>9}{'samples/s':>11}{'vs naive':>10}{'vs shell':>10}{'% ceiling':>11}{'peak MB':>9}")
+    hand_fp32 = next(r for r in result if r["mode"] == "hand loop x2 fp32")
+    print(f"{'mode':<22}{'runs':>5}{'wall s':>9}{'samples/s':>11}{'vs naive':>10}{'vs shell':>10}{'vs hand':>9}"
+          f"{'% ceiling':>11}{'trains at':>11}{'peak MB':>9}")
     for r in result[:-1]:
-        print(f"{r['mode']:<15}{r['runs']:>5}{r['wall']:>9.1f}{r['samples_per_s']:>11.0f}{r['vs_naive']:>9.2f}x"
-              f"{r['vs_shell']:>9.2f}x{r['ceiling_pct']:>10.1f}%{r['peak_mb']:>9.0f}")
+        print(f"{r['mode']:<22}{r['runs']:>5}{r['wall']:>9.1f}{r['samples_per_s']:>11.0f}{r['vs_naive']:>9.2f}x"
+              f"{r['vs_shell']:>9.2f}x{hand_fp32['wall'] / r['wall']:>8.2f}x{r['ceiling_pct']:>10.1f}%"
+              f"{r['train_rate']:>11.0f}{r['peak_mb']:>9.0f}")
+    print("trains at: samples/s of one training process (per worker, per hand-loop process) over its own "
+          "training seconds; vs hand: the fp32 hand loop's wall over the mode's")
 
 
 if __name__ == "__main__":

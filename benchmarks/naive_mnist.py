@@ -10,7 +10,6 @@ per point). Same data, model, init, epochs and batch size as the initsweep side 
 from __future__ import annotations
 
 import argparse
-import resource
 import time
 
 import numpy as np
@@ -23,8 +22,8 @@ from torchvision import transforms
 from initsweep.activations import get_activation
 from initsweep.data import DataSource, SAMPLE_PATH, load_raw
 from initsweep.inits import get_init, initialize
-from initsweep.jsontext import json_text
 from initsweep.models import build_model
+from loop_report import print_report
 
 
 class NumpyMNIST(Dataset):
@@ -104,9 +103,7 @@ def main() -> None:
                     x, y = x.to(device), y.to(device)
                     correct += (model(x).argmax(1) == y).sum().item()
             accs.append(correct / len(test_y))
-    print(json_text({"runs": len(points), "train_samples": samples, "train_seconds": train_seconds,
-                     "wall_seconds": time.perf_counter() - t0, "test_acc": accs,
-                     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}, indent=None), end="")
+    print_report(len(points), samples, train_seconds, t0, accs)
 
 
 if __name__ == "__main__":

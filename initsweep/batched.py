@@ -130,7 +130,8 @@ class Stacked:
 
     def eval_logits(self, x: torch.Tensor) -> torch.Tensor:
         # no mode switch: grouped models have no normalization layers (group_key) and no dropout
-        return self._shared_batch(self.params, self.buffers, x)
+        with self.autocast:
+            return self._shared_batch(self.params, self.buffers, x)
 
     def stop(self, models: list[int]) -> None:
         with torch.no_grad():

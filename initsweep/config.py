@@ -205,7 +205,7 @@ class TrainConfig(_Section):
     seeds: list[Int] = Field(default_factory=lambda: [0], min_length=1, max_length=MAX_SEEDS)
     # a training loss above diverge_factor x the first step's loss (or NaN/inf) stops the run as diverged
     diverge_factor: Float = Field(1e3, gt=1.0, le=1e30)
-    # bf16 autocast (CUDA only) changes the numbers, so it is a setting, hashed into the run id
+    # bf16 autocast (CUDA, or a CPU with AVX512-BF16 or AMX) changes the numbers, so it is a setting, hashed into the run id
     precision: Literal[PRECISIONS] = "fp32"
     # save the trained weights to <results>/checkpoints/<run_id>.pt: the last epoch's (final)
     # or the first epoch with the best validation accuracy (best). Saving does not change the

@@ -97,3 +97,37 @@ def accelerator(device_type: str, index: int | None) -> dict[str, str | None]:
         except (RuntimeError, OSError):
             cudnn = None
     return {"gpu_name": gpu, "cuda": torch.version.cuda, "cudnn": cudnn}
+
+
+# The /proc/cpuinfo flags of the CPU instructions that make bf16 autocast pay on the CPU:
+# AVX512-BF16 (Intel Cooper Lake and later, AMD Zen 4 and later) and AMX (Intel Sapphire
+# Rapids and later). ``torch.backends.cpu.get_cpu_capability()`` says only ``AVX512``, the
+# same on CPUs with and without them, so the flags are read from the kernel's own list.
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_flags(cpuinfo: str) -> set[str]:
+    """The feature flags of the first processor in the text of ``/proc/cpuinfo`` (its
+    ``flags`` line on x86, ``Features`` on ARM); empty when the text lists none."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return set()
+
+
+def bf16_cpu_flags(cpuinfo: str) -> list[str]:
+    """Which of :data:`BF16_CPU_FLAGS` the CPU described by ``cpuinfo`` has (a pure function
+    of the text, so both answers are testable on any machine)."""
+    flags = cpu_flags(cpuinfo)
+    return [flag for flag in BF16_CPU_FLAGS if flag in flags]
+
+
+@lru_cache(maxsize=1)
+def cpuinfo_text() -> str:
+    """This machine's ``/proc/cpuinfo`` (empty where there is none: not Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""

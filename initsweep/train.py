@@ -52,10 +52,10 @@ from .build import build_initialized_model, seed_streams
 from .columns import ENVIRONMENT_COLUMNS
 from .config import RunSpec
 from .data import DataSource, Splits, iterate_batches, load_splits, resolve_source
-from .errors import OptionError
+from .errors import InitsweepError, OptionError
 from .models import get_arch
 from .probe import probe_for_run
-from .provenance import accelerator, cpu_model, package_version
+from .provenance import BF16_CPU_FLAGS, accelerator, bf16_cpu_flags, cpu_model, cpuinfo_text, package_version
 
 EVAL_BATCH = 2048  # evaluation has no backward pass: on an accelerator, large batches are fastest
 # on the CPU cache-sized ones are: 1,000 test images through the tutorial CNN (channels_last,
@@ -282,8 +282,25 @@ def memory_format_for(spec: RunSpec, device: torch.device) -> torch.memory_forma
     return torch.contiguous_format
 
 
+def check_precision(precision: str, device: torch.device, cpuinfo: str | None = None) -> None:
+    """Refuse ``precision: bf16`` where it would not pay: it needs a CUDA device, or a CPU
+    with AVX512-BF16 or AMX (``cpuinfo``: the text of ``/proc/cpuinfo``, this machine's by
+    default). Without those instructions PyTorch emulates bf16 on the CPU, slower than fp32,
+    so a user asking for speed gets a clear refusal rather than a slower sweep."""
+    if precision != "bf16" or device.type == "cuda":
+        return
+    wanted = " nor ".join(BF16_CPU_FLAGS)
+    if device.type != "cpu":
+        raise InitsweepError(f"precision bf16 needs a CUDA device or a CPU with AVX512-BF16 or AMX "
+                             f"(running on {device})")
+    if not bf16_cpu_flags(cpuinfo_text() if cpuinfo is None else cpuinfo):
+        raise InitsweepError(f"precision bf16 needs a CUDA device or a CPU with AVX512-BF16 or AMX "
+                             f"(this CPU's flags in /proc/cpuinfo have neither {wanted})")
+
+
 def autocast_for(spec: RunSpec, device: torch.device):
-    """bf16 autocast for ``precision: bf16`` (CUDA only, checked when the sweep starts)."""
+    """bf16 autocast for ``precision: bf16`` on CUDA or on a CPU with bf16 instructions
+    (:func:`check_precision`, called when the sweep starts); training and evaluation alike."""
     if spec.train.precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -334,7 +351,8 @@ class Single:
         was_training = self.module.training
         self.module.eval()
         try:
-            return self.module(x).unsqueeze(0)
+            with self.autocast:
+                return self.module(x).unsqueeze(0)
         finally:
             self.module.train(was_training)
 

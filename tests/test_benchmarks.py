@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from initsweep.provenance import bf16_cpu_flags, cpu_model, cpuinfo_text
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -15,14 +17,20 @@ def test_bench_sweep_tiny_counts_the_same_work_in_every_mode():
                          capture_output=True, text=True, check=True, cwd=ROOT)
     rows = json.loads(out.stdout.strip().splitlines()[-1])
     modes, info = rows[:-1], rows[-1]
-    assert [m["mode"] for m in modes] == ["naive loop", "shell loop", "initsweep run"]
+    bf16 = ["hand loop x2 bf16", "initsweep run bf16"] if bf16_cpu_flags(cpuinfo_text()) else []
+    assert [m["mode"] for m in modes] == ["naive loop", "shell loop", "hand loop x2 fp32", "initsweep run", *bf16]
     # tiny: 1 init x 2 activations x 1 seed, 256 training images, 1 epoch, no validation split
     for m in modes:
         assert m["runs"] == 2 and m["samples"] == 2 * 256
         assert m["samples_per_s"] == m["samples"] / m["wall"]
         assert 0 < m["ceiling_pct"] < 100 and m["peak_mb"] > 50
+        # one process's training rate over its own training seconds: faster than the whole
+        # mode's wall-clock rate (which includes start-up and evaluation) in every mode
+        assert m["train_rate"] > m["samples_per_s"] / 2  # two processes at most share the work
     assert modes[0]["vs_naive"] == 1.0 and modes[1]["vs_shell"] == 1.0
-    assert modes[2]["vs_naive"] == modes[0]["wall"] / modes[2]["wall"]
+    assert modes[3]["vs_naive"] == modes[0]["wall"] / modes[3]["wall"]
+    assert info["cpu"] == cpu_model() and info["bf16_flags"] == bf16_cpu_flags(cpuinfo_text())
+    assert len(info["loadavg_before"]) == len(info["loadavg_after"]) == 3
     # the tutorial CNN: 2,794,240 forward MACs -> 6 FLOPs per MAC per training sample
     assert info["flops_per_sample"] == 6 * 2_794_240 and info["gemm_gflops"] > 0
 

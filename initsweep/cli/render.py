@@ -232,6 +232,13 @@ def render_sweep_summary(console: Console, outcome, best: "pd.DataFrame", totals
                   highlight=False)
 
 
+def render_time_shares(console: Console, shares) -> None:
+    """The sweep's wall time and where it went (``report.timing.time_shares``)."""
+    console.print(f"time: {shares.wall:.1f} s wall, {shares.workers} worker(s): training {100 * shares.training:.0f}%, "
+                  f"evaluation {100 * shares.evaluation:.0f}%, everything else {100 * shares.other:.0f}% "
+                  "(start-up, set-up, probes, store)", highlight=False)
+
+
 def render_runs(console: Console, df: "pd.DataFrame", columns: list[str]) -> None:
     table = Table(show_edge=False, pad_edge=False)
     for col in columns:

@@ -5,6 +5,7 @@ live in ``app.py``."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -77,7 +78,7 @@ def run(
     devices: Annotated[Optional[str], typer.Option(help="Comma-separated devices, one worker each, e.g. cuda:0,cuda:1.")] = None,
     vmap: Annotated[Vmap, typer.Option(help="Train runs that share an architecture as one batched model (auto: on CUDA only).")] = Vmap.auto,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile each model (warm-up timed separately).")] = False,
-    precision: Annotated[Optional[Precision], typer.Option(help="Override train.precision (bf16: CUDA only).")] = None,
+    precision: Annotated[Optional[Precision], typer.Option(help="Override train.precision (bf16: CUDA, or a CPU with AVX512-BF16 or AMX).")] = None,
     max_retries: Annotated[int, typer.Option(min=0, help="Retries of a run whose worker process died.")] = 2,
     executor: Annotated[str, typer.Option(
         metavar="NAME", help="Where to train: local (this machine), ray (a Ray cluster), or another registered executor.")] = "local",
@@ -106,9 +107,11 @@ def run(
     Exit codes: 0 done, 1 a run failed, 2 bad input, 75 time budget spent with runs left
     (run again to resume), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
     """
+    started = time.perf_counter()  # before torch is imported: the wall time includes start-up
     from ..sweep.planner import parse_duration, parse_shard
     from ..report.stats import best_per_depth
-    from .render import SweepDisplay, render_sweep_summary
+    from ..report.timing import time_shares
+    from .render import SweepDisplay, render_sweep_summary, render_time_shares
     from ..results.store import Store
     from ..sweep.run import run_sweep
     from ..overrides import load_config_with
@@ -138,6 +141,9 @@ def run(
     df = df[df.run_id.isin(outcome.run_ids)]
     best = best_per_depth(df)
     render_sweep_summary(console, outcome, best, df["status"].value_counts().to_dict())
+    trained = df[df.run_id.isin({result.run_id for _, result in outcome.results})]
+    if len(trained) and outcome.execution is not None and outcome.execution.executor == "local":
+        render_time_shares(console, time_shares(trained, time.perf_counter() - started, outcome.execution.workers))
     _ci_outputs(outcome, df, best, junit, summary_md)
     if outcome.interrupted:
         how = "terminated (SIGTERM)" if outcome.terminated else "interrupted"

@@ -20,7 +20,7 @@ import torch
 from ..batched import group_specs
 from ..config import PRECISIONS, RunSpec, SweepConfig, load_config
 from ..data import DataSource
-from ..errors import InitsweepError, OptionError, ParamError, interrupt_reason, terminated
+from ..errors import OptionError, ParamError, interrupt_reason, terminated
 from ..provenance import git_state
 from .executors import CONNECT_TIMEOUT_S, Execution, Task, get_executor, usable_cores
 from .ledger import Claim, Ledger, StopAtFailure
@@ -28,7 +28,7 @@ from .loggers import open_loggers
 from .observer import Observer
 from .planner import estimate_work, in_shard, resolve_plan
 from ..results.store import Store
-from ..train import RunResult, resolve_device
+from ..train import RunResult, check_precision, resolve_device
 
 
 @dataclass
@@ -128,8 +128,7 @@ def run_sweep(config: str | Path | SweepConfig, *, results_dir: str | Path = "re
         if precision not in PRECISIONS:  # model_copy does not validate
             raise OptionError("precision", precision, "use fp32 or bf16")
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"precision": precision})})
-    if cfg.train.precision == "bf16" and execution.device.type != "cuda":
-        raise InitsweepError(f"precision bf16 needs a CUDA device (running on {execution.device})")
+    check_precision(cfg.train.precision, execution.device)
     observer = observer or Observer()
     loggers = open_loggers([*cfg.log_to, *(log_to or ())], results_dir, cfg.name)
     # the data first: a missing dataset is refused before a results folder is created for it
