@@ -168,6 +168,11 @@ def test_sigterm_under_ray_marks_runs_interrupted_and_exits_143(tmp_path, cluste
     df = load_results(results, history=True)
     assert "running" not in set(df.status) and "ok" in set(df.status)
     assert set(df[df.status == "interrupted"].error) == {"interrupted (SIGTERM)"}
+    # the tasks in flight are not left training: Ray stops a job's workers when its driver goes
+    deadline = time.monotonic() + 60
+    while _ray_task_pids() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _ray_task_pids() == []
 
 
 def _run_against(tmp_path: Path, address: str) -> subprocess.CompletedProcess:
