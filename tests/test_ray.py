@@ -41,9 +41,6 @@ def cluster():
     saved = {k: os.environ.get(k) for k in auth}
     os.environ.update(auth)
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    # a Ray instance another test started on this machine (``--executor ray`` with no address)
-    # may linger a while after its driver exits; it would answer for this cluster
-    subprocess.run([str(RAY), "stop", "--force"], capture_output=True, env=env)
     subprocess.run([str(RAY), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
                     "--include-dashboard=false", "--disable-usage-stats"], check=True, capture_output=True, env=env)
     try:
