@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 EXTRAS ?= dev,plot,parquet,ray,tensorboard,mlflow
 STAMP := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: run test venv clean
+.PHONY: run test venv clean studies
 
 venv: $(STAMP)
 
@@ -25,6 +25,19 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Every study of docs/studies/: its runs (resumable: a rerun trains only what is missing),
+# then the archived exports (docs/studies/data/) and the pages' tables, rebuilt from them.
+# STUDY_ARGS passes options to every run, e.g. STUDY_ARGS='-S train.precision=fp32' on a CPU
+# without bf16 (other run ids: the archive then no longer matches the configs' plans).
+STUDIES := tutorial he2015 glorot2010 edge_of_chaos
+STUDY_RESULTS ?= results/studies
+studies: $(STAMP)
+	@start=$$(date +%s); for study in $(STUDIES); do \
+	  $(BIN)/initsweep run configs/$$study.yaml --results $(STUDY_RESULTS)/$$study -q $(STUDY_ARGS) || exit $$?; \
+	done; \
+	$(BIN)/python docs/studies/build.py --results $(STUDY_RESULTS) && \
+	echo "make studies: $$(( $$(date +%s) - start )) s"
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -147,11 +147,24 @@ def test_probe_rows_are_keyed_by_the_layer_columns():
 
 @pytest.mark.parametrize(("name", "first", "last", "count"), [
     ("grid.yaml", ["379a6f09b4006688", "76e865fe059ffac7", "b8300ffd9e0e1dd3"], "924b556d712b8e9e", 144),
-    ("tutorial.yaml", ["0e338443823ac5e2", "3542caec692af7c9", "d10cbf1d012b0ab1"], "7b042d3a0a4ea7f6", 40),
+    ("tutorial.yaml", ["a062a60ae409d86f", "cf244b3f2fb00eaf", "9b6e336e959e91df"], "21169e4fa70a1d36", 200),
 ])
 def test_the_shipped_studies_keep_their_run_ids(name, first, last, count):
     ids = [s.run_id for s in expand(load_config(CONFIGS / name)).runs]
     assert len(ids) == count and ids[:3] == first and ids[-1] == last
+
+
+def test_the_tutorial_study_before_issue_15_keeps_its_run_ids():
+    """Issue 15 grew the tutorial study (5 seeds, an SGD arm, bf16), which changed its plan;
+    set back to the old experiment (fp32, Adam at 1e-3, seeds 0 and 1) it plans the 40 runs
+    pinned before issue 13, with the same ids: the identity of a run did not change."""
+    from initsweep.overrides import load_config_with
+
+    cfg = load_config_with(CONFIGS / "tutorial.yaml", ["train.precision=fp32", "grid.zip=null", "train.optimizer=adam",
+                                                       "train.lr=1.0e-3", "train.seeds=[0, 1]"])
+    ids = [s.run_id for s in expand(cfg).runs]
+    assert len(ids) == 40
+    assert ids[:3] == ["0e338443823ac5e2", "3542caec692af7c9", "d10cbf1d012b0ab1"] and ids[-1] == "7b042d3a0a4ea7f6"
 
 
 def test_run_into_an_older_store_adds_the_missing_columns_and_keeps_its_rows(tmp_path):
