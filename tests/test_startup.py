@@ -24,3 +24,13 @@ def test_a_worker_entry_point_imports_neither_the_store_nor_pandas():
     from initsweep.sweep.run import run_sweep
 
     assert sweep.run_sweep is run_sweep and sweep.__all__ == ["Observer", "SweepOutcome", "plan_execution", "run_sweep"]
+
+
+def test_the_cli_and_the_pool_import_no_torch_so_that_workers_start_before_the_parent_imports_it():
+    """``initsweep run`` starts its CPU workers (``pool.start_early``) before its own ``import
+    torch``: the command's module and the pool's must not import it."""
+    code = ("import sys, initsweep.cli, initsweep.sweep.executors.pool; "
+            "print(sorted(m for m in ('torch', 'numpy', 'pandas') if m in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
