@@ -104,3 +104,12 @@ def test_ctrl_c_during_start_up_leaves_no_process_no_traceback_and_no_half_writt
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("interrupted")
     _wait(lambda: not _marked(mark), timeout=15)
     assert all(status in ("ok", "interrupted") for status, _ in _rows(results))  # never left "running"
+
+
+@pytest.mark.skipif(CORES < 2, reason="one core: no worker is started early")
+def test_workers_started_early_exit_when_the_parent_is_killed_during_start_up(tmp_path):
+    proc, results, mark, early = _workers_2(tmp_path, n_depths=6, train_limit=2048)
+    assert len(early) == 2
+    proc.kill()  # kill -9: no handler runs, nobody closes the pool
+    proc.wait()
+    _wait(lambda: not _marked(mark), timeout=60)  # each worker sees its parent gone, whatever it was doing
