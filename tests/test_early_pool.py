@@ -19,7 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from initsweep.sweep.executors import Execution
+from initsweep.sweep.executors.pool import EARLY_WORKERS_MAX, WorkerPool
 from test_executors import _marked, _wait, _worker_pids, write_config
+from test_signals import _alive
 
 CORES = len(os.sched_getaffinity(0))
 
@@ -69,14 +72,14 @@ def test_a_sweep_too_small_for_workers_stops_the_early_ones_before_its_first_run
     proc = _start(config, results, mark)  # the default: one worker per core, fitted to the sweep
     seen: set[int] = set()
     _poll(lambda: seen.update(_worker_pids(proc.pid)) or proc.poll() is not None or bool(_rows(results)))
-    assert len(seen) == CORES  # started before the parent imported torch and planned
+    assert len(seen) == min(CORES, EARLY_WORKERS_MAX)  # started before the parent imported torch and planned
     if proc.poll() is None:  # a run claimed: the early workers are gone already, none left to idle
         assert _worker_pids(proc.pid) == []
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     rows = _rows(results)
     assert rows == [("ok", str(proc.pid))] * 2  # both trained in the parent
-    assert not any(Path(f"/proc/{pid}").exists() for pid in seen)
+    assert not any(_alive(pid) for pid in seen)
     _wait(lambda: not _marked(mark), timeout=15)
 
 
@@ -113,3 +116,27 @@ def test_workers_started_early_exit_when_the_parent_is_killed_during_start_up(tm
     proc.kill()  # kill -9: no handler runs, nobody closes the pool
     proc.wait()
     _wait(lambda: not _marked(mark), timeout=60)  # each worker sees its parent gone, whatever it was doing
+
+
+def test_adopt_keeps_what_the_sweep_trains_with_starts_the_missing_and_stops_the_rest():
+    """``WorkerPool.adopt``: fewer tasks than workers stops the extra ones; more workers wanted
+    than were started early (a machine with more cores than ``EARLY_WORKERS_MAX``) starts the
+    missing ones; another setting, or one worker, stops them all."""
+    import torch
+
+    def execution(workers: int, threads: int = 1) -> Execution:
+        return Execution([torch.device("cpu")], workers, threads, vmap=False)
+
+    pool = WorkerPool(3, ["cpu"], 1)
+    first = pool.pids
+    assert pool.adopt(execution(3), tasks=2) is pool and pool.pids == first[:2]
+    assert not any(_alive(pid) for pid in first[2:])
+    assert pool.adopt(execution(4), tasks=9) is pool and len(pool.pids) == 4 and pool.pids[:2] == first[:2]
+    everyone = pool.pids
+    assert pool.adopt(execution(4, threads=2), tasks=9) is None and pool.workers == {}
+    assert not any(_alive(pid) for pid in everyone)
+    single = WorkerPool(2, ["cpu"], 1)
+    pids = single.pids
+    assert single.adopt(execution(2), tasks=1) is None and not any(_alive(pid) for pid in pids)
+    single.close()  # closing a closed pool does nothing
+

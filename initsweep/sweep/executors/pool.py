@@ -46,6 +46,9 @@ if TYPE_CHECKING:
     from ..ledger import Ledger
 
 _PROGRESS_EVERY_S = 0.2
+# The most workers started before the plan: each imports torch (0.5 GB resident), and a tiny
+# sweep on a many-core machine needs none of them; the sweep starts the rest (``adopt``).
+EARLY_WORKERS_MAX = 8
 _PARENT_CHECK_S = 0.5
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -214,19 +217,21 @@ class WorkerPool:
 
     def adopt(self, execution: Execution, tasks: int) -> "WorkerPool | None":
         """These workers, started early, for a sweep of ``tasks`` tasks run as ``execution``:
-        kept (as many as it trains with: no more than tasks) when they are what the local
-        executor would start (the same devices, threads and compile setting, more than one
-        worker); otherwise stopped at once and ``None`` (a tiny sweep trains in this process).
-        They hold nothing yet, so a stopped one is killed, not waited for."""
+        as many as it trains with (no more than tasks; the missing ones started now) when they
+        are what the local executor would start (the same devices, threads and compile
+        setting, more than one worker); otherwise stopped at once and ``None`` (a tiny sweep
+        trains in this process). They hold nothing yet, so a stopped one is killed, not
+        waited for."""
         wanted = min(execution.workers, tasks)
         fits = (execution.executor == "local" and [str(d) for d in execution.devices] == self.devices
-                and execution.threads == self.threads and execution.compile == self.compile
-                and 1 < wanted <= len(self.workers))
+                and execution.threads == self.threads and execution.compile == self.compile and wanted > 1)
         if not fits:
             self.close(timeout=0.0)
             return None
         for worker_id in sorted(self.workers)[wanted:]:
             _end(self.workers.pop(worker_id))
+        for worker_id in range(len(self.workers), wanted):
+            self._start(worker_id)
         return self
 
     def execute(self, tasks: list[Task], *, ledger: "Ledger", observer, max_retries: int = 2,
@@ -341,7 +346,8 @@ def start_early(*, device: str, devices: list[str] | None, workers: int | None, 
                 compile: bool, executor: str) -> WorkerPool | None:
     """Start the local executor's CPU workers now, before this process imports torch, when
     the options already say where they go: the local executor, ``device`` cpu (or auto on a
-    machine without an accelerator), more than one worker (``workers``, or one per core).
+    machine without an accelerator), more than one worker (``workers``, or one per core;
+    at most ``EARLY_WORKERS_MAX`` now).
     ``None`` otherwise, and in a process that imported torch already (a notebook, a test
     runner): there is no import left to overlap, and a tiny sweep would start them for
     nothing. The sweep takes them with :meth:`WorkerPool.adopt`; whoever started them closes
@@ -353,4 +359,4 @@ def start_early(*, device: str, devices: list[str] | None, workers: int | None, 
     count = workers or usable_cores()
     if count < 2:
         return None
-    return WorkerPool(count, ["cpu"], threads or default_threads(count), compile)
+    return WorkerPool(min(count, EARLY_WORKERS_MAX), ["cpu"], threads or default_threads(count), compile)
