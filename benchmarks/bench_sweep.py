@@ -31,6 +31,12 @@ hand loop's says how close a worker's inner loop comes to the tight one.
 
 ``--study CONFIG`` instead runs ``initsweep run CONFIG`` and reports how much of its wall
 time is not training: 1 - (sum of the runs' training seconds / workers) / wall.
+
+``--startup`` measures the start-up instead (issue 18's "one ``import torch`` + 0.5 s"):
+``python -X importtime -c 'import torch'`` (its cumulative time, the best of 3) beside how
+long after the command started the first run of ``initsweep run`` on the grid began to
+train (its ``finished_at`` minus ``wall_seconds`` plus ``setup_seconds``, from the store),
+each worker's first run too.
 """
 
 from __future__ import annotations
@@ -206,6 +212,46 @@ def study(args) -> dict:
             "peak_mb": float(df.peak_rss_mb.max())}
 
 
+def torch_import_seconds(tries: int = 3) -> float:
+    """``import torch``'s cumulative time from ``python -X importtime``, the best of ``tries``."""
+    best = float("inf")
+    for _ in range(tries):
+        out = subprocess.run([sys.executable, "-X", "importtime", "-c", "import torch"], capture_output=True,
+                             text=True, check=True).stderr
+        line = next(l for l in reversed(out.splitlines()) if l.rstrip().endswith("| torch"))
+        best = min(best, int(line.split("|")[1]) / 1e6)
+    return best
+
+
+def startup(args) -> dict:
+    """Seconds from the command's start to the first run's training start (and each worker's),
+    beside ``import torch``'s own cost."""
+    from datetime import datetime
+
+    from initsweep.results.read import load_results
+
+    load_before = list(os.getloadavg())
+    torch_s = torch_import_seconds()
+    with tempfile.TemporaryDirectory() as tmp:
+        config = config_for(args, Path(tmp) / "bench.yaml")
+        cmd = [sys.executable, "-m", "initsweep", "run", str(config), "--results", str(Path(tmp) / "res"),
+               "--device", args.device, "--quiet"]
+        if args.workers:
+            cmd += ["--workers", str(args.workers)]
+        t0 = time.time()
+        wall, _ = _run(cmd)
+        df = load_results(Path(tmp) / "res")
+    finished = df.finished_at.map(lambda s: datetime.fromisoformat(s).timestamp())
+    trains_from = finished - df.wall_seconds + df.setup_seconds - t0  # seconds after the command started
+    first_claim = df.claimed_at.map(lambda s: datetime.fromisoformat(s).timestamp()).min() - t0
+    per_worker = trains_from.groupby(df.worker).min().sort_values()
+    return {"cpu": cpu_model(), "loadavg_before": load_before, "loadavg_after": list(os.getloadavg()),
+            "runs": len(df), "workers": len(per_worker), "wall": wall, "import_torch": torch_s,
+            "first_claim": float(first_claim), "first_trains": float(per_worker.iloc[0]),
+            "workers_first_train": [float(x) for x in per_worker],
+            "over_import_torch": float(per_worker.iloc[0]) - torch_s}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=2)
@@ -217,16 +263,27 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="initsweep run --workers (default: its own)")
     parser.add_argument("--tiny", action="store_true", help="2 runs on 256 images: checks the counting, not speed")
     parser.add_argument("--study", default=None, help="report the non-training share of this config's sweep")
+    parser.add_argument("--startup", action="store_true",
+                        help="seconds before the first run trains, beside import torch's")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (every mode)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.tiny:
         args.seeds, args.inits, args.train_limit, args.test_limit = 1, 1, 256, 256
-    result = study(args) if args.study else measure(args)
+    result = study(args) if args.study else startup(args) if args.startup else measure(args)
     if args.json:
         from initsweep.jsontext import json_text
 
         print(json_text(result, indent=None), end="")
+        return
+    if args.startup:
+        print(f"CPU: {result['cpu']}; load average before: {' '.join(f'{x:.2f}' for x in result['loadavg_before'])}, "
+              f"after: {' '.join(f'{x:.2f}' for x in result['loadavg_after'])}")
+        print(f"import torch {result['import_torch']:.2f} s; initsweep run ({result['runs']} runs, "
+              f"{result['workers']} worker(s), {result['wall']:.1f} s): first claim at {result['first_claim']:.2f} s, "
+              f"first run trains at {result['first_trains']:.2f} s "
+              f"(import torch + {result['over_import_torch']:.2f} s); each worker's first: "
+              + ", ".join(f"{x:.2f} s" for x in result["workers_first_train"]))
         return
     if args.study:
         print(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))

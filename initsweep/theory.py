@@ -67,7 +67,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, reduce
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -605,6 +605,14 @@ def _cov_of(lags: dict, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     return out
 
 
+def _last_max(a: np.ndarray) -> np.ndarray:
+    """``a.max(-1)`` for a short last axis (a pooling window), as elementwise maxima of its
+    slices: the same values (a maximum is exact, NaN propagates alike), but numpy reduces a
+    short strided axis slowly: 12.7 ms against 1.2 ms for the two halves of [196, 1024, 8]
+    (the tutorial CNN's pairs of 2x2 windows, which took 40% of its prediction)."""
+    return reduce(np.maximum, (a[..., i] for i in range(a.shape[-1])))
+
+
 def _pool_moments(module, lags: dict, mean: float, shape, k: int, out_lags: bool):
     """Per window: E[A], E[A^2], E[phi'(h_argmax)^2]; and E[A(P) A(P+d)] maps for |d| <= 1 if out_lags."""
     h, w = shape
@@ -632,7 +640,7 @@ def _pool_moments(module, lags: dict, mean: float, shape, k: int, out_lags: bool
                 hh = _sample(_cov_of(lags, r2, c2), mean, _MC_PAIRS)
                 with torch.no_grad():
                     aa = module(torch.as_tensor(hh)).numpy()
-                prod = (aa[..., :k * k].max(-1) * aa[..., k * k:].max(-1)).mean(1)
+                prod = (_last_max(aa[..., :k * k]) * _last_max(aa[..., k * k:])).mean(1)
                 m[ys, xs] = prod.reshape(m[ys, xs].shape)
                 new[(dy, dx)] = m
                 # symmetry: E[A(P+d) A(P)] at P+d

@@ -59,3 +59,15 @@ def test_bench_workers_measures_every_layout():
         "1 process x 2 threads, NCHW", "1 process x 2 threads, channels_last",
         "1 process x 1 thread, channels_last", "2 processes x 1 thread, channels_last"]
     assert all(float(rate) > 0 for _, rate in layouts)
+
+
+def test_bench_sweep_startup_times_the_first_run_against_import_torch():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/bench_sweep.py"), "--tiny", "--startup", "--json"],
+                         capture_output=True, text=True, check=True, cwd=ROOT)
+    startup = json.loads(out.stdout.strip().splitlines()[-1])
+    assert startup["runs"] == 2 and startup["workers"] == len(startup["workers_first_train"]) >= 1
+    assert startup["cpu"] == cpu_model() and len(startup["loadavg_before"]) == 3
+    # the plan comes before the first run trains, and both within the command's wall time
+    assert 0 < startup["first_claim"] < startup["first_trains"] == startup["workers_first_train"][0] < startup["wall"]
+    assert 0 < startup["import_torch"] < startup["wall"]
+    assert startup["over_import_torch"] == startup["first_trains"] - startup["import_torch"]

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from initsweep.cli import app
 from initsweep.config import expand, validate
+from initsweep.build import build_initialized_model, seed_streams
 from initsweep.probe import fixed_batch, probe_model, probe_spec
 from initsweep.results.store import LAYER_COLUMNS, SCHEMA_VERSION, Store
 from initsweep.sweep.run import run_sweep
@@ -301,6 +302,39 @@ def test_cli_json_matches_the_run_init_probe(tmp_path):
     flags = runner.invoke(app, ["probe", "--arch", "mlp", "--depth", "3", "--width", "16", "--init", "he",
                                 "--activation", "tanh", "--seed", "2", "--batch-size", "32", "--format", "json"])
     assert flags.exit_code == 0 and len(json.loads(flags.stdout)[0]["layers"]) == 3
+
+
+def test_cli_probe_statistics_equal_a_float64_recomputation(tmp_path):
+    """The probe's per-layer statistics (two-pass mean and variance, the dead units' peaks from a
+    contiguous copy: the fast paths) are the quantities they name: recomputed here in float64
+    with numpy from the same weights, batch and hooks."""
+    raw = {"name": "d", "data": {"dataset": "mnist-sample", "train_limit": 256, "test_limit": 64},
+           "model": {"arch": "plain", "depth": 3, "width": 4, "init": "he", "activation": "relu"},
+           "train": {"seeds": [1]}, "diagnostics": {"batch_size": 32, "phases": ["init"]}}
+    config = tmp_path / "d.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    result = runner.invoke(app, ["probe", str(config), "--seeds", "1", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    (entry,) = json.loads(result.stdout)
+    spec = expand(validate(raw)).runs[0]
+    _, splits = splits_for(spec, torch.device("cpu"))
+    x, y = fixed_batch(splits.train_x, splits.train_y, 32)
+    model = build_initialized_model(spec, torch.Generator().manual_seed(seed_streams(spec.seed)[0])).double()
+    captured = []
+    for block in model.blocks:
+        block.act.register_forward_hook(lambda _m, inputs, output: captured.append((inputs[0], output)))
+    loss = torch.nn.functional.cross_entropy(model(x.double()), y)
+    act_grads = torch.autograd.grad(loss, [a for _, a in captured])
+    assert len(entry["layers"]) == len(captured) == 3
+    for row, (pre, act), ga in zip(entry["layers"], captured, act_grads):
+        for name, t in (("pre", pre), ("act", act)):
+            v = t.detach().numpy()
+            assert row[f"{name}_mean"] == pytest.approx(v.mean(), rel=1e-5, abs=1e-9)
+            assert row[f"{name}_std"] == pytest.approx(v.std(), rel=1e-5)
+            assert row[f"{name}_m2"] == pytest.approx((v * v).mean(), rel=1e-5)
+        assert row["act_grad_std"] == pytest.approx(ga.numpy().std(), rel=1e-4)
+        peak = pre.detach().numpy().max(axis=(0, 2, 3))  # each channel's largest input over examples and positions
+        assert row["dead_frac"] == float((peak <= 0).mean())
 
 
 def test_cli_config_grid_flags_and_plot(tmp_path):

@@ -64,6 +64,19 @@ def test_max_pooling_follows_the_window_model(activation, init, predicted_before
     assert not any("max-pooling" in n for n in e["notes"])
 
 
+def test_window_maxima_are_numpys_max_to_the_bit():
+    """The prediction's pairs of windows take their maxima slice by slice (``theory._last_max``,
+    10x faster than numpy's reduction over a short axis): the same values, ties, zeros and NaN."""
+    import numpy as np
+
+    from initsweep.theory import _last_max
+
+    a = np.maximum(np.random.default_rng(0).standard_normal((7, 5, 8)), 0.0)  # ReLU: ties at 0
+    a[1, 2, 5] = np.nan
+    for window in (a[..., :4], a[..., 4:], a):
+        assert np.array_equal(_last_max(window), window.max(-1), equal_nan=True)
+
+
 def test_max_pooling_after_batch_norm_is_said_to_be_unmodelled():
     e = probe("--arch", "tutorial", "--activation", "relu", "--init", "he", "-S", "model.norm=batch", "--seeds", "1",
               "--batch-size", "16")

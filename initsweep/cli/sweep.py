@@ -63,6 +63,7 @@ def plan(
 @app.command()
 @boundary
 def run(
+    ctx: typer.Context,
     config: ConfigArg,
     results: ResultsOpt = Path("results"),
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps (auto takes CUDA when present).")] = "auto",
@@ -108,6 +109,15 @@ def run(
     (run again to resume), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
     """
     started = time.perf_counter()  # before torch is imported: the wall time includes start-up
+    from ..sweep.executors.pool import start_early
+
+    sigterm_as_interrupt()  # SIGTERM stops a sweep like Ctrl-C (runs in flight marked), but exits 143
+    # the CPU workers start now and import torch while this process does, then wait for tasks;
+    # the sweep takes those it needs, and whatever stops the command stops any left over
+    early = start_early(device=device, devices=devices.split(",") if devices else None, workers=workers,
+                        threads=threads, compile=compile, executor=executor)
+    if early is not None:
+        ctx.call_on_close(lambda: early.close(timeout=0.0))
     from ..sweep.planner import parse_duration, parse_shard
     from ..report.stats import best_per_depth
     from ..report.timing import time_shares
@@ -118,7 +128,6 @@ def run(
 
     if set_:  # the config as overridden is the sweep's: its run ids, its stored specs
         config = load_config_with(config, set_)
-    sigterm_as_interrupt()  # SIGTERM stops a sweep like Ctrl-C (runs in flight marked), but exits 143
     shard_kn = parse_shard(shard) if shard is not None else None
     budget = parse_duration(time_budget) if time_budget is not None else None
     display = SweepDisplay(console, err_console, quiet=quiet)
@@ -130,7 +139,7 @@ def run(
                             executor=executor,
                             ray_address=ray_address, num_cpus=num_cpus, num_gpus=num_gpus,
                             shard=shard_kn, time_budget=budget, ray_timeout=ray_timeout, fail_fast=fail_fast,
-                            log_to=log_to)
+                            log_to=log_to, started_workers=early)
     finally:
         display.close()
     if shard_kn is not None and not outcome.n_planned:  # nothing to do is not an error: exit 0

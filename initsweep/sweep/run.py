@@ -22,7 +22,8 @@ from ..config import PRECISIONS, RunSpec, SweepConfig, load_config
 from ..data import DataSource
 from ..errors import OptionError, ParamError, interrupt_reason, terminated
 from ..provenance import git_state
-from .executors import CONNECT_TIMEOUT_S, Execution, Task, get_executor, usable_cores
+from .executors import CONNECT_TIMEOUT_S, Execution, Task, default_threads, get_executor, usable_cores
+from .executors.pool import WorkerPool
 from .ledger import Claim, Ledger, StopAtFailure
 from .loggers import open_loggers
 from .observer import Observer
@@ -90,7 +91,7 @@ def plan_execution(device: str = "auto", devices: list[str] | None = None, worke
     if workers is None:
         workers = len(resolved) if resolved[0].type == "cuda" else cores
     if threads is None:
-        threads = max(1, cores // workers)
+        threads = default_threads(workers)
     use_vmap = vmap == "on" or (vmap == "auto" and resolved[0].type == "cuda")
     return Execution(resolved, workers, threads, use_vmap, compile, max_retries, executor)
 
@@ -103,7 +104,7 @@ def run_sweep(config: str | Path | SweepConfig, *, results_dir: str | Path = "re
               num_gpus: float | None = None, shard: tuple[int, int] | None = None,
               time_budget: float | None = None, observer: Observer | None = None,
               ray_timeout: float | None = None, fail_fast: bool = False,
-              log_to: list[str] | None = None) -> SweepOutcome:
+              log_to: list[str] | None = None, started_workers: WorkerPool | None = None) -> SweepOutcome:
     """Train every run of a config that is not finished yet; return what happened.
 
     Ctrl-C (``KeyboardInterrupt``) is caught: the runs in flight are recorded as
@@ -119,6 +120,9 @@ def run_sweep(config: str | Path | SweepConfig, *, results_dir: str | Path = "re
     flight ``interrupted``, no new run started); ``stopped_at`` says which.
     ``log_to`` adds loggers (``config.LOGGERS``) to the config's ``log_to``: each finished run
     is also written there (``sweep/loggers.py``); they never change a run or its id.
+    ``started_workers``: worker processes the caller started before it imported torch
+    (``executors.pool.start_early``); once the sweep is planned it trains with them when they
+    fit, and stops them otherwise. Should this raise before that, the caller closes them.
     """
     started = time.monotonic()
     cfg = config if isinstance(config, SweepConfig) else load_config(config)
@@ -153,6 +157,8 @@ def run_sweep(config: str | Path | SweepConfig, *, results_dir: str | Path = "re
         tasks = [Task(i, specs, source) for i, specs in enumerate(groups)]
         if workers is None and execution.executor == "local" and execution.device.type == "cpu":
             execution = _fit_workers(execution, tasks, todo, threads)
+        if started_workers is not None:
+            execution = replace(execution, started=started_workers.adopt(execution, len(tasks)))
         outcome = SweepOutcome(cfg.name, Path(results_dir), source, len(planned),
                                sum(spec.run_id in done for spec in planned), execution=execution,
                                run_ids={s.run_id for s in planned}, n_in_grid=len(plan.runs),
@@ -193,4 +199,4 @@ def _fit_workers(execution: Execution, tasks: list[Task], todo: list[RunSpec], t
     workers = max(1, workers)
     if workers == execution.workers:
         return execution
-    return replace(execution, workers=workers, threads=threads or max(1, usable_cores() // workers))
+    return replace(execution, workers=workers, threads=threads or default_threads(workers))

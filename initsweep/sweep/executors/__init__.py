@@ -11,6 +11,10 @@ Adding an executor is one module in this package with a class decorated
 ``@register_executor("name")``: every module here is imported when an executor is first
 looked up, so ``run_sweep(executor="name")`` and ``initsweep run --executor name`` take it
 with no other edit.
+
+This package and ``pool.py`` import no torch: ``initsweep run`` starts its worker
+processes (``pool.start_early``) before its own ``import torch``, so that both import it
+at once.
 """
 
 from __future__ import annotations
@@ -19,16 +23,16 @@ import importlib
 import os
 import pkgutil
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
-
-from ...config import RunSpec
-from ...data import DataSource
 from ...errors import OptionError
 from ...registry import did_you_mean
 
 if TYPE_CHECKING:
+    import torch
+
+    from ...config import RunSpec
+    from ...data import DataSource
     from ..ledger import Ledger
     from ..observer import Observer
 
@@ -53,6 +57,11 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def default_threads(workers: int) -> int:
+    """Threads per worker when the user names none: the usable cores shared out."""
+    return max(1, usable_cores() // workers)
+
+
 @dataclass(frozen=True)
 class Execution:
     """How the runs are executed: resolved from the CLI flags and the machine (``plan_execution``)."""
@@ -68,6 +77,9 @@ class Execution:
     num_cpus: float = 1.0  # per cluster task
     num_gpus: float = 0.0  # per cluster task; fractions share a GPU
     ray_timeout: float = CONNECT_TIMEOUT_S  # seconds to wait for the cluster at ray_address
+    # a pool.WorkerPool started before the plan (``pool.start_early``) that fits this execution:
+    # the local executor trains with it instead of starting its own
+    started: Any = field(default=None, compare=False, repr=False)
 
     @property
     def device(self) -> torch.device:

@@ -15,7 +15,8 @@ from .pool import WorkerPool
 @register_executor("local", help="this machine")
 class LocalExecutor(Executor):
     """One worker: train in this process with ``execution.threads`` threads; more: a
-    :class:`WorkerPool` of no more workers than tasks (stopped on exit; at once, not waiting
+    :class:`WorkerPool` of no more workers than tasks, the one started early when the sweep
+    adopted it (``execution.started``), else its own (stopped on exit; at once, not waiting
     for the runs in flight, when the sweep was stopped)."""
 
     def __init__(self, execution: Execution):
@@ -35,8 +36,8 @@ class LocalExecutor(Executor):
     def execute(self, tasks: list[Task], ledger, observer, may_start: Callable[[], bool]) -> None:
         ex = self.execution
         if ex.workers > 1:
-            self.pool = WorkerPool(min(ex.workers, len(tasks)), [str(d) for d in ex.devices], ex.threads,
-                                   ex.compile)
+            self.pool = ex.started or WorkerPool(min(ex.workers, len(tasks)), [str(d) for d in ex.devices],
+                                                 ex.threads, ex.compile)
             self.pool.execute(tasks, ledger=ledger, observer=observer, max_retries=ex.max_retries,
                               may_start=may_start)
             return

@@ -13,11 +13,20 @@ at once and quietly, even mid-run: nobody is left to store what it trains. A wor
 dies mid-task is replaced; each of the task's unfinished runs keeps the dead attempt's row
 (``interrupted``, with the worker and its exit signal) and is retried as a new attempt, up
 to ``max_retries`` times, then recorded ``failed`` — never lost, never silent.
+
+Start-up in parallel: ``initsweep run`` starts the pool (``start_early``) before it imports
+torch itself, so the workers import torch and warm up (the first ``torch.optim`` optimizer
+imports ``torch._dynamo``: 0.8 s here) while the parent imports torch, reads the config,
+plans and opens the store; the sweep then takes the workers it needs (``adopt``) and stops
+the rest at once. This module imports no torch for that reason (``tests/test_startup.py``).
+Only for the local executor on the CPU: a CUDA device, ``devices`` or Ray need torch to
+know where the workers go, and start their workers after planning as before.
 """
 
 from __future__ import annotations
 
 import ctypes
+import glob
 import multiprocessing as mp
 import os
 import signal
@@ -26,19 +35,20 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Callable
 
-import torch
-
-from ...config import RunSpec
-from ...train import RunResult, environment
-from . import Task
+from . import Execution, Task, default_threads, usable_cores
 
 if TYPE_CHECKING:
+    from ...config import RunSpec
     from ..ledger import Ledger
 
 _PROGRESS_EVERY_S = 0.2
+# The most workers started before the plan: each imports torch (0.5 GB resident), and a tiny
+# sweep on a many-core machine needs none of them; the sweep starts the rest (``adopt``).
+EARLY_WORKERS_MAX = 8
 _PARENT_CHECK_S = 0.5
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -74,14 +84,29 @@ def _send(events: Connection, message: tuple) -> None:
         os._exit(0)
 
 
+def _warm_up() -> None:
+    """Pay before the first task what every first run would pay inside its set-up: the
+    first ``torch.optim`` optimizer imports ``torch._dynamo`` (0.8 s here, ``python -X
+    importtime``). Touches no random number generator and nothing a run reads."""
+    import torch
+
+    torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
+
+
 def _worker_main(worker_id: int, device: str, threads: int, compile: bool, tasks: Connection,
                  events: Connection, parent_pid: int) -> None:
     """Worker loop: take a task, train it, send back every result; exit with the parent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):  # blocked since birth (WorkerPool._start); a pending one is dropped
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     _exit_with_parent(parent_pid)
+    import torch
+
     torch.set_num_threads(threads)
     from ...batched import run_group
     from ...train import run_safely
+
+    _warm_up()
 
     while True:
         try:
@@ -125,6 +150,16 @@ class _Worker:
     events: Connection  # worker -> parent
 
 
+def _end(worker: _Worker, timeout: float = 0.0) -> None:
+    """Wait up to ``timeout`` seconds for a worker to exit, kill it if it has not, drop its pipes."""
+    worker.proc.join(timeout)
+    if worker.proc.is_alive():
+        worker.proc.kill()
+        worker.proc.join()
+    worker.tasks.close()
+    worker.events.close()
+
+
 class WorkerPool:
     """``workers`` processes, worker ``i`` on ``devices[i % len(devices)]`` with ``threads`` threads.
 
@@ -146,7 +181,19 @@ class WorkerPool:
         proc = self.ctx.Process(target=_worker_main, name=f"initsweep-worker-{worker_id}", daemon=True,
                                 args=(worker_id, device, self.threads, self.compile, task_recv, event_send,
                                       os.getpid()))
-        proc.start()
+        # born with Ctrl-C blocked (the mask survives fork and exec), so that one pressed while
+        # the worker starts up, before its loop ignores it, prints no traceback from the worker;
+        # in this process it stays pending a few milliseconds, never lost. multiprocessing's
+        # resource tracker is started first: starting it unblocks SIGINT on its way out.
+        resource_tracker.ensure_running()
+        blocked = hasattr(signal, "pthread_sigmask")
+        if blocked:
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            proc.start()
+        finally:
+            if blocked:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         task_recv.close()  # the worker's ends: closing ours lets a dead worker's pipe reach EOF
         event_send.close()
         self.workers[worker_id] = _Worker(proc, task_send, event_recv)
@@ -156,6 +203,8 @@ class WorkerPool:
         return [w.proc.pid for w in self.workers.values()]
 
     def close(self, timeout: float = 5.0) -> None:
+        """Stop every worker: each finishes what it was handed within ``timeout`` seconds or is
+        killed. Closing a closed pool does nothing."""
         for worker in self.workers.values():
             try:
                 worker.tasks.send(None)
@@ -163,12 +212,27 @@ class WorkerPool:
                 pass
         deadline = time.monotonic() + timeout
         for worker in self.workers.values():
-            worker.proc.join(max(0.0, deadline - time.monotonic()))
-            if worker.proc.is_alive():
-                worker.proc.kill()
-                worker.proc.join()
-            worker.tasks.close()
-            worker.events.close()
+            _end(worker, max(0.0, deadline - time.monotonic()))
+        self.workers.clear()
+
+    def adopt(self, execution: Execution, tasks: int) -> "WorkerPool | None":
+        """These workers, started early, for a sweep of ``tasks`` tasks run as ``execution``:
+        as many as it trains with (no more than tasks; the missing ones started now) when they
+        are what the local executor would start (the same devices, threads and compile
+        setting, more than one worker); otherwise stopped at once and ``None`` (a tiny sweep
+        trains in this process). They hold nothing yet, so a stopped one is killed, not
+        waited for."""
+        wanted = min(execution.workers, tasks)
+        fits = (execution.executor == "local" and [str(d) for d in execution.devices] == self.devices
+                and execution.threads == self.threads and execution.compile == self.compile and wanted > 1)
+        if not fits:
+            self.close(timeout=0.0)
+            return None
+        for worker_id in sorted(self.workers)[wanted:]:
+            _end(self.workers.pop(worker_id))
+        for worker_id in range(len(self.workers), wanted):
+            self._start(worker_id)
+        return self
 
     def execute(self, tasks: list[Task], *, ledger: "Ledger", observer, max_retries: int = 2,
                 may_start: Callable[[], bool] = lambda: True) -> None:
@@ -263,6 +327,36 @@ class WorkerPool:
                 pending.appendleft(task)
                 continue
             reason = f"worker process died ({cause}) in {task.attempts} attempt(s)"
+            from ...train import RunResult, environment
+
             for spec in unfinished:
                 ledger.finish(spec, RunResult(spec.run_id, "failed", error=reason, environment=environment()))
                 task.done.add(spec.run_id)
+
+
+def _accelerator_visible() -> bool:
+    """Might ``device: auto`` find an accelerator? Answered without torch, erring towards yes:
+    an NVIDIA or AMD (ROCm) device file on Linux, or a Mac (MPS)."""
+    if sys.platform == "darwin":
+        return True
+    return bool(glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/kfd") or os.path.exists("/dev/dxg"))
+
+
+def start_early(*, device: str, devices: list[str] | None, workers: int | None, threads: int | None,
+                compile: bool, executor: str) -> WorkerPool | None:
+    """Start the local executor's CPU workers now, before this process imports torch, when
+    the options already say where they go: the local executor, ``device`` cpu (or auto on a
+    machine without an accelerator), more than one worker (``workers``, or one per core;
+    at most ``EARLY_WORKERS_MAX`` now).
+    ``None`` otherwise, and in a process that imported torch already (a notebook, a test
+    runner): there is no import left to overlap, and a tiny sweep would start them for
+    nothing. The sweep takes them with :meth:`WorkerPool.adopt`; whoever started them closes
+    them if the sweep stops before that."""
+    if "torch" in sys.modules or executor != "local" or devices or device not in ("cpu", "auto"):
+        return None
+    if device == "auto" and _accelerator_visible():
+        return None
+    count = workers or usable_cores()
+    if count < 2:
+        return None
+    return WorkerPool(min(count, EARLY_WORKERS_MAX), ["cpu"], threads or default_threads(count), compile)
