@@ -164,7 +164,7 @@ def test_only_the_ledger_writes_runs():
     for path in (PACKAGE / "sweep").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
-                    and node.func.attr in ("claim", "finish", "mark_interrupted", "reuse"):
+                    and node.func.attr in ("claim", "finish", "mark_interrupted", "mark_own_interrupted", "reuse"):
                 receiver = node.func.value  # store.finish(...) or self.store.finish(...)
                 if getattr(receiver, "id", None) == "store" or getattr(receiver, "attr", None) == "store":
                     writers.add(module_name(path))

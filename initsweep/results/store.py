@@ -536,6 +536,19 @@ class Store:
             conn.execute("UPDATE runs SET status = 'interrupted', error = ?, finished_at = ? "
                          "WHERE row_id = ? AND status = 'running'", (reason, _now(), row_id))
 
+    def mark_own_interrupted(self, sweeps: set[str], reason: str) -> int:
+        """Mark ``interrupted`` every run of ``sweeps`` this process still holds ``running``;
+        how many. A sweep stopped by a signal calls it last: the signal may land after a claim
+        was committed and before its caller learnt the row, or while a finish was rolled back,
+        and no such row may be left ``running`` by a process that is about to exit."""
+        if not sweeps:
+            return 0
+        with self._write() as conn:
+            marks = ", ".join("?" * len(sweeps))
+            return conn.execute(f"UPDATE runs SET status = 'interrupted', error = ?, finished_at = ? "
+                                f"WHERE status = 'running' AND owner = ? AND sweep IN ({marks})",
+                                (reason, _now(), process_owner(), *sorted(sweeps))).rowcount
+
     def reuse(self, sweep: str, run_ids: list[str]) -> dict[str, str]:
         """Record, for each of ``run_ids`` that ``sweep`` has neither finished nor in flight, the
         latest finished row of that run in another sweep as this sweep's; ``{run_id: the

@@ -65,6 +65,7 @@ class Ledger:
     # called with each finished run after the store has it (sweep/loggers.py: log_to)
     loggers: list[Callable[[RunSpec, RunResult], None]] = field(default_factory=list)
     _open: dict[str, int] = field(default_factory=dict)  # run_id -> the row of its attempt in flight
+    _sweeps: set[str] = field(default_factory=set)  # every sweep this ledger has claimed runs of
 
     def reuse(self, sweep: str, specs: list[RunSpec]) -> Counter:
         """Take as ``sweep``'s the runs of ``specs`` that another sweep finished; how many
@@ -75,6 +76,7 @@ class Ledger:
         """Claim each run for this process; return the ones claimed, in order."""
         claimed = []
         for spec in specs:
+            self._sweeps.add(spec.sweep)  # before the claim: interrupt_open must know where to look
             row_id = self.store.claim(spec, dataset_requested=self.claim_as.dataset_requested,
                                       data_fallback=self.claim_as.data_fallback,
                                       fresh_since=self.claim_as.fresh_since, git_commit=self.claim_as.git_commit,
@@ -107,10 +109,16 @@ class Ledger:
         self.store.mark_interrupted(self._open.pop(spec.run_id), reason)
 
     def interrupt_open(self, reason: str) -> None:
-        """Mark every run claimed and not finished ``interrupted``: the sweep is stopping."""
+        """Mark every run claimed and not finished ``interrupted``: the sweep is stopping.
+
+        Then every run this process still holds ``running`` in the sweeps it claimed in: a
+        Ctrl-C lands between any two bytecodes, so it may come after a claim's commit and
+        before the row reached ``_open``, or abort a finish's transaction after its row left
+        ``_open``; either would leave a ``running`` row behind a process that is gone."""
         while self._open:
             _, row_id = self._open.popitem()
             self.store.mark_interrupted(row_id, reason)
+        self.store.mark_own_interrupted(self._sweeps, reason)
 
     def is_open(self, run_id: str) -> bool:
         return run_id in self._open
