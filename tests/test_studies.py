@@ -105,3 +105,18 @@ def test_ratio_fit_recovers_a_known_ratio():
     # censored points and infinite xi_c are left out of the fit
     extra = pd.DataFrame({"depth": [64.0, 10.0], "xi_c": [math.inf, 2.0], "censor": ["=", ">="]})
     assert build.ratio_fit(pd.concat([depths, extra]))["a"] == pytest.approx(fit["a"])
+
+
+def test_a_missing_results_folder_is_one_line_and_exit_2(tmp_path):
+    """``build.py --results DIR`` on a folder without the study: one line, exit 2, no page or
+    archive touched (their bytes compared)."""
+    import subprocess
+    import sys
+
+    watched = [build.DATA / "he2015.csv", build.PAGES["he2015"][0]]
+    before = [p.read_bytes() for p in watched]
+    done = subprocess.run([sys.executable, str(REPO / "docs" / "studies" / "build.py"), "--results",
+                           str(tmp_path / "none"), "he2015"], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"error: {tmp_path / 'none' / 'he2015'}: does not exist"]
+    assert [p.read_bytes() for p in watched] == before

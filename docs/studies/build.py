@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # run as a script from a checkout: this checkout's initsweep
 
 from initsweep import load_results, theory  # noqa: E402
+from initsweep.errors import InitsweepError  # noqa: E402
 from initsweep.results.read import read_layers  # noqa: E402
 from initsweep.report.compare import compare_runs  # noqa: E402
 from initsweep.report.stats import FINISHED, summarize  # noqa: E402
@@ -606,4 +607,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except InitsweepError as exc:  # a missing or damaged results folder: one line, exit 2
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
