@@ -45,6 +45,7 @@ from initsweep import load_results, theory  # noqa: E402
 from initsweep.errors import InitsweepError  # noqa: E402
 from initsweep.results.read import read_layers  # noqa: E402
 from initsweep.report.compare import compare_runs  # noqa: E402
+from initsweep.report.formats import markdown_table  # noqa: E402
 from initsweep.report.stats import FINISHED, summarize  # noqa: E402
 
 DATA = ROOT / "docs" / "studies" / "data"
@@ -165,9 +166,8 @@ def p_text(p: float) -> str:
 
 
 def table(rows: list[dict], columns: list[str], right: set[str] = frozenset()) -> str:
-    head = "| " + " | ".join(columns) + " |"
-    rule = "|" + "|".join("---:" if c in right else ":---" for c in columns) + "|"
-    return "\n".join([head, rule] + ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows])
+    """Rows of cells through the report's own markdown writer (``right``: right-aligned columns)."""
+    return markdown_table(pd.DataFrame(rows, columns=columns), right)
 
 
 def comparison_rows(runs: pd.DataFrame, a: str, b: str, metric: str = "test_acc",
@@ -252,13 +252,17 @@ def tutorial_tables(runs: pd.DataFrame) -> dict[str, Callable[[], str]]:
         "tutorial-he-vs-lecun": lambda: compare_table(
             runs, 'init == "he"', 'init == "gaussian_inv_sqrt_n"', per_optimizer),
         "tutorial-dead-units": lambda: dead_units(load_layers("tutorial")),
-        "tutorial-probe": lambda: probe_table([
-            {**row, "max dead": percent(p["max_dead_frac"]), "mean sat.": percent(p["mean_saturated_frac"])}
-            for p, row in zip(load_probe("tutorial"), probe_rows(
-                load_probe("tutorial"), lambda p: {"point": f"{p['point']['init']} + {p['point']['activation']}"}))]),
+        "tutorial-probe": lambda: tutorial_probe(load_probe("tutorial")),
         "tutorial-tanh-vs-sigmoid": lambda: compare_table(
             runs, 'activation == "tanh"', 'activation == "sigmoid"', per_optimizer),
     }
+
+
+def tutorial_probe(points: list[dict]) -> str:
+    """The probe table with the largest share of dead units and the mean share of saturated ones."""
+    rows = probe_rows(points, lambda p: {"point": f"{p['point']['init']} + {p['point']['activation']}"})
+    return probe_table([{**row, "max dead": percent(p["max_dead_frac"]), "mean sat.": percent(p["mean_saturated_frac"])}
+                        for p, row in zip(points, rows)])
 
 
 def dead_units(layers: pd.DataFrame) -> str:
