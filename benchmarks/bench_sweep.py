@@ -36,7 +36,9 @@ time is not training: 1 - (sum of the runs' training seconds / workers) / wall.
 ``python -X importtime -c 'import torch'`` (its cumulative time, the best of 3) beside how
 long after the command started the first run of ``initsweep run`` on the grid began to
 train (its ``finished_at`` minus ``wall_seconds`` plus ``setup_seconds``, from the store),
-each worker's first run too.
+each worker's first run too, and the bare floor: ``first_step.py`` (import torch, the
+model, ``torch.optim.Adam``, one step), alone and as many copies at once as the sweep had
+workers, each the median of 3.
 """
 
 from __future__ import annotations
@@ -223,15 +225,30 @@ def torch_import_seconds(tries: int = 3) -> float:
     return best
 
 
+def first_step_seconds(processes: int) -> float:
+    """Seconds from starting ``processes`` copies of ``first_step.py`` at once to the last one's
+    first training step: the floor under any tool's start-up with that many trainers."""
+    t0 = time.time()
+    procs = [subprocess.Popen([sys.executable, str(ROOT / "benchmarks/first_step.py")], stdout=subprocess.PIPE,
+                              text=True) for _ in range(processes)]
+    ends = [float(p.communicate()[0].split()[-1]) for p in procs]
+    if any(p.returncode for p in procs):
+        raise SystemExit("benchmarks/first_step.py failed")
+    return max(ends) - t0
+
+
 def startup(args) -> dict:
     """Seconds from the command's start to the first run's training start (and each worker's),
-    beside ``import torch``'s own cost."""
+    beside ``import torch``'s own cost and the bare floor (``first_step.py``: one process, and
+    as many at once as the sweep has workers; the median of 3 each)."""
     from datetime import datetime
+    from statistics import median
 
     from initsweep.results.read import load_results
 
     load_before = list(os.getloadavg())
     torch_s = torch_import_seconds()
+    floor_one = median(first_step_seconds(1) for _ in range(3))
     with tempfile.TemporaryDirectory() as tmp:
         config = config_for(args, Path(tmp) / "bench.yaml")
         cmd = [sys.executable, "-m", "initsweep", "run", str(config), "--results", str(Path(tmp) / "res"),
@@ -245,11 +262,13 @@ def startup(args) -> dict:
     trains_from = finished - df.wall_seconds + df.setup_seconds - t0  # seconds after the command started
     first_claim = df.claimed_at.map(lambda s: datetime.fromisoformat(s).timestamp()).min() - t0
     per_worker = trains_from.groupby(df.worker).min().sort_values()
+    floor_workers = median(first_step_seconds(len(per_worker)) for _ in range(3))
     return {"cpu": cpu_model(), "loadavg_before": load_before, "loadavg_after": list(os.getloadavg()),
             "runs": len(df), "workers": len(per_worker), "wall": wall, "import_torch": torch_s,
             "first_claim": float(first_claim), "first_trains": float(per_worker.iloc[0]),
             "workers_first_train": [float(x) for x in per_worker],
-            "over_import_torch": float(per_worker.iloc[0]) - torch_s}
+            "over_import_torch": float(per_worker.iloc[0]) - torch_s,
+            "bare_first_step": floor_one, "bare_first_step_all_workers": floor_workers}
 
 
 def main() -> None:
@@ -284,6 +303,9 @@ def main() -> None:
               f"first run trains at {result['first_trains']:.2f} s "
               f"(import torch + {result['over_import_torch']:.2f} s); each worker's first: "
               + ", ".join(f"{x:.2f} s" for x in result["workers_first_train"]))
+        print(f"bare floor (benchmarks/first_step.py: import torch, model, Adam, one step): one process "
+              f"{result['bare_first_step']:.2f} s (import torch + {result['bare_first_step'] - result['import_torch']:.2f} s), "
+              f"{result['workers']} at once {result['bare_first_step_all_workers']:.2f} s")
         return
     if args.study:
         print(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))

@@ -5,7 +5,8 @@ The same grid points, data, model, init, optimizer, epochs and batch size as
 ``naive_mnist.py``, but the digits normalized once into in-memory tensors, batches cut by
 ``randperm`` index slicing, the model in channels_last, one thread (``--threads``), and
 optionally bf16 autocast (``--precision bf16``) for training and evaluation. No store, no
-diagnostics, no validation split. ``bench_sweep.py`` starts two of these at once, each on
+diagnostics, no validation split; torch's own activation modules (``nn.Tanh``, not
+initsweep's numpy-backed tanh), as code written without initsweep has them. ``bench_sweep.py`` starts two of these at once, each on
 half of the grid: on a 2-core CPU that is the fastest layout measured (``bench_workers.py``).
 It prints one JSON line with its counts and timings, like ``naive_mnist.py``.
 """
@@ -23,7 +24,7 @@ from initsweep.activations import get_activation
 from initsweep.data import SAMPLE_PATH, DataSource, load_raw
 from initsweep.inits import get_init, initialize
 from initsweep.models import build_model
-from loop_report import print_report
+from loop_report import print_report, torch_activation
 
 MEAN, STD = 0.1307, 0.3081  # the naive loop's Normalize
 
@@ -58,7 +59,7 @@ def main() -> None:
     for init, act_name, seed in ((i, a, int(s)) for i, a, s in (p.split(":") for p in args.points)):
         torch.manual_seed(seed)
         act = get_activation(act_name)
-        model = build_model("tutorial", depth=None, width=None, activation=lambda: act.build({}))
+        model = build_model("tutorial", depth=None, width=None, activation=lambda: torch_activation(act.build({})))
         initialize(model, init=init, init_params=get_init(init).resolve({}), auto_gain=act.gain({}))
         model = model.to(device=device, memory_format=fmt)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)

@@ -4,7 +4,8 @@ A torchvision-style ``Dataset`` that turns each image into a PIL image and appli
 ``ToTensor()`` + ``Normalize`` per item, a ``DataLoader``, Adam, and one run after another
 in one process (``--point I`` runs grid point I only: the "shell loop" launches this once
 per point). Same data, model, init, epochs and batch size as the initsweep side of
-``bench_sweep.py``; it prints one JSON line with its counts and timings.
+``bench_sweep.py``, with torch's own activation modules (``nn.Tanh``, not initsweep's
+numpy-backed tanh); it prints one JSON line with its counts and timings.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from initsweep.activations import get_activation
 from initsweep.data import DataSource, SAMPLE_PATH, load_raw
 from initsweep.inits import get_init, initialize
 from initsweep.models import build_model
-from loop_report import print_report
+from loop_report import print_report, torch_activation
 
 
 class NumpyMNIST(Dataset):
@@ -79,7 +80,7 @@ def main() -> None:
     for init, act_name, seed in points:
         torch.manual_seed(seed)
         act = get_activation(act_name)
-        model = build_model("tutorial", depth=None, width=None, activation=lambda: act.build({}))
+        model = build_model("tutorial", depth=None, width=None, activation=lambda: torch_activation(act.build({})))
         initialize(model, init=init, init_params=get_init(init).resolve({}), auto_gain=act.gain({}))
         model = model.to(device)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)

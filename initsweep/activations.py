@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .fast_tanh import Tanh
 from .registry import Param, check_params, unknown_name_error
 
 
@@ -79,7 +80,7 @@ _register(Activation("identity", lambda: nn.Identity(), "No non-linearity (a lin
                      "phi(x) = x", "linear", "linear"))
 _register(Activation("sigmoid", lambda: nn.Sigmoid(), "Logistic sigmoid; saturates at both ends, mean 1/2.",
                      "phi(x) = 1 / (1 + e^-x)", "saturating", "sigmoid"))
-_register(Activation("tanh", lambda: nn.Tanh(), "Hyperbolic tangent; zero-centred, saturates at +-1.",
+_register(Activation("tanh", lambda: Tanh(), "Hyperbolic tangent; zero-centred, saturates at +-1.",
                      "phi(x) = tanh(x)", "saturating", "tanh"))
 _register(Activation("relu", lambda: nn.ReLU(), "Rectified linear unit; units can die.",
                      "phi(x) = max(0, x)", "rectifier", "relu"))

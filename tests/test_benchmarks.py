@@ -71,3 +71,26 @@ def test_bench_sweep_startup_times_the_first_run_against_import_torch():
     assert 0 < startup["first_claim"] < startup["first_trains"] == startup["workers_first_train"][0] < startup["wall"]
     assert 0 < startup["import_torch"] < startup["wall"]
     assert startup["over_import_torch"] == startup["first_trains"] - startup["import_torch"]
+
+
+def test_first_step_prints_when_its_training_starts():
+    import time
+
+    t0 = time.time()
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/first_step.py")], capture_output=True, text=True,
+                         check=True, cwd=ROOT)
+    t1 = time.time()
+    trains_from = float(out.stdout.split()[-1])
+    assert t0 < trains_from < t1  # a moment inside the process's life, not a duration
+
+
+def test_bench_tanh_times_both_kernels_in_both_dtypes():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/bench_tanh.py"), "--repeats", "2"],
+                         capture_output=True, text=True, check=True, cwd=ROOT).stdout.splitlines()
+    assert out[0].startswith(f"CPU: {cpu_model()};")
+    rows = [line.split() for line in out[2:]]
+    assert [(r[0], r[1]) for r in rows] == [("float32", "forward"), ("float32", "forward+backward"),
+                                            ("bfloat16", "forward"), ("bfloat16", "forward+backward")]
+    for r in rows:
+        torch_ms, ours_ms, ratio = float(r[2]), float(r[3]), float(r[4].rstrip("x"))
+        assert torch_ms > 0 and ours_ms > 0 and abs(ratio - torch_ms / ours_ms) <= 0.05 + 0.01 * ratio
