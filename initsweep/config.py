@@ -329,6 +329,14 @@ class RunSpec:
         return {"v": SPEC_VERSION, "data": data, "model": self.model.model_dump(mode="json"),
                 "train": train, "seed": self.seed}
 
+    @property
+    def seedless_id(self) -> str:
+        """A hash of ``identity()`` without the seed: the runs that differ only by their seed
+        share it (the same data, model shapes and init law; what a per-process cache of the
+        mean-field prediction, which never reads the weights, is keyed by)."""
+        blob = json.dumps({**self.identity(), "seed": None}, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
     def settings(self) -> dict[str, Any]:
         """Flat ``column -> value`` view for tables and the results store.
 

@@ -81,6 +81,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -203,13 +204,14 @@ def _restore_buffers(saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
 
 
 def probe_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: InitRecipe,
-                with_prediction: bool = True) -> ProbeResult:
+                with_prediction: bool = True, prediction: Prediction | None = None) -> ProbeResult:
     """Measure every block of ``model`` on the batch ``(x, y)``; predict beside it if asked.
 
     ``recipe`` names the activation (for the dead/saturation rules) and the init (for the
     prediction, which only applies to a model as initialized). The model runs in train
     mode, as the optimizer sees it (batch norm normalizes with the batch's statistics), and
-    is left exactly as it was.
+    is left exactly as it was. ``prediction``: ``predict(model, x, recipe)`` computed before
+    (``probe_for_run`` keeps one per seedless run id), used instead of computing it again.
     """
     t_start = time.perf_counter()
     entry = get_activation(recipe.activation)
@@ -278,9 +280,11 @@ def probe_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Init
             row["dead_frac"] = float((peak <= dead_below).float().mean())
         layers.append(row)
     notes: list[str] = []
-    prediction: Prediction | None = None
-    if with_prediction:
+    if not with_prediction:
+        prediction = None
+    elif prediction is None:
         prediction = predict(model, x, recipe)
+    if prediction is not None:
         notes = prediction.notes
         anchor = layers[-1]["act_grad_norm2"]
         for i, row in enumerate(layers):
@@ -320,4 +324,34 @@ def probe_for_run(model: nn.Module, spec: Any, x: torch.Tensor, y: torch.Tensor,
     if diag is None or not diag.enabled or phase not in diag.phases:
         return None
     xb, yb = fixed_batch(x, y, diag.batch_size)
-    return probe_model(model, xb, yb, InitRecipe.from_spec(spec), with_prediction=(phase == "init"))
+    recipe = InitRecipe.from_spec(spec)
+    prediction = _shared_prediction(spec, model, xb, recipe) if phase == "init" else None
+    return probe_model(model, xb, yb, recipe, with_prediction=(phase == "init"), prediction=prediction)
+
+
+# The mean-field predictions this process made, by (seedless run id, probe batch size): the
+# runs of a point that differ only by seed share one (the tutorial CNN's takes 60-110 ms).
+_PREDICTIONS: OrderedDict[tuple[str, int], Prediction] = OrderedDict()
+_PREDICTIONS_KEPT = 64
+
+
+def _shared_prediction(spec: Any, model: nn.Module, x: torch.Tensor, recipe: InitRecipe) -> Prediction:
+    """``predict(model, x, recipe)``, made once per process for all the seeds of a run.
+
+    Valid because the prediction reads the model's shapes and the init's law, never the
+    weights a seed draws, and ``x`` is the probe batch of the run's data settings, which the
+    seedless id covers (``tests/test_probe.py`` checks that two seeds predict alike). The
+    arrays are made read-only: a caller that wrote into one would change every seed's.
+    """
+    key = (spec.seedless_id, len(x))
+    if key in _PREDICTIONS:
+        _PREDICTIONS.move_to_end(key)
+        return _PREDICTIONS[key]
+    prediction = predict(model, x, recipe)
+    for value in vars(prediction).values():
+        if isinstance(value, np.ndarray):
+            value.setflags(write=False)
+    _PREDICTIONS[key] = prediction
+    if len(_PREDICTIONS) > _PREDICTIONS_KEPT:
+        _PREDICTIONS.popitem(last=False)
+    return prediction

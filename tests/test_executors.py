@@ -169,3 +169,46 @@ def test_runs_are_handed_out_longest_first(tmp_path):
     order = StartOrder()
     run_sweep(config, results_dir=tmp_path / "r", device="cpu", workers=1, threads=1, observer=order)
     assert order.depths == [4, 3, 2, 1]  # the plan lists them 1, 2, 3, 4
+
+
+def test_a_points_seeds_go_to_one_worker_in_a_row():
+    """The pool's dispatch (``pool._next_for``): a worker takes the next seed of the point it
+    trained last, another worker the next point, so that each predicts a point's probe once;
+    never past the first few tasks, and the head when nothing else fits."""
+    from collections import deque
+
+    from initsweep.config import expand, validate
+    from initsweep.sweep.executors import Task
+    from initsweep.sweep.executors.pool import _AFFINITY_WINDOW, _next_for
+
+    inits = ["he", "orthogonal", "lecun_normal"]
+    specs = expand(validate({"name": "d", "data": {"dataset": "mnist-sample"}, "model": {"arch": "mlp"},
+                             "train": {"seeds": [0, 1]}, "grid": {"init": inits}})).runs
+    point = {s.seedless_id: s.model.init.name for s in specs}
+    pending, inflight, last = deque(Task(i, [s], None) for i, s in enumerate(specs)), {}, {}
+
+    def take(worker: int) -> tuple[str, int]:
+        task = _next_for(worker, pending, inflight, last)
+        last[worker], inflight[worker] = task.seedless_id, task
+        return point[task.seedless_id], task.specs[0].seed
+
+    assert take(0) == ("he", 0)
+    assert take(1) == ("orthogonal", 0)  # not he's seed 1: worker 0 is training he
+    del inflight[0]
+    assert take(0) == ("he", 1)
+    del inflight[1]
+    assert take(1) == ("orthogonal", 1)
+    del inflight[0]
+    assert take(0) == ("lecun_normal", 0)
+    del inflight[1]
+    assert take(1) == ("lecun_normal", 1)  # nothing else left: the head, though worker 0 has lecun_normal
+    assert not pending
+
+    # a sibling further down than the window is not fetched: the longest-first order holds
+    many = expand(validate({"name": "d", "data": {"dataset": "mnist-sample"}, "model": {"arch": "mlp"},
+                            "train": {"seeds": [0, 1]},
+                            "grid": {"init": ["he"], "lr": [10.0 ** -k for k in range(1, _AFFINITY_WINDOW + 3)]}})).runs
+    pending = deque(Task(i, [s], None) for i, s in enumerate(many))
+    first = pending[0]
+    last = {0: many[-1].seedless_id}  # worker 0 trained the last point's seed 0 before
+    assert _next_for(0, pending, {}, last) is first

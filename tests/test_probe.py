@@ -545,3 +545,54 @@ def test_a_flags_yaml_reads_1e_3_as_a_number():
                               "--depth", "2", "--width", "4", "-f", "json"])
     assert out.exit_code == 0, out.output
     assert "1e-3" not in out.stdout and "0.001" in out.stdout
+
+
+# ------------------------------------------------- the prediction shared by a point's seeds
+
+@pytest.mark.parametrize("model", [
+    {"arch": "tutorial", "init": "he", "activation": "tanh"},
+    {"arch": "plain", "depth": 4, "width": 8, "norm": "batch", "padding": "circular", "init": "orthogonal",
+     "activation": "relu"},
+    {"arch": "plain", "depth": 3, "width": 8, "init": "delta_orthogonal", "activation": "tanh", "bias": 0.1},
+    {"arch": "mlp", "depth": 3, "width": 32, "init": {"name": "xavier_normal", "gain": "critical"},
+     "activation": "tanh", "bias": 0.2},
+])
+def test_two_seeds_predict_alike(batch, model):
+    """What makes sharing the prediction between a point's seeds valid (``probe._shared_prediction``):
+    computed afresh for two seeds' models (different weights), every predicted number is equal."""
+    results = [probe_model(build_initialized_model(spec, torch.Generator().manual_seed(seed_streams(spec.seed)[0])),
+                           *batch, InitRecipe.from_spec(spec))
+               for spec in (spec_of(0, **model), spec_of(1, **model))]
+    assert results[0].layers[0]["weight_std"] != results[1].layers[0]["weight_std"]  # other weights
+    predicted = [[{k: v for k, v in row.items() if k in ("sigma_w2", "predicted_pre_m2", "predicted_act_m2",
+                                                          "predicted_act_var")} for row in r.layers] for r in results]
+    assert predicted[0] == predicted[1]
+    assert results[0].predicted_forward_factor == results[1].predicted_forward_factor
+
+
+def test_a_points_seeds_share_one_prediction_per_process(batch, monkeypatch):
+    """``probe_for_run`` predicts once for the seeds of a point (one more time for another point),
+    and what the second seed gets is what predicting afresh gives."""
+    import initsweep.probe as probe
+
+    calls = []
+    monkeypatch.setattr(probe, "_PREDICTIONS", type(probe._PREDICTIONS)())  # this test's own, empty
+    real = probe.predict
+    monkeypatch.setattr(probe, "predict", lambda *a: (calls.append(a[2].init), real(*a))[1])
+    x, y = batch
+    model = {"arch": "plain", "depth": 3, "width": 8, "init": "he", "activation": "relu"}
+    specs = [spec_of(seed, **model, data={"dataset": "mnist-sample", "train_limit": 512}) for seed in (0, 1, 2)]
+    other = spec_of(0, **{**model, "init": "orthogonal"}, data={"dataset": "mnist-sample", "train_limit": 512})
+    assert len({s.seedless_id for s in specs}) == 1 and other.seedless_id != specs[0].seedless_id
+    assert len({s.run_id for s in specs}) == 3
+    results = []
+    for spec in [*specs, other]:
+        net = build_initialized_model(spec, torch.Generator().manual_seed(seed_streams(spec.seed)[0]))
+        results.append(probe.probe_for_run(net, spec, x, y, "init"))
+    assert calls == ["he", "orthogonal"]  # once per point, not once per run
+    net = build_initialized_model(specs[2], torch.Generator().manual_seed(seed_streams(specs[2].seed)[0]))
+    fresh = real(net, fixed_batch(x, y, specs[2].diagnostics.batch_size)[0], InitRecipe.from_spec(specs[2]))
+    assert [row["predicted_act_m2"] for row in results[2].layers] == [float(v) for v in fresh.act_m2]
+    shared = probe._PREDICTIONS[(specs[0].seedless_id, 64)]
+    with pytest.raises(ValueError):  # read-only: no caller can change every seed's copy
+        shared.act_m2[0] = 0.0

@@ -49,6 +49,12 @@ class Task:
     attempts: int = 0
     done: set[str] = field(default_factory=set)  # run_ids finished, failed, or taken by another process
 
+    @property
+    def seedless_id(self) -> str:
+        """Its first run's ``RunSpec.seedless_id``: tasks that share it differ only by seed, and a
+        worker that trains them one after the other predicts their probe once (``probe.py``)."""
+        return self.specs[0].seedless_id
+
 
 def usable_cores() -> int:
     try:
