@@ -93,4 +93,7 @@ def test_bench_tanh_times_both_kernels_in_both_dtypes():
                                             ("bfloat16", "forward"), ("bfloat16", "forward+backward")]
     for r in rows:
         torch_ms, ours_ms, ratio = float(r[2]), float(r[3]), float(r[4].rstrip("x"))
-        assert torch_ms > 0 and ours_ms > 0 and abs(ratio - torch_ms / ours_ms) <= 0.05 + 0.01 * ratio
+        assert torch_ms > 0 and ours_ms > 0
+        # the speed-up is the ratio of the two times, as far as printing them to 0.01 ms allows
+        lowest, highest = (torch_ms - 0.005) / (ours_ms + 0.005), (torch_ms + 0.005) / max(ours_ms - 0.005, 1e-9)
+        assert lowest - 0.05 <= ratio <= highest + 0.05

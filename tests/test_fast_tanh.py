@@ -35,17 +35,19 @@ def _ulps(y: np.ndarray, exact: np.ndarray) -> np.ndarray:
     return np.abs(y.astype(np.float64) - exact) / np.spacing(np.abs(exact.astype(np.float32))).astype(np.float64)
 
 
-def test_numpy_forward_is_within_1_5_ulp_of_the_exact_tanh():
+def test_numpy_forward_is_within_2_ulp_of_the_exact_tanh():
+    """numpy's float32 tanh (SVML's algorithm in numpy's SIMD code, glibc's ``tanhf`` on CPUs
+    without FMA3) measured 1.37 ULP at most here (torch's 0.51); 2 holds on either path."""
     x = _inputs()
     exact = np.tanh(x.astype(np.float64))
     t = torch.from_numpy(x)
     assert numpy_path(t)
     ours = tanh(t).numpy()
     theirs = torch.tanh(t).numpy()
-    assert _ulps(ours, exact).max() <= 1.5
-    assert _ulps(theirs, exact).max() <= 1.5  # the same bound holds for torch's kernel
-    # where numpy and torch differ, by no more than 2 units in the last place
-    assert np.abs(ours.view(np.int32).astype(np.int64) - theirs.view(np.int32).astype(np.int64)).max() <= 2
+    assert _ulps(ours, exact).max() <= 2.0
+    assert _ulps(theirs, exact).max() <= 2.0  # the same bound holds for torch's kernel
+    # where numpy and torch differ, by no more than 3 units in the last place
+    assert np.abs(ours.view(np.int32).astype(np.int64) - theirs.view(np.int32).astype(np.int64)).max() <= 3
     assert np.array_equal(np.signbit(ours), np.signbit(theirs))  # -0.0 stays -0.0
     nan = torch.tensor([float("nan")])
     assert torch.isnan(tanh(nan)).all()
@@ -84,7 +86,7 @@ def test_bf16_is_the_float32_tanh_rounded_to_bf16():
     x = torch.randn(3, 8, 7, 7).to(torch.bfloat16)
     y = tanh(x)
     assert y.dtype == torch.bfloat16
-    # numpy's float32 tanh (within 1.4 ULP of float32) rounded to bf16: at most one bf16 step away
+    # numpy's float32 tanh (within 2 ULP of float32) rounded to bf16: at most one bf16 step away
     reference = torch.tanh(x.double()).to(torch.bfloat16)
     steps = (y.view(torch.int16).int() - reference.view(torch.int16).int()).abs()
     assert int(steps.max()) <= 1
