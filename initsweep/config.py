@@ -20,6 +20,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Iterator, Literal
 
@@ -329,11 +330,12 @@ class RunSpec:
         return {"v": SPEC_VERSION, "data": data, "model": self.model.model_dump(mode="json"),
                 "train": train, "seed": self.seed}
 
-    @property
+    @cached_property
     def seedless_id(self) -> str:
         """A hash of ``identity()`` without the seed: the runs that differ only by their seed
         share it (the same data, model shapes and init law; what a per-process cache of the
-        mean-field prediction, which never reads the weights, is keyed by)."""
+        mean-field prediction, which never reads the weights, is keyed by). Kept once computed:
+        the pool's dispatch reads it for several queued tasks each time it hands one out."""
         blob = json.dumps({**self.identity(), "seed": None}, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
